@@ -1,0 +1,3 @@
+from dermsynth.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""The `dermsynth` command line. Each command is a thin wrapper over the Python API.
+
+Exit codes: 0 success, 2 a user mistake (one line on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dermsynth.errors import DermsynthError
+
+# No network at run time unless the user names a hub model (stages that accept hub ids lift this).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+app = typer.Typer(
+    name="dermsynth",
+    help="Synthetic dermoscopy images with diffusion models, audited for fidelity and memorization, "
+    "and validated on a real, patient-disjoint skin-cancer test set.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, only when ``value`` was given."""
+    if value is None:
+        return
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+# --------------------------------------------------------------------------- prepare / info
+
+
+@app.command()
+def prepare(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the prepared dataset.")],
+    dataset: Annotated[str | None, typer.Option(
+        help="sample (embedded CC0 UDA-1), isic2020, isic-archive, ham10000 or folder (root/<class>/*.jpg).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Metadata CSV, when not in its usual place under --root.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with prepare settings (options override it).")] = None,
+    label_scheme: Annotated[str | None, typer.Option(help="binary (benign/malignant) or diagnosis.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Side of the square output images [default: 256].")] = None,
+    hair_removal: Annotated[bool | None, typer.Option("--hair-removal/--no-hair-removal",
+                                                      help="DullRazor-style hair removal [default: on].")] = None,
+    center: Annotated[bool | None, typer.Option("--center/--no-center",
+                                                help="Crop around the segmented lesion [default: on].")] = None,
+    color_constancy: Annotated[bool | None, typer.Option("--color-constancy/--no-color-constancy",
+                                                         help="Shades-of-grey colour constancy [off].")] = None,
+    val: Annotated[float | None, typer.Option(help="Validation fraction [default: 0.15].")] = None,
+    test: Annotated[float | None, typer.Option(help="Test fraction [default: 0.15].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed [default: 0].")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Keep at most N images (stratified), for quick runs.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes for preprocessing [default: 2].")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Read a dataset, split it by patient, preprocess images, write metadata.csv + images + prepare.json."""
+    from dermsynth.config import PrepareConfig, read_yaml, validate_config
+    from dermsynth.data.prepare import prepare as run_prepare
+
+    overrides: dict[str, Any] = {}
+    for key, value in {
+        "dataset": dataset, "root": root, "csv": csv, "label_scheme": label_scheme, "max_images": max_images,
+        "workers": workers, "preprocess.image_size": image_size, "preprocess.hair_removal": hair_removal,
+        "preprocess.center": center, "preprocess.color_constancy": color_constancy, "split.val": val,
+        "split.test": test, "split.seed": seed,
+    }.items():
+        _set(overrides, key, value)
+    data = read_yaml(config) if config else {}
+    _merge(data, overrides)
+    cfg = validate_config(PrepareConfig, data, source=str(config) if config else "options")
+    result = run_prepare(cfg, out, progress=not quiet)
+    _print_prepare_summary(result.summary, out)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _print_prepare_summary(summary: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{out}: {summary['images']} images, grouped by {summary['grouping'].split(' (')[0]}")
+    table.add_column("split")
+    table.add_column("groups", justify="right")
+    for label in summary["classes"]:
+        table.add_column(label, justify="right")
+    table.add_column("total", justify="right")
+    for name, part in summary["splits"].items():
+        counts = [str(part["labels"].get(label, 0)) for label in summary["classes"]]
+        table.add_row(name, str(part["groups"]), *counts, str(part["images"]))
+    console.print(table)
+    if summary["skipped_count"]:
+        reasons = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
+        console.print(f"skipped {summary['skipped_count']}: {reasons} (listed in prepare.json)")
+
+
+@app.command()
+def info(prep: Annotated[Path, typer.Argument(help="A prepared dataset folder.")]) -> None:
+    """Summarise a prepared dataset: classes, splits, grouping, skipped images."""
+    from dermsynth.data.dataset import load_prepared
+
+    dataset = load_prepared(prep)
+    _print_prepare_summary(dataset.summary, prep)
+    settings = dataset.summary["settings"]
+    typer.echo(f"source: {settings['dataset']}  label scheme: {settings['label_scheme']}  "
+               f"image size: {settings['preprocess']['image_size']}")
+    typer.echo(f"grouping: {dataset.summary['grouping']}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DermsynthError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors are shown by click itself in standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(0)

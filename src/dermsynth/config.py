@@ -1,0 +1,127 @@
+"""Configuration models, loaded from YAML and validated with pydantic.
+
+Every field carries a description; unknown keys are errors (a typo must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dermsynth.errors import DermsynthError
+
+DatasetKind = Literal["sample", "isic2020", "isic-archive", "ham10000", "folder"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(StrictModel):
+    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of images for the validation split.")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of images for the real, held-out test split.")
+    seed: int = Field(0, description="Seed of the grouped, stratified split (same seed + data = same split).")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError("val + test must be below 1 so that a training split remains")
+        return self
+
+
+class PreprocessConfig(StrictModel):
+    image_size: int = Field(256, ge=16, le=4096, description="Side of the square output images, in pixels.")
+    hair_removal: bool = Field(True, description="Remove hair (DullRazor-style black-hat + inpainting).")
+    vignette: bool = Field(True, description="Keep the dark dermatoscope vignette/corners out of the crop.")
+    center: bool = Field(True, description="Segment the lesion and crop a square around it; off = centre square crop.")
+    margin: float = Field(0.25, ge=0.0, le=3.0, description="Context around the lesion, as a fraction of its size.")
+    color_constancy: bool = Field(False, description="Shades-of-grey colour constancy (Minkowski p-norm).")
+    color_constancy_power: float = Field(6.0, ge=1.0, le=20.0, description="p of the shades-of-grey norm.")
+    draft_factor: float = Field(
+        2.0, ge=1.0, le=8.0,
+        description="Large JPEGs are decoded at reduced size, keeping the short side >= draft_factor * image_size.",
+    )
+    image_format: Literal["png", "jpg"] = Field("png", description="Format of the processed images (png is lossless).")
+
+
+class PromptConfig(StrictModel):
+    template: str = Field(
+        "dermoscopy image of a {lesion}[ on the {anatom_site}][ of a {age_approx} year old {sex}]",
+        description=(
+            "Prompt template. {field} is any metadata column, plus {lesion} (diagnosis, else label + 'skin lesion'). "
+            "A [bracketed part] is dropped when one of its fields is missing."
+        ),
+    )
+    instance_prompt: str = Field(
+        "dermoscopy image of a sks malignant skin lesion",
+        description="DreamBooth instance prompt (the rare token 'sks' binds the instance images).",
+    )
+    class_prompt: str = Field("dermoscopy image of a skin lesion", description="DreamBooth class (prior) prompt.")
+
+
+class PrepareConfig(StrictModel):
+    dataset: DatasetKind = Field("sample", description="Which reader to use.")
+    root: Path | None = Field(None, description="Dataset folder (images, and metadata unless --csv names it).")
+    csv: Path | None = Field(None, description="Metadata CSV (ISIC 2020 ground truth / train.csv, HAM10000 metadata).")
+    duplicates: Path | None = Field(None, description="ISIC 2020 duplicates CSV; found next to the CSV when omitted.")
+    drop_duplicates: bool = Field(True, description="Keep one image of each listed duplicate pair; drops recorded.")
+    label_scheme: Literal["binary", "diagnosis"] = Field(
+        "binary", description="binary = benign/malignant; diagnosis = one class per diagnosis."
+    )
+    malignant_diagnoses: list[str] = Field(
+        ["mel", "bcc", "akiec"], description="HAM10000 dx codes counted as malignant in the binary scheme."
+    )
+    max_images: int | None = Field(None, ge=1, description="Keep at most this many images (stratified); quick runs.")
+    workers: int = Field(2, ge=1, le=64, description="Worker processes for image preprocessing.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line naming the first offending key, e.g. ``preprocess.image_size: Input should be ...``."""
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{prefix}{key}: {msg}"
+
+
+def validate_config(model: type[Model], data: dict[str, Any], source: str = "config") -> Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise DermsynthError(format_validation_error(exc, prefix=f"{source}: ")) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DermsynthError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise DermsynthError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DermsynthError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_config(model: type[Model], path: str | Path | None, overrides: dict[str, Any] | None = None) -> Model:
+    """Read ``path`` (if given), apply non-None ``overrides`` on top, validate."""
+    data = read_yaml(path) if path else {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return validate_config(model, data, source=str(path) if path else "options")

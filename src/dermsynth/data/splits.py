@@ -1,0 +1,94 @@
+"""Grouped, stratified, deterministic train/val/test splits.
+
+No patient may appear in two splits: a classifier tested on a patient it was trained on measures
+recognition of that patient's skin, not of the disease. Images are grouped by patient, else by lesion,
+else stand alone. Groups are then assigned greedily, rarest classes and largest groups first, to the
+split that most lacks their classes (iterative stratification at group level), so every split keeps the
+label mix of the whole even when one class is rare (ISIC 2020: 1.76 % malignant).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dermsynth.data.schema import SPLITS
+from dermsynth.errors import DermsynthError
+
+
+def group_keys(frame: pd.DataFrame) -> pd.Series:
+    """patient, else lesion, else the image itself."""
+    patient = frame["patient_id"].map(lambda v: f"patient:{v}" if isinstance(v, str) and v else None)
+    lesion = frame["lesion_id"].map(lambda v: f"lesion:{v}" if isinstance(v, str) and v else None)
+    image = "image:" + frame["image_id"].astype(str)
+    return patient.fillna(lesion).fillna(image)
+
+
+def grouping_level(frame: pd.DataFrame) -> str:
+    if frame["patient_id"].notna().all():
+        return "patient"
+    if frame["patient_id"].notna().any() or frame["lesion_id"].notna().any():
+        return "patient, else lesion, else image"
+    return "image (no patient or lesion ids: patient-disjointness cannot be guaranteed)"
+
+
+def grouped_split(frame: pd.DataFrame, val: float, test: float, seed: int) -> pd.Series:
+    """Return a ``split`` column (train/val/test) aligned with ``frame``."""
+    if frame.empty:
+        raise DermsynthError("no usable images left to split")
+    fractions = np.array([1.0 - val - test, val, test])
+    groups = group_keys(frame)
+    counts = pd.crosstab(groups, frame["label"])  # groups x classes
+    totals = counts.sum(axis=0).to_numpy(dtype=float)
+    desired = fractions[:, None] * totals[None, :]  # splits x classes, still wanted
+    order = _assignment_order(counts, seed)
+    rng = np.random.default_rng(seed)
+    matrix = counts.to_numpy(dtype=float)
+    assignment: dict[str, str] = {}
+    for index in order:
+        composition = matrix[index]
+        # Need of each split for this group's classes, relative to each class's size.
+        score = (desired * composition[None, :] / totals[None, :]).sum(axis=1)
+        score[fractions == 0] = -np.inf
+        best = np.flatnonzero(np.isclose(score, score.max()))
+        choice = best[0] if len(best) == 1 else rng.choice(best)
+        desired[choice] -= composition
+        assignment[counts.index[index]] = SPLITS[choice]
+    return groups.map(assignment).rename("split")
+
+
+def _assignment_order(counts: pd.DataFrame, seed: int) -> np.ndarray:
+    """Groups holding the rarest classes first, larger groups first, ties in seeded random order."""
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(counts))
+    rarity = 1.0 / counts.sum(axis=0).to_numpy(dtype=float)
+    has_rare = (counts.to_numpy() > 0) * rarity[None, :]
+    key_rare = has_rare.max(axis=1)[shuffled]
+    key_size = counts.sum(axis=1).to_numpy()[shuffled]
+    # lexsort sorts by the last key first; negate for descending.
+    return shuffled[np.lexsort((-key_size, -key_rare))]
+
+
+def check_disjoint(frame: pd.DataFrame) -> None:
+    """Raise if any patient (or lesion) appears in more than one split. Cheap; called before every write."""
+    for column in ("patient_id", "lesion_id"):
+        known = frame[frame[column].notna()]
+        spread = known.groupby(column)["split"].nunique()
+        leaked = spread[spread > 1]
+        if len(leaked):
+            raise DermsynthError(
+                f"{len(leaked)} {column.split('_')[0]}(s) appear in more than one split (e.g. {leaked.index[0]})"
+            )
+
+
+def split_summary(frame: pd.DataFrame) -> dict[str, dict]:
+    summary = {}
+    for name in SPLITS:
+        part = frame[frame["split"] == name]
+        summary[name] = {
+            "images": len(part),
+            "groups": int(group_keys(part).nunique()) if len(part) else 0,
+            "patients": int(part["patient_id"].nunique()),
+            "labels": {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()},
+        }
+    return summary
