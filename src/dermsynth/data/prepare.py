@@ -8,6 +8,7 @@ Order: read metadata -> labels -> optional subsample -> decode + preprocess imag
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections import Counter
@@ -54,15 +55,10 @@ def prepare(config: PrepareConfig, out: str | Path, progress: bool = True) -> Pr
     skipped += unlabelled
     if config.max_images and len(frame) > config.max_images:
         frame = _stratified_subsample(frame, config.max_images, config.split.seed)
-    if frame.empty:
-        raise DermsynthError(f"{config.dataset}: no usable images ({_reason_counts(skipped) or 'none found'})")
-
+    _require_two_classes(frame, config.dataset, skipped)
     frame, failed, info = _process_images(frame, config.preprocess, out, config.workers, progress)
     skipped += failed
-    if frame["label"].nunique() < 2:
-        raise DermsynthError(
-            f"{config.dataset}: need at least two classes with images, found {sorted(frame['label'].unique())}"
-        )
+    _require_two_classes(frame, config.dataset, skipped)
     frame["split"] = grouped_split(frame, config.split.val, config.split.test, config.split.seed)
     check_disjoint(frame)
     frame["prompt"] = [render_prompt(config.prompt.template, row) for row in frame.to_dict("records")]
@@ -85,6 +81,14 @@ def _check_output_location(config: PrepareConfig, out: Path) -> None:
     root, target = config.root.resolve(), out.resolve()
     if target == root or root in target.parents:
         raise DermsynthError(f"output folder {out} is inside the dataset folder {config.root}; choose another --out")
+
+
+def _require_two_classes(frame: pd.DataFrame, dataset: str, skipped: list[dict[str, str]]) -> None:
+    if frame.empty:
+        raise DermsynthError(f"{dataset}: no usable images (skipped: {_reason_counts(skipped) or 'none found'})")
+    if frame["label"].nunique() < 2:
+        found = sorted(frame["label"].unique())
+        raise DermsynthError(f"{dataset}: need at least two classes with images, found {found}")
 
 
 def _stratified_subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -197,7 +201,11 @@ def _run_tasks(tasks: list, workers: int, progress: bool):
     if workers <= 1 or len(tasks) < 8:
         yield from track(map(_process_one, tasks), len(tasks), "preprocess", progress)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1), initializer=_init_worker) as pool:
+    # Not "fork": a parent that already ran OpenCV/BLAS thread pools can deadlock its forked children.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    pool = ProcessPoolExecutor(min(workers, os.cpu_count() or 1), mp_context=context, initializer=_init_worker)
+    with pool:
         chunk = max(1, min(32, len(tasks) // (workers * 8)))
         yield from track(pool.map(_process_one, tasks, chunksize=chunk), len(tasks), "preprocess", progress)
 

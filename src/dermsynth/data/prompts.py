@@ -12,6 +12,8 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
+
 from dermsynth.errors import DermsynthError
 
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
@@ -19,9 +21,7 @@ _ARTICLE = re.compile(r"\b([Aa]) (?=(?:[aeiouAEIOU]|8\d*\b|8|11\b|18\b))")
 
 
 def _present(value: Any) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return False
     return str(value).strip() != ""
 

@@ -79,7 +79,7 @@ def finish_reader_frame(rows: list[dict]) -> pd.DataFrame:
     for column in ("patient_id", "lesion_id", "source_path", "image_id", "source"):
         frame[column] = frame[column].map(lambda v: None if clean_text(v) is None else str(v).strip())
     frame["sex"] = frame["sex"].map(clean_sex)
-    frame["age_approx"] = frame["age_approx"].map(clean_age).astype("float64")
+    frame["age_approx"] = frame["age_approx"].map(clean_age).astype("float64").round().astype("Int64")
     frame["anatom_site"] = frame["anatom_site"].map(clean_text)
     frame["diagnosis"] = frame["diagnosis"].map(clean_text)
     frame["benign_malignant"] = frame["benign_malignant"].map(clean_benign_malignant)

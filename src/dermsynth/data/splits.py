@@ -47,11 +47,14 @@ def grouped_split(frame: pd.DataFrame, val: float, test: float, seed: int) -> pd
     assignment: dict[str, str] = {}
     for index in order:
         composition = matrix[index]
-        # Need of each split for this group's classes, relative to each class's size.
-        score = (desired * composition[None, :] / totals[None, :]).sum(axis=1)
-        score[fractions == 0] = -np.inf
-        best = np.flatnonzero(np.isclose(score, score.max()))
-        choice = best[0] if len(best) == 1 else rng.choice(best)
+        rarest = np.flatnonzero(composition)[np.argmin(totals[composition > 0])]
+        # The split still wanting the most of this group's rarest class; ties: most wanted overall, then random.
+        need = np.where(fractions > 0, desired[:, rarest], -np.inf)
+        candidates = np.flatnonzero(np.isclose(need, need.max()))
+        if len(candidates) > 1:
+            overall = desired[candidates].sum(axis=1)
+            candidates = candidates[np.isclose(overall, overall.max())]
+        choice = candidates[0] if len(candidates) == 1 else rng.choice(candidates)
         desired[choice] -= composition
         assignment[counts.index[index]] = SPLITS[choice]
     return groups.map(assignment).rename("split")
