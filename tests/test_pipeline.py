@@ -1,0 +1,67 @@
+import json
+
+from dermsynth.pipeline import RunConfig, run_pipeline
+
+
+def test_run_skips_finished_stages_and_reruns_changed_ones(folder_dir, tmp_path, cli):
+    config = tmp_path / "study.yaml"
+    config.write_text(f"name: t\nprepare:\n  dataset: folder\n  root: {folder_dir}\n  workers: 1\n"
+                      "  preprocess:\n    image_size: 24\n")
+    out = tmp_path / "run"
+    code, stdout, _ = cli("run", config, "--out", out)
+    assert code == 0 and "ran prepare" in stdout
+    marker = json.loads((out / "prepared" / ".stage.json").read_text())
+    assert (out / "config.resolved.yaml").is_file() and (out / "versions.json").is_file()
+    code, stdout, _ = cli("run", config, "--out", out)
+    assert code == 0 and "up to date: prepare" in stdout
+    config.write_text(config.read_text().replace("image_size: 24", "image_size: 20"))
+    code, stdout, _ = cli("run", config, "--out", out)
+    assert "ran prepare" in stdout
+    assert json.loads((out / "prepared" / ".stage.json").read_text())["hash"] != marker["hash"]
+
+
+def test_interrupted_stage_has_no_marker_and_reruns(folder_dir, tmp_path, monkeypatch):
+    import dermsynth.data.prepare as prepare_module
+
+    config = RunConfig(prepare={"dataset": "folder", "root": folder_dir, "workers": 1,
+                                "preprocess": {"image_size": 24}})
+    original = prepare_module._process_one
+    calls = []
+
+    def dying(task):
+        calls.append(task)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(task)
+
+    monkeypatch.setattr(prepare_module, "_process_one", dying)
+    try:
+        run_pipeline(config, tmp_path / "run")
+    except KeyboardInterrupt:
+        pass
+    assert not (tmp_path / "run" / "prepared" / ".stage.json").exists()
+    monkeypatch.setattr(prepare_module, "_process_one", original)
+    outcomes = run_pipeline(config, tmp_path / "run")
+    assert [o.status for o in outcomes] == ["ran"]
+
+
+def _error(cli, *args) -> str:
+    code, _, stderr = cli(*args)
+    assert code == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    return stderr.strip()
+
+
+def test_bad_run_configs_name_the_key(cli, tmp_path, folder_dir):
+    config = tmp_path / "bad.yaml"
+    config.write_text("prepare:\n  dataset: sample\n  sede: 3\n")
+    assert "prepare.sede: unknown key" in _error(cli, "run", config)
+    config.write_text("prepare:\n  dataset: sample\n  workers: many\n")
+    assert "prepare.workers:" in _error(cli, "run", config)
+    config.write_text(f"prepare:\n  dataset: folder\n  root: {tmp_path / 'missing'}\n")
+    assert "prepare.root: folder not found" in _error(cli, "run", config, "--out", tmp_path / "r")
+    config.write_text(f"prepare:\n  dataset: folder\n  root: {folder_dir}\n")
+    assert "inside the dataset folder" in _error(cli, "run", config, "--out", folder_dir / "run")
+    config.write_text("- just\n- a list\n")
+    assert "expected a mapping" in _error(cli, "run", config)
+    assert "config file not found" in _error(cli, "run", tmp_path / "nope.yaml")
