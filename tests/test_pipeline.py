@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from dermsynth.pipeline import RunConfig, run_pipeline
 
 
@@ -35,10 +37,8 @@ def test_interrupted_stage_has_no_marker_and_reruns(folder_dir, tmp_path, monkey
         return original(task)
 
     monkeypatch.setattr(prepare_module, "_process_one", dying)
-    try:
+    with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, tmp_path / "run")
-    except KeyboardInterrupt:
-        pass
     assert not (tmp_path / "run" / "prepared" / ".stage.json").exists()
     monkeypatch.setattr(prepare_module, "_process_one", original)
     outcomes = run_pipeline(config, tmp_path / "run")
