@@ -45,6 +45,10 @@ class PreprocessConfig(StrictModel):
         description="Large JPEGs are decoded at reduced size, keeping the short side >= draft_factor * image_size.",
     )
     image_format: Literal["png", "jpg"] = Field("png", description="Format of the processed images (png is lossless).")
+    segmentation_channel: Literal["blue", "grey", "lab_l", "lab_lb", "pca"] = Field(
+        "blue",
+        description="Colour channel thresholded to segment the lesion (blue measured best on HAM10000 masks).",
+    )
 
 
 class PromptConfig(StrictModel):
