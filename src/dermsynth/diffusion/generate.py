@@ -1,0 +1,318 @@
+"""The `generate` stage: a model folder + a plan -> ``SYN/images/<class>/*.png``, ``manifest.csv``, ``generate.json``.
+
+Image ``i`` of class ``c`` (``c`` = the class's index in the model) has the seed
+``seed + SEED_STRIDE * c + i``: it depends on neither the batch it was drawn in nor on the plan's other classes,
+and asking for more images later extends a folder without changing the images already in it.
+
+Crash safety: each PNG is written to a temporary name and renamed; the manifest is rebuilt from the PNGs on
+disk (each carries its manifest row in its text chunks), so a killed run leaves no truncated image and no row
+without its image, and a rerun of the same command makes only what is missing. Images failing QC are listed in
+``rejected.csv`` (never saved), and replaced by the class's next seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from dermsynth.data.dataset import load_prepared
+from dermsynth.data.images import save_image
+from dermsynth.diffusion.families import ImageGenerator, load_generator, read_model_info
+from dermsynth.diffusion.qc import QCLimits, qc_reason
+from dermsynth.diffusion.sampling import to_uint8
+from dermsynth.diffusion.schedulers import check_scheduler_name
+from dermsynth.errors import DermsynthError
+from dermsynth.progress import make_progress
+from dermsynth.utils import atomic_path, ensure_writable_dir, stable_hash, write_csv_atomic, write_json_atomic
+
+SEED_STRIDE = 1_000_000
+MANIFEST_COLUMNS = [
+    "image_id", "path", "label", "prompt", "negative_prompt", "seed", "scheduler", "steps", "guidance_scale",
+    "model", "model_sha256", "created_utc", "qc", "synthetic",
+]
+REJECTED_COLUMNS = ["image_id", "label", "seed", "reason", "created_utc"]
+
+
+@dataclass
+class GenerateResult:
+    out: Path
+    manifest: pd.DataFrame
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Item:
+    label: str
+    index: int
+    seed: int
+    image_id: str
+
+
+def generate(
+    model: str | Path,
+    out: str | Path,
+    *,
+    per_class: int | None = None,
+    balance: str | Path | None = None,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    scheduler: str | None = None,
+    guidance: float | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+    qc_limits: QCLimits = QCLimits(),
+) -> GenerateResult:
+    """Generate ``per_class`` images of each class, or (``balance``) fill every class of that prepared dataset's
+    train split up to its largest class. Unset sampling settings fall back to the model's recorded defaults."""
+    started = time.monotonic()
+    model = Path(model)
+    out = Path(out)
+    info = read_model_info(model)
+    plan = make_plan(info["classes"], per_class, balance, classes)
+    sampling = info.get("sampling", {})
+    settings = {
+        "scheduler": check_scheduler_name(scheduler or sampling.get("scheduler", "dpm++")),
+        "steps": steps or sampling.get("steps", 20),
+        "guidance_scale": float(guidance if guidance is not None else sampling.get("guidance_scale", 1.0)),
+        "seed": seed,
+    }
+    if settings["steps"] < 1 or settings["guidance_scale"] < 0 or batch_size < 1:
+        raise DermsynthError("steps and batch size must be >= 1 and guidance >= 0")
+    ensure_writable_dir(out / "images")
+    generator = load_generator(model, info, device)
+    settings |= {"model": str(model.resolve()), "model_sha256": generator.sha256, "family": generator.family}
+    state = _FolderState.open(out, settings, info["classes"])
+    write_json_atomic(out / "generate.json", _summary(state, plan, settings, "running", started, batch_size))
+
+    todo = _pending(state, plan, info["classes"], settings["seed"])
+    with _bar(progress, sum(len(items) for items in todo.values())) as advance:
+        while any(todo.values()):
+            for batch in _batches([item for items in todo.values() for item in items], batch_size):
+                _run_batch(generator, batch, settings, state, qc_limits)
+                advance(len(batch))
+            _check_rejections(state, plan)
+            todo = _pending(state, plan, info["classes"], settings["seed"])
+    summary = _summary(state, plan, settings, "complete", started, batch_size)
+    write_json_atomic(out / "generate.json", summary)
+    return GenerateResult(out=out, manifest=state.manifest(), summary=summary)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def make_plan(
+    model_classes: list[str], per_class: int | None, balance: str | Path | None, classes: list[str] | None
+) -> dict[str, int]:
+    """Images wanted per class (accepted images, after QC)."""
+    if (per_class is None) == (balance is None):
+        raise DermsynthError("give exactly one of --per-class N or --balance PREP")
+    chosen = list(model_classes)
+    if classes:
+        unknown = [c for c in classes if c not in model_classes]
+        if unknown:
+            raise DermsynthError(f"unknown class(es) {', '.join(unknown)}; the model knows {', '.join(model_classes)}")
+        chosen = [c for c in model_classes if c in classes]
+    if per_class is not None:
+        if per_class < 1:
+            raise DermsynthError(f"--per-class must be at least 1 (got {per_class})")
+        return dict.fromkeys(chosen, per_class)
+    counts = load_prepared(balance).split("train")["label"].value_counts()
+    unknown = [c for c in counts.index if c not in model_classes]
+    if unknown:
+        raise DermsynthError(f"{balance} has class(es) {', '.join(unknown)} that the model does not know")
+    largest = int(counts.max())
+    plan = {c: largest - int(counts.get(c, 0)) for c in chosen}
+    if not any(plan.values()):
+        raise DermsynthError(f"nothing to generate: the chosen classes of {balance} are already balanced "
+                             f"({largest} training images each)")
+    return plan
+
+
+def item_for(label: str, target: int, index: int, seed: int) -> Item:
+    return Item(label, index, seed + SEED_STRIDE * target + index, f"syn-{label}-s{seed}-{index:05d}")
+
+
+def _pending(state: _FolderState, plan: dict[str, int], model_classes: list[str], seed: int) -> dict[str, list[Item]]:
+    """Per class, the next unused indices, as many as accepted images are still missing."""
+    todo: dict[str, list[Item]] = {}
+    for label, wanted in plan.items():
+        used = state.used_indices(label)
+        missing = wanted - state.accepted(label)
+        todo[label] = []
+        index = 0
+        while len(todo[label]) < missing:
+            if index not in used:
+                todo[label].append(item_for(label, model_classes.index(label), index, seed))
+            index += 1
+    return todo
+
+
+def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _check_rejections(state: _FolderState, plan: dict[str, int]) -> None:
+    for label, wanted in plan.items():
+        rejected = state.rejected_count(label)
+        if rejected > max(8, wanted):
+            raise DermsynthError(f"QC rejected {rejected} images of class {label} (see rejected.csv); "
+                                 "the model is likely undertrained or broken")
+
+
+# --------------------------------------------------------------------------- one batch
+
+
+def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str, Any], state: _FolderState,
+               limits: QCLimits) -> None:
+    images = generator([item.label for item in batch], [item.seed for item in batch], steps=settings["steps"],
+                       scheduler=settings["scheduler"], guidance_scale=settings["guidance_scale"])
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    for item, image in zip(batch, images, strict=True):
+        reason = qc_reason(image, limits)
+        if reason:
+            state.reject({"image_id": item.image_id, "label": item.label, "seed": item.seed, "reason": reason,
+                          "created_utc": now})
+            continue
+        row = {
+            "image_id": item.image_id, "path": f"images/{item.label}/{item.image_id}.png", "label": item.label,
+            "prompt": generator.prompt(item.label), "negative_prompt": generator.negative_prompt(item.label),
+            "seed": item.seed, "scheduler": settings["scheduler"], "steps": settings["steps"],
+            "guidance_scale": settings["guidance_scale"], "model": settings["model"],
+            "model_sha256": settings["model_sha256"], "created_utc": now, "qc": "pass", "synthetic": True,
+        }
+        write_png(to_uint8(image), state.root / row["path"], row)
+        state.accept(row)
+    state.flush()
+
+
+def write_png(pixels: np.ndarray, path: Path, row: dict[str, Any]) -> None:
+    """Atomically: a reader sees the whole PNG with its provenance, or no file."""
+    with atomic_path(path) as tmp:
+        save_image(pixels, tmp, text={k: str(v) for k, v in row.items()})
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+class _FolderState:
+    """What ``SYN`` already holds: rows recovered from its PNGs, and rejections from rejected.csv."""
+
+    def __init__(self, root: Path, rows: dict[str, dict[str, Any]], rejected: list[dict[str, Any]]):
+        self.root = root
+        self.rows = rows
+        self.rejected = rejected
+
+    @classmethod
+    def open(cls, root: Path, settings: dict[str, Any], classes: list[str]) -> _FolderState:
+        _check_same_settings(root, settings)
+        for stale in (root / "images").rglob(".*.tmp*"):
+            stale.unlink(missing_ok=True)  # left by a killed write; the image is made again
+        rows = {}
+        for path in sorted((root / "images").glob("*/*.png")):
+            row = _row_from_png(path)
+            if row is None or row.get("label") not in classes or path.parent.name != row["label"]:
+                raise DermsynthError(f"{path} was not made by dermsynth generate with these settings; "
+                                     "use an empty --out folder")
+            rows[row["image_id"]] = row
+        rejected_path = root / "rejected.csv"
+        rejected = (pd.read_csv(rejected_path, dtype={"image_id": str, "label": str}).to_dict("records")
+                    if rejected_path.is_file() else [])
+        state = cls(root, rows, rejected)
+        state.flush()
+        return state
+
+    def used_indices(self, label: str) -> set[int]:
+        ids = [r["image_id"] for r in self.rows.values() if r["label"] == label]
+        ids += [r["image_id"] for r in self.rejected if r["label"] == label]
+        return {int(image_id.rsplit("-", 1)[1]) for image_id in ids}
+
+    def accepted(self, label: str) -> int:
+        return sum(r["label"] == label for r in self.rows.values())
+
+    def rejected_count(self, label: str) -> int:
+        return sum(r["label"] == label for r in self.rejected)
+
+    def accept(self, row: dict[str, Any]) -> None:
+        self.rows[row["image_id"]] = row
+
+    def reject(self, row: dict[str, Any]) -> None:
+        self.rejected.append(row)
+
+    def manifest(self) -> pd.DataFrame:
+        frame = pd.DataFrame(list(self.rows.values()), columns=MANIFEST_COLUMNS)
+        return frame.sort_values(["label", "image_id"]).reset_index(drop=True)
+
+    def flush(self) -> None:
+        write_csv_atomic(self.root / "manifest.csv", self.manifest())
+        if self.rejected:
+            write_csv_atomic(self.root / "rejected.csv", pd.DataFrame(self.rejected, columns=REJECTED_COLUMNS))
+
+
+def _row_from_png(path: Path) -> dict[str, Any] | None:
+    """The manifest row stored in a PNG's text chunks (None if it has none or is unreadable)."""
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}))
+    except OSError:
+        return None
+    if not all(column in text for column in MANIFEST_COLUMNS):
+        return None
+    row: dict[str, Any] = {column: text[column] for column in MANIFEST_COLUMNS}
+    row.update(seed=int(row["seed"]), steps=int(row["steps"]), guidance_scale=float(row["guidance_scale"]),
+               synthetic=row["synthetic"] == "True")
+    return row
+
+
+def _check_same_settings(root: Path, settings: dict[str, Any]) -> None:
+    previous = root / "generate.json"
+    if not previous.is_file():
+        return
+    # The model is identified by its weights' hash, so a moved model folder still resumes.
+    earlier = {k: v for k, v in json.loads(previous.read_text(encoding="utf-8")).get("settings", {}).items()
+               if k != "model"}
+    current = {k: v for k, v in settings.items() if k != "model"}
+    if stable_hash(earlier) != stable_hash(current):
+        changed = sorted(k for k in current.keys() | earlier.keys() if earlier.get(k) != current.get(k))
+        raise DermsynthError(f"{root} holds images made with other settings ({', '.join(changed)}); "
+                             "use another --out")
+
+
+def _summary(state: _FolderState, plan: dict[str, int], settings: dict[str, Any], status: str, started: float,
+             batch_size: int) -> dict[str, Any]:
+    seconds = time.monotonic() - started
+    return {
+        "status": status,
+        "plan": plan,
+        "settings": settings,
+        "seed_rule": f"seed + {SEED_STRIDE} * class_index + i (class_index = position in the model's classes)",
+        "batch_size": batch_size,
+        "counts": {label: state.accepted(label) for label in plan},
+        "rejected": {label: state.rejected_count(label) for label in plan},
+        "rejected_by_reason": pd.Series([r["reason"] for r in state.rejected], dtype=str).value_counts().to_dict(),
+        "seconds_this_run": round(seconds, 1),
+        "updated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar over images; yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    with make_progress() as progress:
+        task = progress.add_task("generate", total=total, status="")
+        yield lambda n: progress.advance(task, n)

@@ -1,0 +1,127 @@
+"""Class-conditional sampling with classifier-free guidance for the pixel-space UNet (diffusers pipeline style).
+
+Every image has its own seed: its starting noise and any noise a stochastic scheduler adds come from its own
+``torch.Generator``, so an image depends on its seed and class, not on which batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+
+from dermsynth.diffusion.schedulers import make_scheduler
+
+UNET_FOLDER = "unet"
+SCHEDULER_FOLDER = "scheduler"
+
+
+class PixelDiffusionPipeline:
+    """Turns (class, seed) pairs into RGB images with a class-conditional ``UNet2DModel``.
+
+    The UNet's last class embedding is the null class used for the unconditional half of guidance.
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler_config: dict[str, Any], mixed_precision: bool = False):
+        self.unet = unet.eval()
+        self.scheduler_config = dict(scheduler_config)
+        self.mixed_precision = mixed_precision
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu", mixed_precision: bool = False):
+        folder = Path(folder)
+        unet = UNet2DModel.from_pretrained(folder / UNET_FOLDER).to(device)
+        config = json.loads((folder / SCHEDULER_FOLDER / "scheduler_config.json").read_text(encoding="utf-8"))
+        return cls(unet, config, mixed_precision=mixed_precision)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def null_class(self) -> int:
+        return self.unet.config.num_class_embeds - 1
+
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: list[int],
+        seeds: list[int],
+        num_inference_steps: int = 20,
+        guidance_scale: float = 2.0,
+        scheduler: str = "dpm++",
+    ) -> np.ndarray:
+        """Images as float32 (N, H, W, 3), nominally in [0, 1] but not clipped, so that QC can see overflow."""
+        if len(class_labels) != len(seeds):
+            raise ValueError("one seed per class label")
+        sampler = make_scheduler(scheduler, self.scheduler_config)
+        sampler.set_timesteps(num_inference_steps, device=self.device)
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        size = self.image_size
+        noise = torch.stack([torch.randn((3, size, size), generator=g) for g in generators])
+        sample = noise.to(self.device) * sampler.init_noise_sigma
+        labels = torch.tensor(class_labels, device=self.device, dtype=torch.long)
+        for t in sampler.timesteps:
+            model_output = self._guided_output(sampler.scale_model_input(sample, t), t, labels, guidance_scale)
+            sample = sampler.step(model_output, t, sample, generator=generators).prev_sample
+        images = (sample.float() / 2 + 0.5).permute(0, 2, 3, 1)
+        return images.cpu().numpy()
+
+    def _guided_output(self, sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        null = torch.full_like(labels, self.null_class)
+        if scale == 1.0:
+            return self._unet(sample, t, labels)
+        if scale == 0.0:
+            return self._unet(sample, t, null)
+        cond, uncond = self._unet(torch.cat([sample, sample]), t, torch.cat([labels, null])).chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    def _unet(self, sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.mixed_precision
+                    else contextlib.nullcontext())
+        with autocast:
+            return self.unet(sample, t, class_labels=labels).sample.float()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return (np.clip(np.nan_to_num(images), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class ScratchGenerator:
+    """The `generate` adapter of family "scratch": a class-conditional pixel model (no text prompts)."""
+
+    family = "scratch"
+
+    def __init__(self, pipeline: PixelDiffusionPipeline, info: dict[str, Any], sha256: str):
+        self.pipeline = pipeline
+        self.classes: list[str] = list(info["classes"])
+        self.sha256 = sha256
+        self.defaults: dict[str, Any] = dict(info["sampling"])
+
+    @classmethod
+    def from_folder(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> ScratchGenerator:
+        from dermsynth.utils import pick_device, sha256_file
+
+        pipeline = PixelDiffusionPipeline.from_pretrained(folder, device=pick_device(device))
+        return cls(pipeline, info, sha256_file(folder / UNET_FOLDER / "diffusion_pytorch_model.safetensors"))
+
+    def prompt(self, label: str) -> str:
+        return f"class:{label}"
+
+    def negative_prompt(self, label: str) -> str:
+        return ""
+
+    def __call__(self, labels: list[str], seeds: list[int], *, steps: int, scheduler: str,
+                 guidance_scale: float) -> np.ndarray:
+        targets = [self.classes.index(label) for label in labels]
+        return self.pipeline(targets, seeds, num_inference_steps=steps, guidance_scale=guidance_scale,
+                             scheduler=scheduler)

@@ -1,0 +1,44 @@
+"""Sampling schedulers by short name, built from a model's training noise schedule.
+
+Timesteps are spaced "trailing" so that sampling starts at the last training timestep: with the cosine schedule
+that is (almost) pure noise, which keeps image brightness and colour right (the default spacing starts short of
+it and leaves a grey cast).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dermsynth.errors import DermsynthError
+
+# name -> (diffusers class name, extra config)
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}),
+    "ddpm": ("DDPMScheduler", {"clip_sample": False}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+}
+
+
+def scheduler_names() -> list[str]:
+    return list(SCHEDULERS)
+
+
+def check_scheduler_name(name: str) -> str:
+    if name not in SCHEDULERS:
+        raise DermsynthError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    return name
+
+
+def make_scheduler(name: str, training_config: dict[str, Any]):
+    """A fresh sampling scheduler ``name`` sharing the betas and prediction type of ``training_config``."""
+    import diffusers
+
+    class_name, extra = SCHEDULERS[check_scheduler_name(name)]
+    base = {k: v for k, v in training_config.items() if not k.startswith("_")}
+    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "trained_betas")
+    config = {k: base[k] for k in keep if k in base} | extra | {"timestep_spacing": "trailing"}
+    return getattr(diffusers, class_name).from_config(config)

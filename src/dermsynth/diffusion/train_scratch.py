@@ -1,0 +1,518 @@
+"""The `train` stage: a class-conditional pixel diffusion model trained from scratch on a prepared train split.
+
+Output (``out``), in diffusers conventions plus our own record::
+
+    unet/                    EMA weights (UNet2DModel.save_pretrained)
+    scheduler/               the training noise schedule (DDPMScheduler.save_pretrained)
+    dermsynth_model.json     family "scratch", classes, image size, data summary, config, steps, seconds
+    config.yaml              the resolved training config (reusable with --config)
+    train_log.csv            step, loss, learning rate, seconds
+    samples/step-*.png       one row of images per class, same seeds in every grid
+    checkpoints/step-*/      resumable state: weights, EMA, optimizer, LR schedule, RNG, data order
+
+``dermsynth_model.json`` is written last: its presence marks a finished model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.data.images import ImageReadError, load_rgb
+from dermsynth.diffusion.families import MODEL_JSON
+from dermsynth.diffusion.grid import image_grid
+from dermsynth.diffusion.sampling import SCHEDULER_FOLDER, UNET_FOLDER, PixelDiffusionPipeline
+from dermsynth.diffusion.schedulers import check_scheduler_name
+from dermsynth.diffusion.scratch import (
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    build_noise_scheduler,
+    build_unet,
+    resolve_train_config,
+)
+from dermsynth.errors import DermsynthError
+from dermsynth.progress import make_progress, track
+from dermsynth.utils import (
+    atomic_path,
+    ensure_writable_dir,
+    pick_device,
+    sha256_file,
+    stable_hash,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+FAMILY = "scratch"
+CHECKPOINTS = "checkpoints"
+StepCallback = Callable[[int, float], None]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    seconds: float
+    skipped: bool
+    info: dict[str, Any]
+
+
+@dataclass
+class TrainingData:
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    targets: torch.Tensor  # int64 (N,)
+    classes: list[str]
+    summary: dict[str, Any]
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    preset: str = "cpu-fast",
+    config: str | Path | dict[str, Any] | TrainConfig | None = None,
+    *,
+    max_minutes: float | None = None,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: StepCallback | None = None,
+) -> TrainResult:
+    """Train on the train split of the prepared dataset ``data`` and write a model folder to ``out``.
+
+    Settings: ``preset``, then ``config`` (YAML path, dict, or a full TrainConfig), then the keyword overrides.
+    ``resume`` continues from the newest checkpoint; ``max_minutes`` counts the time of all runs together.
+    ``callback(step, loss)`` is called after every optimisation step.
+    """
+    if isinstance(config, TrainConfig):
+        config = config.model_dump(mode="json")
+    cfg = resolve_train_config(preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed, device=device)
+    check_scheduler_name(cfg.sample_scheduler)
+    dataset = load_prepared(data)
+    out = Path(out)
+    existing = _existing_state(out, resume)
+    ensure_writable_dir(out)
+    training_data = load_training_data(dataset, cfg.model.image_size, progress)
+    if existing == "finished" and _finished_matches(out, cfg, training_data.summary):
+        info = json.loads((out / MODEL_JSON).read_text(encoding="utf-8"))
+        return TrainResult(out=out, steps=info["steps"], seconds=info["seconds"], skipped=True, info=info)
+    if existing == "finished":
+        raise DermsynthError(f"{out} holds a model trained with other settings or data; "
+                             "pass --resume to continue it, or choose another --out")
+    return _Trainer(cfg, training_data, out, preset, progress, callback).run(resume)
+
+
+def _existing_state(out: Path, resume: bool) -> str:
+    """'empty', 'finished' (a model is there) or 'checkpoints'; refuses to silently overwrite a run."""
+    has_checkpoints = bool(list_checkpoints(out))
+    if (out / MODEL_JSON).is_file() and not resume:
+        return "finished"
+    if has_checkpoints and not resume:
+        raise DermsynthError(f"{out} holds an unfinished training run; pass --resume to continue it, "
+                             "or choose another --out")
+    if out.is_dir() and not resume and any(p.name in (UNET_FOLDER, SCHEDULER_FOLDER) for p in out.iterdir()):
+        raise DermsynthError(f"{out} already holds model files; choose another --out")
+    return "checkpoints" if has_checkpoints else "empty"
+
+
+def _finished_matches(out: Path, cfg: TrainConfig, data_summary: dict[str, Any]) -> bool:
+    info = json.loads((out / MODEL_JSON).read_text(encoding="utf-8"))
+    same_config = _learning_config(TrainConfig.model_validate(info["config"])) == _learning_config(cfg)
+    same_budget = (info["config"]["max_steps"], info["config"]["max_minutes"]) == (cfg.max_steps, cfg.max_minutes)
+    return same_config and same_budget and info["data"]["sha256"] == data_summary["sha256"]
+
+
+def _learning_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that determine what is learned (a resumed run must keep them)."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUMABLE_FIELDS}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_training_data(dataset: PreparedDataset, size: int, progress: bool = True, split: str = "train"
+                       ) -> TrainingData:
+    """A split (the train split, for training), decoded once and kept in memory as uint8 at ``size``."""
+    frame = dataset.split(split)
+    if frame.empty:
+        raise DermsynthError(f"{dataset.root}: the {split} split is empty")
+    paths = dataset.paths(frame)
+    arrays = [_load_square(path, size) for path in track(paths, len(paths), "load images", enabled=progress)]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    targets = torch.tensor(frame["target"].to_numpy(dtype=np.int64))
+    classes = dataset.classes
+    if int(targets.max()) >= len(classes) or int(targets.min()) < 0:
+        raise DermsynthError(f"{dataset.root}: targets do not match the {len(classes)} classes in prepare.json")
+    counts = frame["label"].value_counts()
+    file_hashes = [sha256_file(path) for path in paths]
+    summary = {
+        "prepared": str(dataset.root.resolve()),
+        "split": split,
+        "images": len(frame),
+        "counts": {label: int(counts.get(label, 0)) for label in classes},
+        "sha256": stable_hash(list(zip(frame["image_id"], frame["label"], file_hashes, strict=True))),
+    }
+    return TrainingData(images=images, targets=targets, classes=classes, summary=summary)
+
+
+def _load_square(path: Path, size: int) -> np.ndarray:
+    try:
+        array = load_rgb(path, min_side=size)
+    except ImageReadError as exc:
+        raise DermsynthError(f"training image {exc}; re-run 'dermsynth prepare'") from None
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    image = Image.fromarray(array[top:top + side, left:left + side])
+    if side != size:
+        # Box filter when shrinking (area average, no aliasing); bicubic when enlarging.
+        image = image.resize((size, size), Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def use_bf16(mixed_precision: str, device: torch.device) -> bool:
+    if mixed_precision != "auto":
+        return mixed_precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # CPUs with native bf16 (AVX512-BF16/AMX) run bf16 autocast ~1.5x faster; others would be slower.
+    return device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, transpose: bool) -> torch.Tensor:
+    """Per-image random flips and transposition (together: the 8 symmetries of the square)."""
+    def where(mask_p: float, transformed: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        mask = torch.rand(base.shape[0], generator=generator, device=base.device) < mask_p
+        return torch.where(mask[:, None, None, None], transformed, base)
+
+    if flips:
+        images = where(0.5, images.flip(3), images)
+        images = where(0.5, images.flip(2), images)
+    if transpose:
+        images = where(0.5, images.transpose(2, 3), images)
+    return images
+
+
+def diffusion_loss(
+    unet: UNet2DModel,
+    noise_scheduler: DDPMScheduler,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    cfg: TrainConfig,
+    bf16: bool,
+) -> torch.Tensor:
+    """Noise ``clean`` at random timesteps and regress the configured target (optionally Min-SNR weighted)."""
+    batch = clean.shape[0]
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device)
+    timesteps = torch.randint(0, cfg.noise.num_train_timesteps, (batch,), generator=generator, device=clean.device)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    target = {"epsilon": noise, "sample": clean}.get(cfg.noise.prediction_type)
+    if target is None:
+        target = noise_scheduler.get_velocity(clean, noise, timesteps)
+    autocast = torch.autocast(clean.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        prediction = unet(noisy, timesteps, class_labels=labels).sample
+    per_image = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
+    if cfg.min_snr_gamma is not None:
+        per_image = per_image * min_snr_weight(noise_scheduler, timesteps, cfg.min_snr_gamma, cfg.noise.prediction_type)
+    return per_image.mean()
+
+
+def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, prediction: str):
+    """Min-SNR-gamma (Hang et al. 2023), expressed for the prediction target in use."""
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction == "epsilon":
+        return clipped / snr
+    if prediction == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, data: TrainingData, out: Path, preset: str, progress: bool,
+                 callback: StepCallback | None):
+        self.cfg, self.data, self.out, self.preset = cfg, data, out, preset
+        self.progress, self.callback = progress, callback
+        self.device = torch.device(pick_device(cfg.device))
+        self.bf16 = use_bf16(cfg.mixed_precision, self.device)
+        torch.manual_seed(cfg.seed)
+        self.unet = build_unet(cfg.model, len(data.classes)).to(self.device).train()
+        self.ema_unet = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        self.noise_scheduler = build_noise_scheduler(cfg.noise)
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=cfg.learning_rate,
+                                           weight_decay=cfg.weight_decay)
+        self.lr_scheduler = get_scheduler(
+            "cosine" if cfg.lr_schedule == "cosine" else "constant_with_warmup", self.optimizer,
+            num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps,
+        )
+        self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
+                            power=cfg.ema_power, foreach=True)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.images = data.images.to(self.device)
+        self.targets = data.targets.to(self.device)
+        self.order = torch.randperm(len(self.images), generator=self.generator, device=self.device)
+        self.cursor = 0
+        self.step = 0
+        self.seconds_before = 0.0
+        self.log: list[dict[str, float]] = []
+
+    # ----- run
+
+    def run(self, resume: bool) -> TrainResult:
+        if resume and (latest := latest_checkpoint(self.out)) is not None:
+            self._load_checkpoint(latest)
+        started = time.monotonic()
+        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes else math.inf
+
+        def elapsed() -> float:
+            return self.seconds_before + time.monotonic() - started
+
+        smoothed = None
+        stopped_by = "max_steps"
+        with self._progress_bar() as (bar, task):
+            while self.step < self.cfg.max_steps:
+                if elapsed() >= budget:
+                    stopped_by = "max_minutes"
+                    break
+                loss = self._train_step()
+                smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
+                self.step += 1
+                if self.step % self.cfg.log_every == 0:
+                    self.log.append({"step": self.step, "loss": smoothed, "lr": self.lr_scheduler.get_last_lr()[0],
+                                     "seconds": round(elapsed(), 1)})
+                if self.step % self.cfg.sample_every == 0:
+                    self._save_grid(f"step-{self.step:06d}.png")
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self._save_checkpoint(elapsed())
+                if bar is not None:
+                    bar.update(task, completed=self.step, status=f"loss {smoothed:.4f}")
+                if self.callback is not None:
+                    self.callback(self.step, loss)
+        seconds = elapsed()
+        if latest_checkpoint_step(self.out) != self.step:
+            self._save_checkpoint(seconds)
+        info = self._save_model(seconds, stopped_by, smoothed)
+        return TrainResult(out=self.out, steps=self.step, seconds=seconds, skipped=False, info=info)
+
+    @contextlib.contextmanager
+    def _progress_bar(self):
+        if not self.progress:
+            yield None, None
+            return
+        with make_progress() as bar:
+            yield bar, bar.add_task("train", total=self.cfg.max_steps, completed=self.step, status="")
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = min(self.cfg.batch_size, len(self.images))
+        if self.cursor + size > len(self.order):
+            self.order = torch.randperm(len(self.images), generator=self.generator, device=self.device)
+            self.cursor = 0
+        index = self.order[self.cursor:self.cursor + size]
+        self.cursor += size
+        return self.images[index], self.targets[index]
+
+    def _train_step(self) -> float:
+        images, labels = self._next_batch()
+        clean = augment(images.float() / 127.5 - 1.0, self.generator, self.cfg.flips, self.cfg.transpose)
+        drop = torch.rand(labels.shape[0], generator=self.generator, device=self.device) < self.cfg.label_dropout
+        labels = torch.where(drop, torch.full_like(labels, len(self.data.classes)), labels)
+        loss = diffusion_loss(self.unet, self.noise_scheduler, clean, labels, self.generator, self.cfg, self.bf16)
+        loss.backward()
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.unet.parameters())
+        return float(loss.detach())
+
+    # ----- samples
+
+    def pipeline(self) -> PixelDiffusionPipeline:
+        self.ema.copy_to(self.ema_unet.parameters())
+        return PixelDiffusionPipeline(self.ema_unet, dict(self.noise_scheduler.config), mixed_precision=self.bf16)
+
+    def _save_grid(self, name: str) -> Path:
+        cfg = self.cfg
+        path = self.out / "samples" / name
+        save_sample_grid(self.pipeline(), self.data.classes, path, cfg.samples_per_class, cfg.seed,
+                         cfg.sample_steps, cfg.sample_scheduler, cfg.guidance_scale)
+        return path
+
+    # ----- checkpoints
+
+    def _save_checkpoint(self, seconds: float) -> None:
+        root = self.out / CHECKPOINTS
+        final = root / f"step-{self.step:06d}"
+        tmp = root / f".step-{self.step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        names = [name for name, _ in self.unet.named_parameters()]
+        save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, tmp / "unet.safetensors")
+        save_file({n: p.contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
+                  tmp / "ema.safetensors")
+        torch.save({
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "order": self.order.cpu(),
+        }, tmp / "training_state.pt")
+        ema_scalars = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+        write_json_atomic(tmp / "state.json", {
+            "step": self.step, "seconds": seconds, "cursor": self.cursor, "ema": ema_scalars,
+            "config": self.cfg.model_dump(mode="json"), "data_sha256": self.data.summary["sha256"], "log": self.log,
+        })
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(self.out)[:-self.cfg.checkpoints_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+        self._write_log()
+
+    def _load_checkpoint(self, folder: Path) -> None:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        if state["data_sha256"] != self.data.summary["sha256"]:
+            raise DermsynthError(f"cannot resume {folder}: the prepared training data changed since that run")
+        saved = _learning_config(TrainConfig.model_validate(state["config"]))
+        changed = [k for k, v in _learning_config(self.cfg).items() if saved.get(k) != v]
+        if changed:
+            raise DermsynthError(f"cannot resume {folder}: setting(s) {', '.join(changed)} differ from that run")
+        self.unet.load_state_dict(load_file(folder / "unet.safetensors", device=str(self.device)))
+        ema_weights = load_file(folder / "ema.safetensors", device=str(self.device))
+        shadow = [ema_weights[name] for name, _ in self.unet.named_parameters()]
+        self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
+        training = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
+        self.generator.set_state(training["generator"].cpu())
+        torch.set_rng_state(training["torch_rng"].cpu())
+        self.order = training["order"].to(self.device)
+        self.cursor, self.step, self.seconds_before = state["cursor"], state["step"], state["seconds"]
+        self.log = state["log"]
+
+    def _write_log(self) -> None:
+        if self.log:
+            write_csv_atomic(self.out / "train_log.csv", pd.DataFrame(self.log))
+
+    # ----- the finished model
+
+    def _save_model(self, seconds: float, stopped_by: str, final_loss: float | None) -> dict[str, Any]:
+        pipeline = self.pipeline()
+        for folder, component in ((UNET_FOLDER, pipeline.unet), (SCHEDULER_FOLDER, self.noise_scheduler)):
+            _save_pretrained_atomic(component, self.out / folder)
+        grid = self._save_grid("final.png")
+        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        info = {
+            "family": FAMILY,
+            "classes": self.data.classes,
+            "null_class": len(self.data.classes),
+            "image_size": self.cfg.model.image_size,
+            "weights": "ema",
+            "weights_sha256": sha256_file(self.out / UNET_FOLDER / "diffusion_pytorch_model.safetensors"),
+            "parameters": sum(p.numel() for p in self.unet.parameters()),
+            "data": self.data.summary,
+            "preset": self.preset,
+            "config": self.cfg.model_dump(mode="json"),
+            "steps": self.step,
+            "seconds": round(seconds, 1),
+            "stopped_by": stopped_by,
+            "final_loss": final_loss,
+            "sampling": {"scheduler": self.cfg.sample_scheduler, "steps": self.cfg.sample_steps,
+                         "guidance_scale": self.cfg.guidance_scale},
+            "sample_grid": str(grid.relative_to(self.out)),
+            "device": str(self.device),
+            "mixed_precision": "bf16" if self.bf16 else "no",
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        self._write_log()
+        write_json_atomic(self.out / MODEL_JSON, info)
+        return info
+
+
+def _save_pretrained_atomic(component: Any, folder: Path) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    component.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    from dermsynth import __version__
+
+    return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def list_checkpoints(out: str | Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first (temporary folders of an interrupted save are ignored)."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").is_file())
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(out)
+    return checkpoints[-1] if checkpoints else None
+
+
+def latest_checkpoint_step(out: str | Path) -> int | None:
+    latest = latest_checkpoint(out)
+    return int(latest.name.split("-")[1]) if latest else None
+
+
+# --------------------------------------------------------------------------- sample grids
+
+
+def save_sample_grid(
+    pipeline: PixelDiffusionPipeline,
+    classes: list[str],
+    path: str | Path,
+    per_class: int,
+    seed: int,
+    steps: int,
+    scheduler: str,
+    guidance: float,
+) -> None:
+    """One row per class, the same seeds in every row (so rows differ only by class), labelled on the left."""
+    labels = [target for target in range(len(classes)) for _ in range(per_class)]
+    seeds = [seed + j for _ in classes for j in range(per_class)]
+    images = pipeline(labels, seeds, num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler)
+    grid = image_grid(images, rows=classes)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")

@@ -1,0 +1,206 @@
+"""From-scratch diffusion training: presets, a tiny train -> save -> load round trip, resume, user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dermsynth.cli import main
+from dermsynth.data.schema import CANONICAL_COLUMNS
+from dermsynth.diffusion.families import load_generator, read_model_info
+from dermsynth.diffusion.scratch import PRESETS, resolve_train_config
+from dermsynth.diffusion.train_scratch import latest_checkpoint_step, list_checkpoints, train
+from dermsynth.errors import DermsynthError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A 16 px, two-level UNet: a training step takes a few milliseconds.
+TINY = {
+    "model": {"image_size": 16, "block_out_channels": [16, 32], "layers_per_block": 1, "attention_levels": [1],
+              "attention_head_dim": 8, "norm_num_groups": 8},
+    "batch_size": 8, "max_steps": 6, "max_minutes": None, "warmup_steps": 2, "checkpoint_every": 4,
+    "sample_every": 4, "samples_per_class": 2, "sample_steps": 2, "log_every": 2, "mixed_precision": "no",
+}
+
+
+def make_prepared(root: Path, per_class: dict[str, int] | None = None, size: int = 24) -> Path:
+    """A minimal prepared folder: light skin with a brown (benign) or dark (malignant) disc, splits, prepare.json."""
+    per_class = per_class or {"benign": 12, "malignant": 8}
+    rng = np.random.default_rng(0)
+    rows = []
+    for target, (label, count) in enumerate(per_class.items()):
+        (root / "images" / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            yy, xx = np.mgrid[:size, :size]
+            radius = rng.uniform(size / 6, size / 3)
+            disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius**2
+            image = np.empty((size, size, 3), np.float64)
+            image[:] = rng.uniform(190, 230, 3)
+            image[disc] = (90, 60, 40) if target == 0 else (40, 25, 30)
+            image += rng.normal(0, 6, image.shape)
+            image_id = f"IMG_{target}{i:03d}"
+            path = f"images/{label}/{image_id}.png"
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / path)
+            split = "test" if i == 0 else "val" if i == 1 else "train"
+            rows.append({"image_id": image_id, "path": path, "label": label, "target": target, "split": split,
+                         "prompt": f"dermoscopy image of a {label} skin lesion", "source": "synthetic-fixture"})
+    pd.DataFrame(rows).reindex(columns=CANONICAL_COLUMNS).to_csv(root / "metadata.csv", index=False)
+    summary = {"classes": list(per_class), "images": len(rows)}
+    (root / "prepare.json").write_text(json.dumps(summary), encoding="utf-8")
+    return root
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err, err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and two threads on a busy machine can be 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return make_prepared(tmp_path_factory.mktemp("prep"))
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_preset_yaml_files_match_the_presets(preset):
+    from_file = resolve_train_config(preset, REPO / "configs" / f"train-{preset}.yaml")
+    assert from_file == resolve_train_config(preset)
+
+
+def test_config_layers_and_strictness(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("learning_rate: 0.002\nmodel: {layers_per_block: 1}\n", encoding="utf-8")
+    cfg = resolve_train_config("cpu-fast", path, max_steps=7)
+    assert (cfg.learning_rate, cfg.model.layers_per_block, cfg.max_steps) == (0.002, 1, 7)
+    assert cfg.model.block_out_channels == PRESETS["cpu-fast"]["model"]["block_out_channels"]
+    path.write_text("learning_rat: 0.002\n", encoding="utf-8")
+    with pytest.raises(DermsynthError, match="learning_rat: unknown key"):
+        resolve_train_config("cpu-fast", path)
+    with pytest.raises(DermsynthError, match="norm_num_groups must divide"):
+        resolve_train_config("cpu-fast", {"model": {"block_out_channels": [12, 24, 64]}})
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_train_save_load_round_trip(prepared, tmp_path):
+    out = tmp_path / "model"
+    result = train(prepared, out, config=TINY, progress=False)
+    assert result.steps == 6 and not result.skipped
+    info = read_model_info(out)
+    assert info["family"] == "scratch" and info["classes"] == ["benign", "malignant"]
+    assert info["image_size"] == 16 and info["data"]["counts"] == {"benign": 10, "malignant": 6}
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "scheduler" / "scheduler_config.json").is_file()
+    assert {p.name for p in (out / "samples").iterdir()} == {"step-000004.png", "final.png"}
+    assert Image.open(out / "samples" / "final.png").size[1] >= 2 * 16
+    assert [p.name for p in list_checkpoints(out)] == ["step-000004", "step-000006"]
+    assert len(pd.read_csv(out / "train_log.csv")) == 3
+
+    generator = load_generator(out)
+    images = generator(["malignant", "benign"], [1, 2], steps=3, scheduler="ddim", guidance_scale=2.0)
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+
+    again = train(prepared, out, config=TINY, progress=False)
+    assert again.skipped and again.steps == 6
+
+
+def test_interrupted_run_resumes_to_the_same_model(prepared, tmp_path):
+    straight = tmp_path / "straight"
+    train(prepared, straight, config=TINY | {"max_steps": 8}, progress=False)
+
+    def crash_at_step_6(step: int, loss: float) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(prepared, interrupted, config=TINY | {"max_steps": 8}, progress=False, callback=crash_at_step_6)
+    assert latest_checkpoint_step(interrupted) == 4 and not (interrupted / "dermsynth_model.json").exists()
+    with pytest.raises(DermsynthError, match="pass --resume"):
+        train(prepared, interrupted, config=TINY | {"max_steps": 8}, progress=False)
+
+    result = train(prepared, interrupted, config=TINY | {"max_steps": 8}, resume=True, progress=False)
+    assert result.steps == 8 and read_model_info(interrupted)["steps"] == 8
+    from safetensors.torch import load_file
+
+    a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(interrupted / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_extends_a_finished_run_and_refuses_changed_settings(prepared, tmp_path):
+    out = tmp_path / "model"
+    train(prepared, out, config=TINY, progress=False)
+    with pytest.raises(DermsynthError, match="other settings"):
+        train(prepared, out, config=TINY | {"max_steps": 10}, progress=False)
+    with pytest.raises(DermsynthError, match="learning_rate"):
+        train(prepared, out, config=TINY | {"max_steps": 10, "learning_rate": 1e-2}, resume=True, progress=False)
+    assert train(prepared, out, config=TINY | {"max_steps": 10}, resume=True, progress=False).steps == 10
+
+
+def test_max_minutes_stops_training(prepared, tmp_path):
+    result = train(prepared, tmp_path / "m", config=TINY | {"max_steps": 10_000, "max_minutes": 0.02},
+                   progress=False)
+    assert 0 < result.steps < 10_000 and result.info["stopped_by"] == "max_minutes"
+
+
+def test_min_snr_weighting_trains(prepared, tmp_path):
+    result = train(prepared, tmp_path / "m", config=TINY | {"max_steps": 2, "min_snr_gamma": 5.0}, progress=False)
+    assert np.isfinite(result.info["final_loss"])
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_train(prepared, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(TINY), encoding="utf-8")  # JSON is YAML
+    code, out, _ = run_cli(["train", "--data", str(prepared), "--out", str(tmp_path / "m"), "--config",
+                            str(config), "--max-steps", "3", "--quiet"], capsys)
+    assert code == 0 and "3 steps" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "incomplete", "preset", "config"])
+def test_cli_train_user_errors(prepared, tmp_path, capsys, case):
+    data, extra = str(prepared), []
+    if case == "missing":
+        data = str(tmp_path / "nope")
+    elif case == "incomplete":
+        (tmp_path / "half").mkdir()
+        (tmp_path / "half" / "metadata.csv").write_text("image_id\n", encoding="utf-8")
+        data = str(tmp_path / "half")
+    elif case == "preset":
+        extra = ["--preset", "tpu"]
+    else:
+        (tmp_path / "bad.yaml").write_text("model: {image_size: 7}\n", encoding="utf-8")
+        extra = ["--config", str(tmp_path / "bad.yaml")]
+    code, _, err = run_cli(["train", "--data", data, "--out", str(tmp_path / "m"), "--quiet", *extra], capsys)
+    fragment = {"missing": "not found", "incomplete": "not a complete prepared dataset", "preset": "unknown preset",
+                "config": "model.image_size"}[case]
+    assert_one_line_error(code, err, fragment)
