@@ -124,6 +124,97 @@ def info(prep: Annotated[Path, typer.Argument(help="A prepared dataset folder.")
     typer.echo(f"grouping: {dataset.summary['grouping']}")
 
 
+# --------------------------------------------------------------------------- train / generate
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="A prepared dataset folder (its train split is used).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    preset: Annotated[str, typer.Option(help="cpu-fast (32 px, minutes on a CPU) or gpu (64 px).")] = "cpu-fast",
+    config: Annotated[Path | None, typer.Option(help="YAML with training settings, on top of the preset.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time (all runs).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimisation steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed [default: 0].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps [default: auto].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a small class-conditional diffusion model from scratch (EMA weights, samples, checkpoints)."""
+    from dermsynth.diffusion.train_scratch import train as run_train
+
+    result = run_train(data, out, preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
+                       device=device, resume=resume, progress=not quiet)
+    info = result.info
+    if result.skipped:
+        typer.echo(f"{out}: already trained with these settings ({info['steps']} steps); nothing to do")
+        return
+    typer.echo(f"{out}: {info['steps']} steps in {info['seconds']:.0f} s (stopped by {info['stopped_by']}), "
+               f"final loss {info['final_loss']:.4f}; samples: {out / info['sample_grid']}")
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Option("--model", help="A model folder made by train or finetune.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the synthetic images.")],
+    per_class: Annotated[int | None, typer.Option(help="Images per class.")] = None,
+    balance: Annotated[Path | None, typer.Option(
+        help="A prepared dataset: fill each class of its train split up to the largest class.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated subset of the model's classes.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; image i of class c gets seed + 1000000 * c + i.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps [default: the model's].")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="ddim, ddpm, dpm++, dpm++-sde, unipc, euler, euler-a [default: the model's].")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance [default: the model's].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per sampling batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Generate synthetic images per class with QC, a manifest and provenance in every PNG; resumable."""
+    from dermsynth.diffusion.generate import generate as run_generate
+
+    chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    result = run_generate(model, out, per_class=per_class, balance=balance, classes=chosen, seed=seed, steps=steps,
+                          scheduler=scheduler, guidance=guidance, batch_size=batch_size, device=device,
+                          progress=not quiet)
+    summary = result.summary
+    counts = ", ".join(f"{label} {n}" for label, n in summary["counts"].items())
+    rejected = sum(summary["rejected"].values())
+    typer.echo(f"{out}: {counts} images ({rejected} rejected by QC); manifest: {out / 'manifest.csv'}")
+
+
+# --------------------------------------------------------------------------- run / demo
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="A study YAML (see configs/).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<config name>].")] = None,
+) -> None:
+    """Run a whole study from one YAML; finished stages are skipped, interrupted ones resume."""
+    from dermsynth.pipeline import load_run_config, run_pipeline
+
+    run_config = load_run_config(config)
+    _finish_run(run_pipeline(run_config, out or Path("runs") / config.stem))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/demo"),
+) -> None:
+    """The study on the embedded CC0 sample (557 ISIC Archive images) with CPU settings."""
+    from dermsynth.pipeline import demo_config, run_pipeline
+
+    _finish_run(run_pipeline(demo_config(), out))
+
+
+def _finish_run(outcomes) -> None:
+    ran = [o.name for o in outcomes if o.status == "ran"]
+    skipped = [o.name for o in outcomes if o.status == "skipped"]
+    folder = outcomes[0].folder.parent if outcomes else Path(".")
+    typer.echo(f"{folder}: ran {', '.join(ran) or 'nothing'}; up to date: {', '.join(skipped) or 'none'}")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
