@@ -215,6 +215,57 @@ def _finish_run(outcomes) -> None:
     typer.echo(f"{folder}: ran {', '.join(ran) or 'nothing'}; up to date: {', '.join(skipped) or 'none'}")
 
 
+# --------------------------------------------------------------------------- validate
+
+
+@app.command()
+def validate(
+    real: Annotated[Path, typer.Option("--real", help="Prepared dataset (real train/val/test splits).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (runs go to OUT/validation/).")],
+    synthetic: Annotated[list[Path] | None, typer.Option(
+        "--synthetic", help="Synthetic folder of class sub-folders; repeat for several.")] = None,
+    regimes: Annotated[str | None, typer.Option(
+        help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic [default: real,hybrid:0.5,synthetic].")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds per regime [default: 3].")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="cnn, vit, or a pretrained image-classifier folder / hub id [default: cnn].")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML with validate settings (options override it).")] = None,
+    real_per_class: Annotated[int | None, typer.Option(
+        help="Limited-data setting: real training images per class.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side for cnn/vit [default: the prepared size].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: the model's preset].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size [default: the preset's].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate [default: the preset's].")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples [default: 1000].")] = None,
+    save_checkpoint: Annotated[bool | None, typer.Option(
+        "--save-checkpoint/--no-save-checkpoint", help="Keep each run's selected classifier [off].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps [default: auto].")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train classifiers on real, hybrid and synthetic training sets; test on real, patient-disjoint images."""
+    from dermsynth.config import read_yaml, validate_config
+    from dermsynth.evaluate.config import ValidateConfig
+    from dermsynth.evaluate.validate import validate as run_validate
+
+    overrides: dict[str, Any] = {}
+    for key, value in {
+        "real": real, "synthetic": synthetic or None, "seeds": seeds, "model": model,
+        "regimes": [r.strip() for r in regimes.split(",") if r.strip()] if regimes is not None else None,
+        "real_per_class": real_per_class, "image_size": image_size, "bootstrap": bootstrap,
+        "save_checkpoint": save_checkpoint, "device": device, "train.epochs": epochs,
+        "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision,
+    }.items():
+        _set(overrides, key, value)
+    data = read_yaml(config) if config else {}
+    _merge(data, overrides)
+    cfg = validate_config(ValidateConfig, data, source=str(config) if config else "options")
+    result = run_validate(cfg, out, progress=not quiet)
+    typer.echo((result.out / "summary.md").read_text(encoding="utf-8"))
+    typer.echo(f"{result.out}: {len(result.ran)} run(s) trained, {len(result.skipped)} already done")
+
+
 # --------------------------------------------------------------------------- entry point
 
 

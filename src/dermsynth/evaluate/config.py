@@ -1,0 +1,80 @@
+"""Settings of the validation stage (pydantic; loaded from YAML, unknown keys are errors). No torch import here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from dermsynth.config import StrictModel
+
+
+class TrainConfig(StrictModel):
+    """Classifier training. Unset (null) values take the model's preset default (see docs/validation.md)."""
+
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Training epochs (upper bound with patience).")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Training batch size.")
+    lr: float | None = Field(None, gt=0, lt=1, description="Peak AdamW learning rate.")
+    weight_decay: float | None = Field(None, ge=0, lt=1, description="AdamW weight decay (not on biases/norms).")
+    warmup_fraction: float | None = Field(
+        None, ge=0, le=1, description="Linear warmup over this fraction of all steps, then linear decay to 0.")
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a better validation score; null = never.")
+    selection_metric: Literal["auroc", "balanced_accuracy", "accuracy", "loss"] = Field(
+        "auroc", description="Validation metric (real images only) that picks the checkpoint.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16 autocast or fp32; auto = the preset's measured choice.")
+    augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter on training images.")
+    jitter: float = Field(0.1, ge=0, le=0.5, description="Colour jitter spread (brightness/contrast/saturation).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null = no clip.")
+    eval_batch_size: int = Field(256, ge=1, description="Batch size for validation/test inference.")
+    track_test: bool = Field(
+        True, description="Record test accuracy/AUROC per epoch for plotting only (never used for selection).")
+
+
+class ValidateConfig(StrictModel):
+    """Downstream validation: train classifiers on real / mixed / synthetic images, test on real images."""
+
+    real: Path = Field(description="Prepared dataset folder (written by 'dermsynth prepare').")
+    synthetic: list[Path] = Field(
+        default_factory=list,
+        description="Synthetic folders of class sub-folders (SYN/images/<class>/ or SYN/<class>/, PNG/JPEG, any "
+                    "size); each regime using synthetic images runs once per folder.")
+    regimes: list[str] = Field(
+        ["real", "hybrid:0.5", "synthetic"],
+        description="real, hybrid:<fraction> (synthetic share at equal size), add:<n>, synthetic (= hybrid:1).")
+    seeds: int = Field(3, ge=1, le=100, description="Seeds per regime: first_seed, first_seed + 1, ...")
+    first_seed: int = Field(0, ge=0, description="First seed (model init, data order, augmentation, mixing).")
+    model: str = Field("cnn", description="cnn, vit, or a pretrained checkpoint folder / hub id.")
+    architecture: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the cnn/vit preset's transformers config (e.g. tiny tests).")
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="Input side for cnn/vit; default: the prepared images' size.")
+    real_per_class: int | None = Field(
+        None, ge=1, description="Limited-data setting: this many real training images per class (val/test unchanged).")
+    subsample_seed: int | None = Field(
+        0, description="Seed of the real_per_class sample; null = the run's seed (the sample then varies by seed).")
+    class_mix: Literal["proportional", "balanced"] = Field(
+        "proportional", description="add:<n>: split n by the real class sizes, or fill the smallest classes first.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the confidence intervals.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
+    save_checkpoint: bool = Field(False, description="Save each run's selected classifier under <run>/checkpoint/.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")
+
+    @field_validator("regimes")
+    @classmethod
+    def _known_regimes(cls, value: list[str]) -> list[str]:
+        from dermsynth.errors import DermsynthError
+        from dermsynth.evaluate.regimes import parse_regime
+
+        if not value:
+            raise ValueError("at least one regime is needed")
+        try:
+            names = [parse_regime(text).name for text in value]
+        except DermsynthError as exc:
+            raise ValueError(str(exc)) from None
+        if len(set(names)) != len(names):
+            raise ValueError("a regime is listed twice")
+        return names

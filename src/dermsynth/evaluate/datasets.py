@@ -1,0 +1,154 @@
+"""The images a validation run sees: real splits from a prepared dataset, synthetic pools from class folders.
+
+Guarantees checked here (violations raise :class:`DermsynthError` before any training starts):
+
+- train, val and test share no patient (lesion where the patient is unknown) and no image;
+- val and test hold real images only, and no synthetic image is a pixel-exact copy of a val/test image;
+- every synthetic class folder names a class of the real data.
+
+All images are decoded once, through the shared transform, into uint8 arrays held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dermsynth.data.dataset import PreparedDataset
+from dermsynth.data.images import ImageReadError, list_images
+from dermsynth.data.schema import slug
+from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.transforms import load_image
+from dermsynth.progress import track
+
+IMAGE_COLUMNS = ["image_id", "path", "target", "group", "synthetic"]
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8 NHWC at the model's size) with integer targets, ids and a synthetic flag per image."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    ids: list[str]
+    synthetic: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def real_frame(prepared: PreparedDataset, split: str) -> pd.DataFrame:
+    """One split as IMAGE_COLUMNS; ``group`` = patient, else lesion, else the image itself."""
+    frame = prepared.split(split)
+    group = frame["patient_id"].fillna(frame["lesion_id"]).fillna("image:" + frame["image_id"])
+    return pd.DataFrame({"image_id": frame["image_id"].astype(str),
+                         "path": [str(p) for p in prepared.paths(frame)],
+                         "target": frame["target"].astype(int), "group": group.astype(str), "synthetic": False})
+
+
+def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
+    """Raise if two splits share a patient/lesion group or an image, or if val/test hold a synthetic image."""
+    for name in ("val", "test"):
+        if name in splits and splits[name]["synthetic"].any():
+            raise DermsynthError(f"synthetic images in the {name} split: evaluation must use real images only")
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = splits[first], splits[second]
+            shared_groups = set(a.loc[~a["synthetic"], "group"]) & set(b.loc[~b["synthetic"], "group"])
+            shared_images = set(a["image_id"]) & set(b["image_id"])
+            if shared_groups or shared_images:
+                example = sorted(shared_groups or shared_images)[0]
+                raise DermsynthError(
+                    f"patient leak: {first} and {second} share {len(shared_groups)} patient/lesion group(s) and "
+                    f"{len(shared_images)} image(s) (e.g. {example}); re-run 'dermsynth prepare' to split by patient")
+
+
+def subsample_per_class(frame: pd.DataFrame, per_class: int, seed: int, classes: list[str]) -> pd.DataFrame:
+    """``per_class`` random training images of every class (the limited-data setting)."""
+    parts = []
+    for target, name in enumerate(classes):
+        rows = frame[frame["target"] == target]
+        if len(rows) < per_class:
+            raise DermsynthError(f"real_per_class={per_class}, but class {name!r} has only {len(rows)} training "
+                                 "images")
+        parts.append(rows.sample(n=per_class, random_state=np.random.RandomState(seed)))
+    return pd.concat(parts).sort_values("image_id").reset_index(drop=True)
+
+
+def synthetic_frame(folder: str | Path, classes: list[str]) -> pd.DataFrame:
+    """A folder of class sub-folders (``SYN/images/<class>/`` as written by `generate`, or ``SYN/<class>/``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DermsynthError(f"synthetic folder not found: {folder}")
+    base = folder / "images" if (folder / "images").is_dir() else folder
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DermsynthError(f"{folder}: no class sub-folders (expected <class>/*.png, e.g. benign/, malignant/)")
+    by_slug = {slug(name): target for target, name in enumerate(classes)}
+    rows = []
+    for class_dir in class_dirs:
+        target = by_slug.get(slug(class_dir.name))
+        if target is None:
+            raise DermsynthError(f"{folder}: class folder {class_dir.name!r} is not a class of the real data "
+                                 f"({', '.join(classes)})")
+        rows += [{"image_id": f"syn:{folder.name}/{class_dir.name}/{p.name}", "path": str(p), "target": target,
+                  "group": f"syn:{folder.name}", "synthetic": True} for p in list_images(class_dir)]
+    if not rows:
+        raise DermsynthError(f"{folder}: no PNG/JPEG images in its class folders")
+    return pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+
+
+class ImageBank:
+    """Decoded images by path, each loaded once; unreadable files are remembered, not fatal here."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.arrays: dict[str, np.ndarray] = {}
+        self.failed: dict[str, str] = {}
+
+    def load(self, paths: list[str], description: str, progress: bool = True) -> None:
+        todo = [p for p in dict.fromkeys(paths) if p not in self.arrays and p not in self.failed]
+        for path in track(todo, len(todo), description, enabled=progress and len(todo) > 0):
+            try:
+                self.arrays[path] = load_image(path, self.size)
+            except ImageReadError as exc:
+                self.failed[path] = exc.reason
+
+    def drop_unreadable(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
+        """Synthetic pools skip unreadable files with a warning (a class left empty fails later, clearly)."""
+        bad = frame["path"].isin(self.failed)
+        if bad.any():
+            warnings.warn(f"{what}: skipped {int(bad.sum())} unreadable image(s), e.g. "
+                          f"{frame.loc[bad, 'path'].iloc[0]}", stacklevel=2)
+        return frame[~bad].reset_index(drop=True)
+
+    def require(self, frame: pd.DataFrame, what: str) -> None:
+        """Real images must all be readable: a broken prepared dataset is an error, not a silent drop."""
+        bad = frame["path"][frame["path"].isin(self.failed)]
+        if len(bad):
+            raise DermsynthError(f"{what}: {len(bad)} unreadable image(s), e.g. {bad.iloc[0]} "
+                                 f"({self.failed[bad.iloc[0]]}); re-run 'dermsynth prepare'")
+
+    def image_set(self, frame: pd.DataFrame) -> ImageSet:
+        images = (np.stack([self.arrays[p] for p in frame["path"]]) if len(frame)
+                  else np.zeros((0, self.size, self.size, 3), np.uint8))
+        return ImageSet(images, frame["target"].to_numpy(np.int64), frame["image_id"].tolist(),
+                        frame["synthetic"].to_numpy(bool))
+
+    def digest(self, path: str) -> str:
+        return hashlib.sha1(self.arrays[path].tobytes()).hexdigest()
+
+
+def check_no_copies(bank: ImageBank, synthetic: pd.DataFrame, evaluation: pd.DataFrame) -> None:
+    """A synthetic image identical (after the shared transform) to a val/test image is a leak."""
+    held_out = {bank.digest(p): p for p in evaluation["path"]}
+    for path in synthetic["path"]:
+        original = held_out.get(bank.digest(path))
+        if original is not None:
+            raise DermsynthError(f"synthetic image {path} is a pixel copy of held-out image {original}")

@@ -1,0 +1,136 @@
+"""Training-set regimes: how real and synthetic images are mixed.
+
+Let the real training set have N images, N_c in class c.
+
+- ``real``: the N real images (baseline).
+- ``hybrid:f`` (0 <= f <= 1): still N images, of which S = round(f * N) (halves round up) are synthetic. S is
+  split over the classes in proportion to N_c (largest remainder), and in each class that many real images are
+  replaced by synthetic ones, so the class mix is unchanged and the synthetic fraction is exactly S / N.
+  ``hybrid:0.5`` is the reference study's 50/50 mix at equal training-set size.
+- ``add:n``: the N real images plus n synthetic ones, split over the classes in proportion to N_c
+  (``class_mix: proportional``), or given to the smallest classes first until the classes are as equal as
+  possible (``class_mix: balanced``).
+- ``synthetic``: the same as ``hybrid:1``: N synthetic images with the real class mix, tested on real images.
+
+For a given seed, which real images are replaced and which synthetic images are drawn come from one
+permutation per class, so the sets are nested: hybrid:0.25 replaces a subset of what hybrid:0.5 replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from dermsynth.errors import DermsynthError
+
+Kind = Literal["real", "hybrid", "add", "synthetic"]
+ClassMix = Literal["proportional", "balanced"]
+
+
+@dataclass(frozen=True)
+class Regime:
+    kind: Kind
+    amount: float = 0.0  # f for hybrid, n for add
+
+    @property
+    def name(self) -> str:
+        if self.kind == "hybrid":
+            return f"hybrid:{self.amount:g}"
+        if self.kind == "add":
+            return f"add:{int(self.amount)}"
+        return self.kind
+
+    @property
+    def slug(self) -> str:
+        """Folder-safe name: ``hybrid-0.5``."""
+        return self.name.replace(":", "-")
+
+    @property
+    def uses_synthetic(self) -> bool:
+        return self.kind != "real" and not (self.kind == "hybrid" and self.amount == 0)
+
+
+def parse_regime(text: str) -> Regime:
+    """``real``, ``hybrid`` (= hybrid:0.5), ``hybrid:<f>``, ``add:<n>`` or ``synthetic``."""
+    kind, _, value = text.strip().lower().partition(":")
+    if kind in ("real", "synthetic") and not value:
+        return Regime(kind)
+    if kind == "hybrid":
+        try:
+            fraction = float(value or 0.5)
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 <= fraction <= 1.0:
+            raise DermsynthError(f"regime {text!r}: the synthetic fraction must be a number in [0, 1]")
+        return Regime("hybrid", fraction)
+    if kind == "add":
+        if not value.isdigit() or int(value) < 1:
+            raise DermsynthError(f"regime {text!r}: add:<n> needs a positive whole number of synthetic images")
+        return Regime("add", int(value))
+    raise DermsynthError(f"unknown regime {text!r}: use real, hybrid:<fraction>, add:<n> or synthetic")
+
+
+def round_half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def apportion(total: int, weights: list[int]) -> list[int]:
+    """Split ``total`` into integers proportional to ``weights`` (largest remainder; ties to the first class)."""
+    weight_sum = sum(weights)
+    if total == 0 or weight_sum == 0:
+        return [0] * len(weights)
+    quotas = [total * w / weight_sum for w in weights]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def fill_smallest(total: int, sizes: list[int]) -> list[int]:
+    """Give ``total`` extra items to the smallest classes first (water-filling); ties to the first class."""
+    added = [0] * len(sizes)
+    for _ in range(total):
+        current = [s + a for s, a in zip(sizes, added, strict=True)]
+        added[current.index(min(current))] += 1
+    return added
+
+
+def synthetic_counts(regime: Regime, real_counts: list[int], class_mix: ClassMix = "proportional") -> list[int]:
+    """Synthetic images per class for ``regime`` given the real class sizes."""
+    if regime.kind == "real":
+        return [0] * len(real_counts)
+    if regime.kind == "add":
+        total = int(regime.amount)
+        return fill_smallest(total, real_counts) if class_mix == "balanced" else apportion(total, real_counts)
+    fraction = 1.0 if regime.kind == "synthetic" else regime.amount
+    return apportion(round_half_up(fraction * sum(real_counts)), real_counts)
+
+
+def compose(regime: Regime, real: pd.DataFrame, pool: pd.DataFrame | None, classes: list[str], seed: int,
+            class_mix: ClassMix = "proportional") -> pd.DataFrame:
+    """The training table of ``regime``: rows of ``real`` and of the synthetic ``pool`` (same columns)."""
+    real_counts = [int((real["target"] == c).sum()) for c in range(len(classes))]
+    wanted = synthetic_counts(regime, real_counts, class_mix)
+    if sum(wanted) and pool is None:
+        raise DermsynthError(f"regime {regime.name} needs a synthetic folder (--synthetic)")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c, name in enumerate(classes):
+        real_c = real[real["target"] == c]
+        real_order = rng.permutation(len(real_c))
+        keep = real_c if regime.kind == "add" else real_c.iloc[np.sort(real_order[wanted[c]:])]
+        parts.append(keep)
+        if pool is None:
+            continue
+        pool_c = pool[pool["target"] == c]
+        pool_order = rng.permutation(len(pool_c))
+        if wanted[c] > len(pool_c):
+            raise DermsynthError(f"regime {regime.name} needs {wanted[c]} synthetic {name!r} images, "
+                                 f"but the synthetic folder has {len(pool_c)}")
+        parts.append(pool_c.iloc[np.sort(pool_order[: wanted[c]])])
+    return pd.concat(parts).reset_index(drop=True)

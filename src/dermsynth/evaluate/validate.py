@@ -1,0 +1,403 @@
+"""The `validate` stage: does adding synthetic images help a real skin-lesion classifier, and how sure is that?
+
+For every regime x synthetic folder x seed, train a classifier (selection on the real validation split), test
+once on the real, patient-disjoint test split, and write ``OUT/validation/<regime>/<seed>/``:
+
+- ``history.csv``: per epoch train loss, lr, val loss/accuracy/balanced accuracy/AUROC, test accuracy/AUROC
+  (plotting only);
+- ``predictions.csv`` / ``val_predictions.csv``: isic-challenge-scoring format (``image`` + one probability
+  column per class), scorable against ``OUT/validation/test_truth.csv``;
+- ``metrics.json``: test metrics at the validation-chosen threshold, per-image bootstrap intervals, the training
+  set's composition, timings and the settings hash (written last: its presence marks a finished run);
+- ``checkpoint/`` (``save_checkpoint``): the selected classifier, loadable by ``load_classifier``.
+
+Then ``OUT/validation/summary.csv|json|md`` (one row per regime: mean, sd and intervals of every metric) and
+``comparisons.csv`` (each regime minus ``real``, paired by seed and test image). Finished runs with the same
+settings are skipped on a rerun; an interrupted run restarts from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermsynth.config import validate_config
+from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.config import ValidateConfig
+from dermsynth.evaluate.datasets import (
+    ImageBank,
+    check_disjoint,
+    check_no_copies,
+    real_frame,
+    subsample_per_class,
+    synthetic_frame,
+)
+from dermsynth.evaluate.metrics import METRICS, youden_threshold
+from dermsynth.evaluate.regimes import Regime, compose, parse_regime
+from dermsynth.evaluate.stats import RunPredictions, compare, image_intervals, summarize
+from dermsynth.progress import console, make_progress
+from dermsynth.utils import (
+    ensure_writable_dir,
+    pick_device,
+    seed_everything,
+    sha256_file,
+    stable_hash,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+# Settings that do not change a run's result (or are handled per run) stay out of its settings hash.
+NOT_IN_RUN_HASH = {"synthetic", "regimes", "seeds", "first_seed", "bootstrap", "confidence", "save_checkpoint",
+                   "device"}
+TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "pauc_sens80", "sensitivity", "specificity", "f1")
+
+
+@dataclass
+class Data:
+    """Everything the runs read: the real splits, the synthetic pools, the decoded images."""
+
+    classes: list[str]
+    bank: ImageBank
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    pools: dict[str, pd.DataFrame]
+    fingerprints: dict[str, str]
+
+
+@dataclass
+class RunPlan:
+    regime: Regime
+    source: str | None
+    seed: int
+    folder: Path
+    train: pd.DataFrame
+    settings_hash: str
+
+    @property
+    def label(self) -> str:
+        return self.regime.name + (f"@{self.source}" if self.source else "")
+
+
+@dataclass
+class ValidateResult:
+    out: Path
+    summary: pd.DataFrame
+    comparisons: pd.DataFrame
+    ran: list[str]
+    skipped: list[str]
+
+
+def validate(config: ValidateConfig | Mapping[str, Any], out: str | Path, *, progress: bool = True) -> ValidateResult:
+    """Run (or resume) every regime x synthetic folder x seed of ``config``; write runs and the summary."""
+    if not isinstance(config, ValidateConfig):
+        config = validate_config(ValidateConfig, dict(config))
+    from dermsynth.evaluate.classifiers import build_classifier
+
+    root = ensure_writable_dir(Path(out) / "validation")
+    device = pick_device(config.device)
+    prepared = load_prepared(config.real)
+    size = config.image_size or int(prepared.summary["settings"]["preprocess"]["image_size"])
+    spec = build_classifier(config.model, prepared.classes, None if _pretrained(config) else size,
+                            config.architecture).spec
+    data = load_data(config, prepared, spec.size, progress)
+    plans = plan_runs(config, data, root)
+    _load_training_images(data, plans, progress)
+    _write_truth(data, root)
+    started = time.monotonic()
+    ran, skipped = [], []
+    for plan in plans:
+        if _finished(plan):
+            skipped.append(plan.label + f" seed {plan.seed}")
+            continue
+        execute_run(plan, config, data, device, progress)
+        ran.append(plan.label + f" seed {plan.seed}")
+    summary, comparisons = write_summary(config, data, plans, root)
+    write_json_atomic(root / "validate.json", _clean({
+        "config": config.model_dump(mode="json"), "device": device, "image_size": spec.size,
+        "classes": data.classes, "counts": _counts(data), "fingerprints": data.fingerprints,
+        "unreadable_synthetic": sorted(p for p in data.bank.failed),
+        "ran": ran, "skipped": skipped, "seconds_this_call": round(time.monotonic() - started, 1)}))
+    return ValidateResult(root, summary, comparisons, ran, skipped)
+
+
+def _pretrained(config: ValidateConfig) -> bool:
+    return config.model not in ("cnn", "vit")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, progress: bool) -> Data:
+    """Real splits (leak-checked, decoded), synthetic pools (decoded, unreadable files skipped)."""
+    classes = prepared.classes
+    frames = {split: real_frame(prepared, split) for split in ("train", "val", "test")}
+    check_disjoint(frames)
+    for split in ("train", "val", "test"):
+        if frames[split].empty:
+            raise DermsynthError(f"{config.real}: the {split} split is empty")
+    if frames["test"]["target"].nunique() < 2:
+        warnings.warn("the test split holds a single class: AUROC, pAUC, sensitivity/specificity are undefined "
+                      "and reported as NaN", stacklevel=3)
+    bank = ImageBank(size)
+    evaluation = pd.concat([frames["val"], frames["test"]])
+    bank.load(evaluation["path"].tolist(), "loading val/test", progress)
+    bank.require(evaluation, f"{config.real} val/test")
+    pools = {}
+    for name, folder in _source_names(config.synthetic).items():
+        pool = synthetic_frame(folder, classes)
+        bank.load(pool["path"].tolist(), f"loading {name}", progress)
+        pool = bank.drop_unreadable(pool, str(folder))
+        if pool.empty:
+            raise DermsynthError(f"{folder}: none of its images could be read")
+        check_no_copies(bank, pool, evaluation)
+        pools[name] = pool
+    fingerprints = {"real": sha256_file(Path(config.real) / "metadata.csv")[:16]}
+    for name, pool in pools.items():
+        fingerprints[name] = stable_hash([(p, Path(p).stat().st_size) for p in pool["path"]])
+    return Data(classes, bank, frames["train"], frames["val"], frames["test"], pools, fingerprints)
+
+
+def _source_names(folders: list[Path]) -> dict[str, Path]:
+    """Folder name per synthetic folder, made unique (``syn``, ``syn-2``) when two share a name."""
+    names: dict[str, Path] = {}
+    for folder in folders:
+        name, n = Path(folder).name or "synthetic", 2
+        while name in names:
+            name, n = f"{Path(folder).name}-{n}", n + 1
+        names[name] = Path(folder)
+    return names
+
+
+def _real_train(config: ValidateConfig, data: Data, seed: int) -> pd.DataFrame:
+    if config.real_per_class is None:
+        return data.train
+    sample_seed = seed if config.subsample_seed is None else config.subsample_seed
+    return subsample_per_class(data.train, config.real_per_class, sample_seed, data.classes)
+
+
+def plan_runs(config: ValidateConfig, data: Data, root: Path) -> list[RunPlan]:
+    """Every run's training table, composed (and checked) before anything trains."""
+    if any(parse_regime(r).uses_synthetic for r in config.regimes) and not data.pools:
+        raise DermsynthError("a regime other than 'real' needs at least one --synthetic folder")
+    base = config.model_dump(mode="json", exclude=NOT_IN_RUN_HASH)
+    plans = []
+    for text in config.regimes:
+        regime = parse_regime(text)
+        sources: list[str | None] = list(data.pools) if regime.uses_synthetic else [None]
+        for source in sources:
+            folder_name = regime.slug + (f"@{source}" if source and len(data.pools) > 1 else "")
+            for seed in range(config.first_seed, config.first_seed + config.seeds):
+                real = _real_train(config, data, seed)
+                train = compose(regime, real, data.pools.get(source) if source else None, data.classes, seed,
+                                config.class_mix)
+                check_disjoint({"train": train, "val": data.val, "test": data.test})
+                key = {"config": base, "regime": regime.name, "seed": seed, "real": data.fingerprints["real"],
+                       "source": data.fingerprints.get(source) if source else None}
+                plans.append(RunPlan(regime, source, seed, root / folder_name / str(seed), train, stable_hash(key)))
+    return plans
+
+
+def _load_training_images(data: Data, plans: list[RunPlan], progress: bool) -> None:
+    real = pd.concat([p.train[~p.train["synthetic"]] for p in plans]).drop_duplicates("path")
+    data.bank.load(real["path"].tolist(), "loading train", progress)
+    data.bank.require(real, "real training images")
+
+
+def _write_truth(data: Data, root: Path) -> None:
+    truth = pd.DataFrame({"image": data.test["image_id"]})
+    for target, name in enumerate(data.classes):
+        truth[name] = (data.test["target"] == target).astype(float)
+    write_csv_atomic(root / "test_truth.csv", truth)
+
+
+def _counts(data: Data) -> dict[str, Any]:
+    def by_class(frame: pd.DataFrame) -> dict[str, int]:
+        return {name: int((frame["target"] == t).sum()) for t, name in enumerate(data.classes)}
+
+    counts = {split: by_class(getattr(data, split)) for split in ("train", "val", "test")}
+    return counts | {f"synthetic:{name}": by_class(pool) for name, pool in data.pools.items()}
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _finished(plan: RunPlan) -> bool:
+    metrics = plan.folder / "metrics.json"
+    if not metrics.is_file():
+        return False
+    try:
+        return json.loads(metrics.read_text(encoding="utf-8")).get("settings_hash") == plan.settings_hash
+    except ValueError:
+        return False
+
+
+def _probability_frame(ids: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({"image": ids})
+    for k, name in enumerate(classes):
+        frame[name] = probs[:, k].astype(np.float64).round(8)
+    return frame
+
+
+def execute_run(plan: RunPlan, config: ValidateConfig, data: Data, device: str, progress: bool) -> dict[str, Any]:
+    """Train, select on val, test once; write the run folder (metrics.json last)."""
+    from dermsynth.evaluate.classifiers import build_classifier, save_classifier
+    from dermsynth.evaluate.train_classifier import evaluate, fit, resolve_settings
+
+    shutil.rmtree(plan.folder, ignore_errors=True)  # a partial run restarts cleanly
+    plan.folder.mkdir(parents=True)
+    seed_everything(plan.seed)
+    classifier = build_classifier(config.model, data.classes, None if _pretrained(config) else data.bank.size,
+                                  config.architecture)
+    settings = resolve_settings(config.train, "pretrained" if _pretrained(config) else config.model, device)
+    train, val, test = (data.bank.image_set(f) for f in (plan.train, data.val, data.test))
+    steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
+    with make_progress() if progress else _NoProgress() as bar:
+        task = bar.add_task(f"{plan.label} seed {plan.seed}", total=steps, status="")
+        result = fit(classifier, train, val, settings, plan.seed, device, test if settings.track_test else None,
+                     on_step=lambda: bar.advance(task),
+                     on_epoch=lambda row: bar.update(task, status=f"epoch {row['epoch']} val AUROC "
+                                                                  f"{row['val_auroc']:.3f}"))
+        bar.update(task, completed=steps)
+    val_probs, _ = evaluate(classifier, val, settings, device)
+    threshold = youden_threshold(val.targets == 1, val_probs[:, 1]) if len(data.classes) == 2 else None
+    test_probs, test_metrics = evaluate(classifier, test, settings, device, threshold)
+    run = RunPredictions(plan.seed, test.targets, test_probs, threshold)
+    metrics = {
+        "regime": plan.regime.name, "source": plan.source, "seed": plan.seed, "settings_hash": plan.settings_hash,
+        "test": {k: test_metrics[k] for k in METRICS},
+        "test_image_ci": image_intervals(run, config.bootstrap, config.confidence, plan.seed),
+        "undefined": [k for k in METRICS if math.isnan(test_metrics[k])],
+        "threshold": threshold, "threshold_rule": "Youden J on the validation split" if threshold is not None else None,
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "train_images": len(train), "train_synthetic": int(train.synthetic.sum()),
+        "train_by_class": {name: int((train.targets == t).sum()) for t, name in enumerate(data.classes)},
+        "seconds": round(result.seconds, 1), "train_images_per_second": round(result.images_per_second, 1),
+        "settings": vars(settings),
+    }
+    write_csv_atomic(plan.folder / "history.csv", result.history)
+    write_csv_atomic(plan.folder / "predictions.csv", _probability_frame(test.ids, test_probs, data.classes))
+    write_csv_atomic(plan.folder / "val_predictions.csv", _probability_frame(val.ids, val_probs, data.classes))
+    write_csv_atomic(plan.folder / "train_images.csv", plan.train[["image_id", "target", "synthetic"]])
+    if config.save_checkpoint:
+        save_classifier(classifier, plan.folder / "checkpoint")
+    write_json_atomic(plan.folder / "metrics.json", _clean(metrics))
+    if progress:
+        console.print(f"{plan.label} seed {plan.seed}: test AUROC {test_metrics['auroc']:.3f}, accuracy "
+                      f"{test_metrics['accuracy']:.3f} (best epoch {result.best_epoch}, {result.seconds:.0f} s)")
+    return metrics
+
+
+class _NoProgress:
+    """Stands in for a rich Progress when progress output is off."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> null, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _read_run(plan: RunPlan, data: Data) -> RunPredictions | None:
+    if not _finished(plan):
+        return None
+    metrics = json.loads((plan.folder / "metrics.json").read_text(encoding="utf-8"))
+    predictions = pd.read_csv(plan.folder / "predictions.csv", dtype={"image": str}).set_index("image")
+    probs = predictions.loc[data.test["image_id"], data.classes].to_numpy(np.float64)
+    return RunPredictions(plan.seed, data.test["target"].to_numpy(np.int64), probs, metrics["threshold"])
+
+
+def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root: Path
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """summary.csv|json|md and comparisons.csv from every finished run of ``plans``."""
+    groups: dict[tuple[str, str | None], list[tuple[RunPlan, RunPredictions]]] = {}
+    for plan in plans:
+        run = _read_run(plan, data)
+        if run is not None:
+            groups.setdefault((plan.regime.name, plan.source), []).append((plan, run))
+    rows, comparisons = [], []
+    baseline = [run for _, run in groups.get(("real", None), [])]
+    for (regime, source), members in groups.items():
+        runs = [run for _, run in members]
+        first = members[0][0]
+        rows.append({"regime": regime, "source": source or "", "seeds": len(runs),
+                     "train_images": len(first.train), "train_synthetic": int(first.train["synthetic"].sum()),
+                     **summarize(runs, config.bootstrap, config.confidence)})
+        if regime != "real" and baseline:
+            for row in compare(runs, baseline, config.bootstrap, config.confidence):
+                comparisons.append({"regime": regime, "source": source or "", "baseline": "real", **row})
+    summary, comparison_frame = pd.DataFrame(rows), pd.DataFrame(comparisons)
+    write_csv_atomic(root / "summary.csv", summary)
+    write_csv_atomic(root / "comparisons.csv", comparison_frame.drop(columns="per_seed_diff", errors="ignore"))
+    write_json_atomic(root / "summary.json", _clean({"regimes": rows, "comparisons": comparisons,
+                                                     "confidence": config.confidence, "bootstrap": config.bootstrap}))
+    write_text_atomic(root / "summary.md", summary_markdown(summary, comparison_frame, config.confidence))
+    return summary, comparison_frame
+
+
+def _fmt(mean: float, lo: float, hi: float, scale: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    interval = "" if math.isnan(lo) else f" [{lo * scale:.1f}, {hi * scale:.1f}]"
+    return f"{mean * scale:.1f}{interval}"
+
+
+def summary_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame, confidence: float) -> str:
+    """The reference study's Table 1, extended: every metric with its two-level bootstrap interval (in %)."""
+    level = f"{confidence:.0%}"
+    lines = [f"Test metrics x 100, mean over seeds [{level} CI, bootstrap over seeds and test images]. "
+             "pauc_sens80 x 100 ranges 0-20 (chance 2).", "",
+             "| regime | seeds | train (synthetic) | " + " | ".join(TABLE_METRICS) + " |",
+             "|---|---|---|" + "---|" * len(TABLE_METRICS)]
+    for row in summary.to_dict("records"):
+        name = row["regime"] + (f" @{row['source']}" if row["source"] else "")
+        cells = [_fmt(row[f"{m}_mean"], row[f"{m}_ci_lo"], row[f"{m}_ci_hi"], 100) for m in TABLE_METRICS]
+        lines.append(f"| {name} | {row['seeds']} | {row['train_images']} ({row['train_synthetic']}) | "
+                     + " | ".join(cells) + " |")
+    if not comparisons.empty:
+        lines += ["", f"Paired difference regime - real, percentage points [{level} CI] (p_boot; seeds better):", "",
+                  "| regime | " + " | ".join(TABLE_METRICS) + " |", "|---|" + "---|" * len(TABLE_METRICS)]
+        for (regime, source), part in comparisons.groupby(["regime", "source"], sort=False):
+            by_metric = part.set_index("metric")
+            cells = [f"{_fmt(by_metric.at[m, 'diff'], by_metric.at[m, 'ci_lo'], by_metric.at[m, 'ci_hi'], 100)} "
+                     f"(p={by_metric.at[m, 'p_boot']:.2f}; {by_metric.at[m, 'seeds_better']}/"
+                     f"{by_metric.at[m, 'seeds']})" for m in TABLE_METRICS]
+            lines.append(f"| {regime}{f' @{source}' if source else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
