@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,13 @@ def test_cli_train_user_errors(prepared, tmp_path, capsys, case):
     fragment = {"missing": "not found", "incomplete": "not a complete prepared dataset", "preset": "unknown preset",
                 "config": "model.image_size"}[case]
     assert_one_line_error(code, err, fragment)
+
+
+def test_package_import_stays_light_and_exports_the_api():
+    import subprocess
+    import sys
+
+    code = ("import sys, dermsynth; assert 'torch' not in sys.modules; "
+            "assert dermsynth.train.__module__ == 'dermsynth.diffusion.train_scratch'; "
+            "assert dermsynth.generate.__module__ == 'dermsynth.diffusion.generate'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

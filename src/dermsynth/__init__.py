@@ -4,6 +4,8 @@ Python API (each function is what the matching CLI command calls)::
 
     from dermsynth import prepare, PrepareConfig, load_prepared
     result = prepare(PrepareConfig(dataset="sample"), out="runs/prep")
+    model = train("runs/prep", "runs/model", preset="cpu-fast")
+    synthetic = generate("runs/model", "runs/syn", balance="runs/prep")
     report = validate(ValidateConfig(real="runs/prep", synthetic=["runs/syn"]), out="runs/val")
 """
 
@@ -15,8 +17,15 @@ from dermsynth.evaluate.config import ValidateConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["DermsynthError", "PrepareConfig", "PrepareResult", "PreparedDataset", "ValidateConfig", "__version__",
-           "load_prepared", "prepare", "validate"]
+__all__ = ["DermsynthError", "PrepareConfig", "PrepareResult", "PreparedDataset", "TrainConfig", "ValidateConfig",
+           "__version__", "generate", "load_prepared", "prepare", "train", "validate"]
+
+# Lazily imported (they import torch, which `import dermsynth` and `dermsynth --help` must not).
+_LAZY = {
+    "train": "dermsynth.diffusion.train_scratch",
+    "generate": "dermsynth.diffusion.generate",
+    "TrainConfig": "dermsynth.diffusion.scratch",
+}
 
 
 def __getattr__(name: str):
@@ -25,4 +34,8 @@ def __getattr__(name: str):
         from dermsynth.evaluate.validate import validate
 
         return validate
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dermsynth' has no attribute {name!r}")

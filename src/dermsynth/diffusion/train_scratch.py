@@ -122,7 +122,7 @@ def train(
     if existing == "finished":
         raise DermsynthError(f"{out} holds a model trained with other settings or data; "
                              "pass --resume to continue it, or choose another --out")
-    return _Trainer(cfg, training_data, out, preset, progress, callback).run(resume)
+    return Trainer(cfg, training_data, out, preset, progress, callback).run(resume)
 
 
 def _existing_state(out: Path, resume: bool) -> str:
@@ -260,9 +260,11 @@ def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamm
 # --------------------------------------------------------------------------- the loop
 
 
-class _Trainer:
-    def __init__(self, cfg: TrainConfig, data: TrainingData, out: Path, preset: str, progress: bool,
-                 callback: StepCallback | None):
+class Trainer:
+    """The model, optimiser, EMA and RNG of one training run, with checkpointing; ``run`` trains to the budget."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, out: Path, preset: str = "cpu-fast",
+                 progress: bool = False, callback: StepCallback | None = None):
         self.cfg, self.data, self.out, self.preset = cfg, data, out, preset
         self.progress, self.callback = progress, callback
         self.device = torch.device(pick_device(cfg.device))
@@ -306,7 +308,7 @@ class _Trainer:
                 if elapsed() >= budget:
                     stopped_by = "max_minutes"
                     break
-                loss = self._train_step()
+                loss = self.train_step()
                 smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
                 self.step += 1
                 if self.step % self.cfg.log_every == 0:
@@ -343,7 +345,7 @@ class _Trainer:
         self.cursor += size
         return self.images[index], self.targets[index]
 
-    def _train_step(self) -> float:
+    def train_step(self) -> float:
         images, labels = self._next_batch()
         clean = augment(images.float() / 127.5 - 1.0, self.generator, self.cfg.flips, self.cfg.transpose)
         drop = torch.rand(labels.shape[0], generator=self.generator, device=self.device) < self.cfg.label_dropout
