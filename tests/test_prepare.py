@@ -221,3 +221,19 @@ def test_cli_single_class_dataset(cli, folder_dir, tmp_path):
 def test_load_prepared_on_a_wrong_folder(tmp_path):
     with pytest.raises(DermsynthError, match="not a complete prepared dataset"):
         load_prepared(tmp_path)
+
+
+def test_duplicate_images_under_new_ids_stay_in_one_split(folder_dir, tmp_path):
+    source = folder_dir / "benign" / "img_001.jpg"
+    for k in range(6):  # the same image re-uploaded under other names, one of them mirrored
+        image = Image.open(source)
+        copy = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if k == 3 else image
+        copy.save(folder_dir / "benign" / f"dup{k}.png")
+    result = prepare(small_config(dataset="folder", root=folder_dir, preprocess=PreprocessConfig(image_size=48)),
+                     tmp_path / "p", progress=False)
+    pairs = {frozenset((p["image_id_1"], p["image_id_2"])) for p in result.summary["content_duplicates"]}
+    assert frozenset(("img_001", "dup3")) in pairs and frozenset(("dup0", "dup5")) in pairs
+    splits = result.metadata.set_index("image_id")["split"]
+    assert splits[["img_001", *[f"dup{k}" for k in range(6)]]].nunique() == 1
+    assert all(p["similarity"] > 0.95 for p in result.summary["content_duplicates"])
+    assert len(pairs) == 21  # the 7 copies pair up with each other and with nothing else

@@ -60,3 +60,13 @@ def test_leak_is_detected():
     frame = pd.DataFrame({"patient_id": ["P1", "P1"], "lesion_id": [None, None], "split": ["train", "test"]})
     with pytest.raises(DermsynthError, match="more than one split"):
         check_disjoint(frame)
+
+
+def test_linked_images_share_a_split():
+    frame = patients_frame(n_patients=80, seed=2)
+    first = frame.groupby("patient_id")["image_id"].first()
+    links = list(zip(first.iloc[:40], first.iloc[40:], strict=True))  # join patient pairs (e.g. duplicates)
+    frame["split"] = grouped_split(frame, 0.2, 0.2, seed=0, links=links)
+    split_of = frame.groupby("patient_id")["split"].first()
+    patient_of = dict(zip(frame["image_id"], frame["patient_id"], strict=True))
+    assert all(split_of[patient_of[a]] == split_of[patient_of[b]] for a, b in links)

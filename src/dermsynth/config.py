@@ -78,6 +78,10 @@ class PrepareConfig(StrictModel):
     malignant_diagnoses: list[str] = Field(
         ["mel", "bcc", "akiec"], description="HAM10000 dx codes counted as malignant in the binary scheme."
     )
+    group_duplicates: bool = Field(
+        True, description="Find duplicate images by content (any id, flipped/rotated too) and keep them in one split.")
+    duplicate_threshold: float = Field(
+        0.95, gt=0.5, le=1.0, description="Similarity (high-pass 16 px correlation) above which images are duplicates.")
     max_images: int | None = Field(None, ge=1, description="Keep at most this many images (stratified); quick runs.")
     workers: int = Field(2, ge=1, le=64, description="Worker processes for image preprocessing.")
     split: SplitConfig = Field(default_factory=SplitConfig)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dermsynth.config import PrepareConfig, PreprocessConfig
@@ -59,12 +60,16 @@ def prepare(config: PrepareConfig, out: str | Path, progress: bool = True) -> Pr
     frame, failed, info = _process_images(frame, config.preprocess, out, config.workers, progress)
     skipped += failed
     _require_two_classes(frame, config.dataset, skipped)
-    frame["split"] = grouped_split(frame, config.split.val, config.split.test, config.split.seed)
+    duplicates = _content_duplicates(frame, out, config) if config.group_duplicates else []
+    links = [(a, b) for a, b, _ in duplicates]
+    frame["split"] = grouped_split(frame, config.split.val, config.split.test, config.split.seed, links)
     check_disjoint(frame)
     frame["prompt"] = [render_prompt(config.prompt.template, row) for row in frame.to_dict("records")]
     metadata = frame[CANONICAL_COLUMNS].sort_values("image_id").reset_index(drop=True)
 
     summary = _summary(config, read.notes, metadata, skipped, started)
+    summary["content_duplicates"] = [{"image_id_1": a, "image_id_2": b, "similarity": round(s, 4)}
+                                     for a, b, s in duplicates]
     write_csv_atomic(out / "metadata.csv", metadata)
     write_csv_atomic(out / "preprocess.csv", info)
     write_json_atomic(out / "prepare.json", summary)
@@ -81,6 +86,19 @@ def _check_output_location(config: PrepareConfig, out: Path) -> None:
     root, target = config.root.resolve(), out.resolve()
     if target == root or root in target.parents:
         raise DermsynthError(f"output folder {out} is inside the dataset folder {config.root}; choose another --out")
+
+
+def _content_duplicates(frame: pd.DataFrame, out: Path, config: PrepareConfig) -> list[tuple[str, str, float]]:
+    """Pairs of processed images with (nearly) the same content: re-uploads under a new id, flipped copies.
+
+    Left in two splits they leak the test set into training. On HAM10000 every pair found above 0.95 is the
+    same lesion (bench/RESULTS.md); on the UDA-1 sample two exact duplicates under different ids are found.
+    """
+    from dermsynth.data.similarity import duplicate_pairs
+
+    images = np.stack([load_rgb(out / path) for path in frame["path"]])
+    ids = frame["image_id"].tolist()
+    return [(ids[i], ids[j], s) for i, j, s in duplicate_pairs(images, config.duplicate_threshold)]
 
 
 def _require_two_classes(frame: pd.DataFrame, dataset: str, skipped: list[dict[str, str]]) -> None:

@@ -9,6 +9,8 @@ label mix of the whole even when one class is rare (ISIC 2020: 1.76 % malignant)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -16,28 +18,45 @@ from dermsynth.data.schema import SPLITS
 from dermsynth.errors import DermsynthError
 
 
-def group_keys(frame: pd.DataFrame) -> pd.Series:
-    """patient, else lesion, else the image itself."""
+def group_keys(frame: pd.DataFrame, links: Iterable[tuple[str, str]] = ()) -> pd.Series:
+    """patient, else lesion, else the image itself; ``links`` (pairs of image ids, e.g. duplicate images) merge
+    the groups of their two images, so that both land in the same split."""
     patient = frame["patient_id"].map(lambda v: f"patient:{v}" if isinstance(v, str) and v else None)
     lesion = frame["lesion_id"].map(lambda v: f"lesion:{v}" if isinstance(v, str) and v else None)
-    image = "image:" + frame["image_id"].astype(str)
-    return patient.fillna(lesion).fillna(image)
+    keys = patient.fillna(lesion).fillna("image:" + frame["image_id"].astype(str))
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    by_image = dict(zip(frame["image_id"], keys, strict=True))
+    for a, b in links:
+        if a in by_image and b in by_image:
+            ra, rb = root(by_image[a]), root(by_image[b])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    return keys.map(root) if parent else keys
 
 
 def grouping_level(frame: pd.DataFrame) -> str:
     if frame["patient_id"].notna().all():
         return "patient"
+    if frame["patient_id"].isna().all() and frame["lesion_id"].notna().all():
+        return "lesion (no patient ids: a patient with several lesions may span splits)"
     if frame["patient_id"].notna().any() or frame["lesion_id"].notna().any():
         return "patient, else lesion, else image"
     return "image (no patient or lesion ids: patient-disjointness cannot be guaranteed)"
 
 
-def grouped_split(frame: pd.DataFrame, val: float, test: float, seed: int) -> pd.Series:
+def grouped_split(frame: pd.DataFrame, val: float, test: float, seed: int,
+                  links: Iterable[tuple[str, str]] = ()) -> pd.Series:
     """Return a ``split`` column (train/val/test) aligned with ``frame``."""
     if frame.empty:
         raise DermsynthError("no usable images left to split")
     fractions = np.array([1.0 - val - test, val, test])
-    groups = group_keys(frame)
+    groups = group_keys(frame, links)
     counts = pd.crosstab(groups, frame["label"])  # groups x classes
     totals = counts.sum(axis=0).to_numpy(dtype=float)
     desired = fractions[:, None] * totals[None, :]  # splits x classes, still wanted
