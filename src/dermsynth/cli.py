@@ -183,6 +183,44 @@ def generate(
     typer.echo(f"{out}: {counts} images ({rejected} rejected by QC); manifest: {out / 'manifest.csv'}")
 
 
+# --------------------------------------------------------------------------- audit
+
+
+@app.command()
+def audit(
+    real: Annotated[Path, typer.Option("--real", help="The prepared real dataset the generator was trained on.")],
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="Synthetic folder (SYN/images/<class>/ or "
+                                                                  "SYN/<class>/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for audit.json, flagged.csv, figures.")],
+    config: Annotated[Path | None, typer.Option(help="YAML with audit settings (options override it).")] = None,
+    features: Annotated[str | None, typer.Option(
+        help="classifier (trained here on real train) | classifier:PATH | hf:ID_OR_PATH [default: classifier].")
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="Compare images at this size [default: 64].")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Cap per image set [default: 5000].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Fidelity (FID, KID, precision/recall, density/coverage beside real-vs-real) and memorization."""
+    from dermsynth.audit.config import AuditConfig
+    from dermsynth.audit.run import audit as run_audit
+    from dermsynth.config import read_yaml, validate_config
+
+    data = read_yaml(config) if config else {}
+    _merge(data, {k: v for k, v in {"features": features, "image_size": image_size, "max_images": max_images,
+                                     "device": device}.items() if v is not None})
+    cfg = validate_config(AuditConfig, data, source=str(config) if config else "options")
+    report = run_audit(real, synthetic, out, cfg, progress=not quiet)
+    fid = report["fidelity"]["overall"]
+    memo = report["memorization"]
+    typer.echo(f"{out}: FID {fid['synthetic_vs_train']['fid']:.2f} (real test vs train: "
+               f"{fid['real_test_vs_train']['fid']:.2f}) in {report['feature_space']['name']}; "
+               f"flagged {memo['synthetic_flagged']}/{report['counts']['synthetic']} synthetic images "
+               f"(held-out real: {memo['held_out_real_flagged_rate']:.1%}; positive controls: "
+               f"{memo['positive_controls'].get('overall', float('nan')):.0%})"
+               + (" [partial: see notes in audit.json]" if report["partial"] else ""))
+
+
 # --------------------------------------------------------------------------- run / demo
 
 

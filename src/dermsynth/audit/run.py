@@ -1,0 +1,276 @@
+"""`dermsynth audit`: fidelity and memorization of a synthetic folder against a prepared real dataset.
+
+Outputs in ``out``: ``audit.json`` (every number, the feature space, thresholds, notes on anything partial),
+``flagged.csv`` (synthetic images judged near-copies of a training image), ``nearest.csv`` (every synthetic
+image's nearest training image), figures (``top_pairs.png``, ``similarity.png``) and a feature cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermsynth.audit.config import AuditConfig
+from dermsynth.audit.features import FeatureSpace, classifier_space, hf_space, trained_classifier_space
+from dermsynth.audit.fidelity import compare
+from dermsynth.audit.memorization import (
+    MemorizationConfig,
+    TrainingIndex,
+    light_copies,
+    threshold,
+    within_set_similarity,
+)
+from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.data.images import ImageReadError
+from dermsynth.errors import DermsynthError
+from dermsynth.progress import console, track
+from dermsynth.utils import ensure_writable_dir, pick_device, write_csv_atomic, write_json_atomic
+
+
+@dataclass
+class LoadedSet:
+    name: str
+    frame: pd.DataFrame     # image_id, path, target (+ real metadata)
+    images: np.ndarray      # uint8 NHWC at the audit size
+    features: np.ndarray | None = None
+
+
+def _sample(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
+    if cap is None or len(frame) <= cap:
+        return frame.reset_index(drop=True)
+    return frame.sample(n=cap, random_state=seed).sort_values("image_id").reset_index(drop=True)
+
+
+def _load(name: str, frame: pd.DataFrame, size: int, notes: list[str], progress: bool) -> LoadedSet:
+    from dermsynth.evaluate.transforms import load_image
+
+    images, keep = [], []
+    for i, path in enumerate(track(frame["path"], len(frame), f"load {name}", progress and len(frame) > 200)):
+        try:
+            images.append(load_image(path, size))
+            keep.append(i)
+        except ImageReadError as exc:
+            notes.append(f"{name}: skipped unreadable image {path} ({exc.reason})")
+    frame = frame.iloc[keep].reset_index(drop=True)
+    array = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return LoadedSet(name, frame, array)
+
+
+def _real_sets(prepared: PreparedDataset, config: AuditConfig, notes: list[str], progress: bool) -> dict:
+    sets = {}
+    for split in ("train", "val", "test"):
+        frame = prepared.split(split).copy()
+        frame["path"] = [str(p) for p in prepared.paths(frame)]
+        sets[split] = _load(f"real {split}", _sample(frame, config.max_images, config.seed), config.image_size,
+                            notes, progress)
+    if len(sets["train"].frame) < 2:
+        raise DermsynthError(f"{prepared.root}: the real train split has fewer than 2 images; nothing to audit")
+    return sets
+
+
+def _feature_space(config: AuditConfig, real: dict[str, LoadedSet], classes: list[str], out: Path,
+                   device: str) -> FeatureSpace:
+    spec = config.features
+    if spec == "classifier":
+        val = real["val"] if len(real["val"].frame) else real["test"]
+        return trained_classifier_space(
+            real["train"].images, real["train"].frame["target"].to_numpy(), val.images,
+            val.frame["target"].to_numpy(), classes, out / "feature-classifier", config.classifier_epochs,
+            config.seed, device)
+    if spec.startswith("classifier:"):
+        path = Path(spec.split(":", 1)[1])
+        if not path.is_dir():
+            raise DermsynthError(f"features: classifier folder not found: {path}")
+        return classifier_space(path, f"penultimate features of the classifier in {path}", device)
+    if spec.startswith("hf:"):
+        return hf_space(spec.split(":", 1)[1], device)
+    raise DermsynthError(f"features: unknown feature space {spec!r} (classifier, classifier:PATH, hf:ID_OR_PATH)")
+
+
+def _cached_features(space: FeatureSpace, loaded: LoadedSet, cache: Path) -> np.ndarray:
+    """Features are cached by feature space + exact pixels, so reruns and repeated sets cost nothing."""
+    key = hashlib.sha256(space.name.encode() + loaded.images.tobytes()).hexdigest()[:20]
+    path = cache / f"{key}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    features = space(loaded.images).astype(np.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, features, allow_pickle=False)
+    tmp.replace(path)
+    return features
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def _fidelity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[str], config: AuditConfig,
+              notes: list[str]) -> dict[str, Any]:
+    """Synthetic vs real train, beside real test vs real train (the same metric between two real samples)."""
+    train, reference = real["train"], real["test"]
+
+    def pair(a: LoadedSet, b: LoadedSet, mask_a=None, mask_b=None) -> dict[str, float]:
+        fa = a.features if mask_a is None else a.features[mask_a]
+        fb = b.features if mask_b is None else b.features[mask_b]
+        return compare(fa, fb, k=config.nearest_k, kid_subsets=config.kid_subsets, seed=config.seed)
+
+    result: dict[str, Any] = {"overall": {"synthetic_vs_train": pair(train, synthetic),
+                                          "real_test_vs_train": pair(train, reference)}}
+    per_class = {}
+    for target, name in enumerate(classes):
+        masks = [s.frame["target"].to_numpy() == target for s in (train, synthetic, reference)]
+        if not masks[1].any() or not masks[0].any():
+            where = "synthetic" if not masks[1].any() else "real train"
+            notes.append(f"class {name!r} has no images in the {where} set: no per-class fidelity for it")
+            per_class[name] = None
+            continue
+        per_class[name] = {"synthetic_vs_train": pair(train, synthetic, masks[0], masks[1]),
+                           "real_test_vs_train": pair(train, reference, masks[0], masks[2])}
+    result["per_class"] = per_class
+    for key in ("overall",):
+        syn, ref = result[key]["synthetic_vs_train"], result[key]["real_test_vs_train"]
+        result[key]["fid_ratio"] = syn["fid"] / ref["fid"] if ref["fid"] and not math.isnan(ref["fid"]) else math.nan
+    if len(synthetic.frame) < 2:
+        notes.append("fewer than 2 synthetic images: FID/KID/precision/recall are undefined (NaN)")
+    return result
+
+
+# --------------------------------------------------------------------------- memorization
+
+
+def _memorization(real: dict[str, LoadedSet], synthetic: LoadedSet, config: AuditConfig, notes: list[str]
+                  ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    train = real["train"]
+    index = TrainingIndex(train.images, train.features, MemorizationConfig(candidates=config.candidates))
+    # Calibrate on val; count false flags on test (both real, other patients). Without val, test does both.
+    calibration = real["val"] if len(real["val"].frame) else real["test"]
+    held_out = real["test"]
+    if calibration is held_out:
+        notes.append("no val split: thresholds calibrated and checked on the same real test images")
+    cal = index.search(calibration.images, calibration.features)
+    t_pixel, t_feature = threshold(cal.pixel_similarity, config.quantile), threshold(cal.feature_similarity,
+                                                                                       config.quantile)
+    ref = index.search(held_out.images, held_out.features)
+    syn = index.search(synthetic.images, synthetic.features)
+
+    def flags(result) -> np.ndarray:
+        return result.pixel_similarity > t_pixel
+
+    controls = _positive_controls(index, train, config, flags)
+    nearest = pd.DataFrame({
+        "image_id": synthetic.frame["image_id"], "path": synthetic.frame["path"],
+        "label_target": synthetic.frame["target"],
+        "nearest_pixel_train_id": train.frame["image_id"].to_numpy()[syn.pixel_index],
+        "nearest_pixel_train_path": train.frame["path"].to_numpy()[syn.pixel_index],
+        "pixel_similarity": syn.pixel_similarity.round(5),
+        "nearest_feature_train_id": [train.frame["image_id"].iloc[i] if i >= 0 else "" for i in syn.feature_index],
+        "feature_similarity": np.round(syn.feature_similarity, 5),
+    })
+    nearest["flagged"] = flags(syn)
+    # Feature cosine is a second opinion for review, not a flag: on small calibration sets its tail is noisy.
+    nearest["feature_above_threshold"] = syn.feature_similarity > t_feature if not math.isnan(t_feature) else False
+    summary = {
+        "method": "flagged when the pixel similarity (max normalised cross-correlation of 64 px high-pass grey "
+                  "images over flips/rotations and 0.8-1.0 scales/shifts; candidates from pixel and feature "
+                  "retrieval) exceeds the threshold; feature cosine is reported beside it for review",
+        "thresholds": {"pixel": t_pixel, "feature": t_feature, "quantile": config.quantile,
+                       "calibrated_on": f"real {calibration.name.split()[-1]} ({len(calibration.frame)} images)"},
+        "synthetic_flagged": int(nearest["flagged"].sum()),
+        "synthetic_flagged_rate": float(nearest["flagged"].mean()) if len(nearest) else math.nan,
+        "synthetic_feature_above_threshold": int(nearest["feature_above_threshold"].sum()),
+        "held_out_real_flagged_rate": float(flags(ref).mean()) if len(held_out.frame) else math.nan,
+        "positive_controls": controls,
+        "nearest_similarity_median": {
+            "synthetic_pixel": float(np.median(syn.pixel_similarity)) if len(nearest) else math.nan,
+            "held_out_real_pixel": float(np.median(ref.pixel_similarity)) if len(held_out.frame) else math.nan,
+        },
+    }
+    return summary, nearest, ref.pixel_similarity
+
+
+def _positive_controls(index: TrainingIndex, train: LoadedSet, config: AuditConfig, flags) -> dict[str, Any]:
+    """Copies of training images, lightly transformed, must be flagged: a detector self-test on every audit."""
+    n = min(config.positive_controls, len(train.frame))
+    if n == 0:
+        return {}
+    pick = np.random.default_rng(config.seed).choice(len(train.frame), n, replace=False)
+    rates = {}
+    for name, images in light_copies(train.images[pick], seed=config.seed).items():
+        result = index.search(images, None if train.features is None else train.features[pick])
+        rates[name] = float(flags(result).mean())
+    return {"images": n, "flagged_rate": rates, "overall": float(np.mean(list(rates.values())))}
+
+
+def _diversity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[str]) -> dict[str, Any]:
+    out = {}
+    for target, name in enumerate(classes):
+        syn = synthetic.features[synthetic.frame["target"].to_numpy() == target]
+        ref = real["train"].features[real["train"].frame["target"].to_numpy() == target]
+        out[name] = {"synthetic_mean_pairwise_cosine": within_set_similarity(syn),
+                     "real_train_mean_pairwise_cosine": within_set_similarity(ref)}
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: AuditConfig | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Audit ``synthetic`` against the prepared dataset ``real``; returns what ``audit.json`` holds."""
+    from dermsynth.evaluate.datasets import synthetic_frame
+
+    config = config or AuditConfig()
+    started = time.time()
+    out = ensure_writable_dir(out)
+    prepared = load_prepared(real)
+    classes = prepared.classes
+    notes: list[str] = []
+    syn_frame = _sample(synthetic_frame(synthetic, classes), config.max_images, config.seed)
+    real_sets = _real_sets(prepared, config, notes, progress)
+    synthetic_set = _load("synthetic", syn_frame, config.image_size, notes, progress)
+    if len(synthetic_set.frame) == 0:
+        raise DermsynthError(f"{synthetic}: none of its images could be read")
+    device = pick_device(config.device)
+    console.print(f"audit: features ({config.features}) ...")
+    space = _feature_space(config, real_sets, classes, out, device)
+    for loaded in (*real_sets.values(), synthetic_set):
+        loaded.features = _cached_features(space, loaded, out / "cache") if len(loaded.frame) else None
+    for loaded in real_sets.values():
+        if loaded.features is None:
+            loaded.features = np.zeros((0, synthetic_set.features.shape[1]), np.float32)
+    console.print("audit: fidelity and memorization ...")
+    fidelity = _fidelity(real_sets, synthetic_set, classes, config, notes)
+    memorization, nearest, held_out_pixel = _memorization(real_sets, synthetic_set, config, notes)
+    nearest.insert(2, "label", [classes[t] for t in nearest.pop("label_target")])
+    report = {
+        "feature_space": {"name": space.name, "description": space.description,
+                          "dimensions": int(synthetic_set.features.shape[1])},
+        "image_size": config.image_size,
+        "counts": {"synthetic": len(synthetic_set.frame), **{f"real_{k}": len(v.frame) for k, v in real_sets.items()},
+                   "synthetic_per_class": synthetic_set.frame["target"].map(dict(enumerate(classes)))
+                   .value_counts().to_dict()},
+        "fidelity": fidelity,
+        "memorization": memorization,
+        "diversity": _diversity(real_sets, synthetic_set, classes),
+        "partial": bool(notes),
+        "notes": notes,
+        "settings": config.model_dump(),
+        "real": str(real), "synthetic": str(synthetic),
+        "seconds": round(time.time() - started, 1),
+    }
+    from dermsynth.audit.figures import similarity_histogram, top_pairs
+
+    top_pairs(nearest, out / "top_pairs.png", memorization["thresholds"]["pixel"], config.image_size)
+    similarity_histogram(nearest["pixel_similarity"].to_numpy(), held_out_pixel,
+                         memorization["thresholds"]["pixel"], out / "similarity.png")
+    write_csv_atomic(out / "nearest.csv", nearest)
+    write_csv_atomic(out / "flagged.csv", nearest[nearest["flagged"]])
+    write_json_atomic(out / "audit.json", report)
+    return report
