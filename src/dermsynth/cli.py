@@ -280,6 +280,7 @@ def validate(
     save_checkpoint: Annotated[bool | None, typer.Option(
         "--save-checkpoint/--no-save-checkpoint", help="Keep each run's selected classifier [off].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps [default: auto].")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (1 is fastest on a busy CPU).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train classifiers on real, hybrid and synthetic training sets; test on real, patient-disjoint images."""
@@ -292,7 +293,7 @@ def validate(
         "real": real, "synthetic": synthetic or None, "seeds": seeds, "model": model,
         "regimes": [r.strip() for r in regimes.split(",") if r.strip()] if regimes is not None else None,
         "real_per_class": real_per_class, "image_size": image_size, "bootstrap": bootstrap,
-        "save_checkpoint": save_checkpoint, "device": device, "train.epochs": epochs,
+        "save_checkpoint": save_checkpoint, "device": device, "threads": threads, "train.epochs": epochs,
         "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision,
     }.items():
         _set(overrides, key, value)

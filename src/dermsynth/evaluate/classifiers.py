@@ -57,27 +57,27 @@ def _label_maps(classes: Sequence[str]) -> dict[str, Any]:
             "label2id": {name: i for i, name in enumerate(classes)}}
 
 
-def _apply_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
-    """HF configs accept any key silently; a typo in ``architecture`` must be an error instead."""
-    known = config.to_dict()
-    for key, value in overrides.items():
+def _make_config(kind: type[PretrainedConfig], settings: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """HF configs accept any key silently; a typo in ``architecture`` must be an error instead. Overrides go
+    through the constructor so that derived fields (e.g. ResNet's stage names) follow them."""
+    known = kind().to_dict()
+    for key in overrides:
         if key not in known:
-            raise DermsynthError(f"architecture: unknown {config.model_type} setting {key!r}")
-        setattr(config, key, value)
-    return config
+            raise DermsynthError(f"architecture: unknown {kind.model_type} setting {key!r}")
+    return kind(**(settings | overrides))
 
 
 def cnn_config(classes: Sequence[str], overrides: dict[str, Any] | None = None) -> ResNetConfig:
-    config = ResNetConfig(num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
-                          layer_type="basic", **_label_maps(classes))
-    return _apply_overrides(config, overrides or {})
+    settings = {"num_channels": 3, "embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 1, 1],
+                "layer_type": "basic", **_label_maps(classes)}
+    return _make_config(ResNetConfig, settings, overrides or {})
 
 
 def vit_config(classes: Sequence[str], image_size: int, overrides: dict[str, Any] | None = None) -> ViTConfig:
-    config = ViTConfig(image_size=image_size, patch_size=max(1, image_size // 8), hidden_size=192,
-                       num_hidden_layers=6, num_attention_heads=3, intermediate_size=768, num_channels=3,
-                       **_label_maps(classes))
-    config = _apply_overrides(config, overrides or {})
+    settings = {"image_size": image_size, "patch_size": max(1, image_size // 8), "hidden_size": 192,
+                "num_hidden_layers": 6, "num_attention_heads": 3, "intermediate_size": 768, "num_channels": 3,
+                **_label_maps(classes)}
+    config = _make_config(ViTConfig, settings, overrides or {})
     if config.image_size != image_size or image_size % config.patch_size:
         raise DermsynthError(f"architecture: a ViT at {image_size} px needs image_size {image_size} and a "
                              f"patch_size dividing it (got {config.image_size}, {config.patch_size})")

@@ -62,6 +62,10 @@ class ValidateConfig(StrictModel):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
     save_checkpoint: bool = Field(False, description="Save each run's selected classifier under <run>/checkpoint/.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")
+    threads: int | None = Field(
+        None, ge=1, le=256,
+        description="CPU threads for torch; null = torch's default. 1 is several times faster on a CPU that other "
+                    "processes keep busy (measured in bench/RESULTS.md).")
 
     @field_validator("regimes")
     @classmethod

@@ -11,6 +11,7 @@ All images are decoded once, through the shared transform, into uint8 arrays hel
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from dermsynth.data.images import ImageReadError, list_images
 from dermsynth.data.schema import slug
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.transforms import load_image
-from dermsynth.progress import track
+from dermsynth.progress import make_progress
 
 IMAGE_COLUMNS = ["image_id", "path", "target", "group", "synthetic"]
 
@@ -114,11 +115,15 @@ class ImageBank:
 
     def load(self, paths: list[str], description: str, progress: bool = True) -> None:
         todo = [p for p in dict.fromkeys(paths) if p not in self.arrays and p not in self.failed]
-        for path in track(todo, len(todo), description, enabled=progress and len(todo) > 0):
-            try:
-                self.arrays[path] = load_image(path, self.size)
-            except ImageReadError as exc:
-                self.failed[path] = exc.reason
+        with make_progress(transient=True) if progress and todo else contextlib.nullcontext() as bar:
+            task = bar.add_task(description, total=len(todo), status="") if bar is not None else None
+            for path in todo:
+                try:
+                    self.arrays[path] = load_image(path, self.size)
+                except ImageReadError as exc:
+                    self.failed[path] = exc.reason
+                if bar is not None:
+                    bar.advance(task)
 
     def drop_unreadable(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
         """Synthetic pools skip unreadable files with a warning (a class left empty fails later, clearly)."""

@@ -77,7 +77,7 @@ class FitResult:
     images_per_second: float
 
 
-def _optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # no decay on biases/norms
@@ -145,7 +145,7 @@ def fit(classifier: Classifier, train: ImageSet, val: ImageSet, settings: TrainS
     sign = -1.0 if metric == "loss" else 1.0
     generator = torch.Generator().manual_seed(seed)
     model = classifier.model.to(device)
-    optimizer = _optimizer(model, settings)
+    optimizer = make_optimizer(model, settings)
     total_steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_fraction * total_steps), total_steps)
     best_score, best_epoch, best_state, rows = -math.inf, 0, None, []

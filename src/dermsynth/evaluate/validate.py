@@ -18,12 +18,13 @@ settings are skipped on a rerun; an interrupted run restarts from scratch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from dermsynth.utils import (
 
 # Settings that do not change a run's result (or are handled per run) stay out of its settings hash.
 NOT_IN_RUN_HASH = {"synthetic", "regimes", "seeds", "first_seed", "bootstrap", "confidence", "save_checkpoint",
-                   "device"}
+                   "device", "threads"}
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "pauc_sens80", "sensitivity", "specificity", "f1")
 
 
@@ -104,9 +105,26 @@ def validate(config: ValidateConfig | Mapping[str, Any], out: str | Path, *, pro
     """Run (or resume) every regime x synthetic folder x seed of ``config``; write runs and the summary."""
     if not isinstance(config, ValidateConfig):
         config = validate_config(ValidateConfig, dict(config))
+    with torch_threads(config.threads):
+        return _validate(config, Path(out), progress)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResult:
     from dermsynth.evaluate.classifiers import build_classifier
 
-    root = ensure_writable_dir(Path(out) / "validation")
+    root = ensure_writable_dir(out / "validation")
     device = pick_device(config.device)
     prepared = load_prepared(config.real)
     size = config.image_size or int(prepared.summary["settings"]["preprocess"]["image_size"])
