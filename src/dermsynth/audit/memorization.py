@@ -22,6 +22,8 @@ import torch
 from dermsynth.data.similarity import N_DIHEDRAL, dihedral, retrieval_descriptors
 
 VERIFY_SIZE = 64
+COARSE_SIZE = 32            # every candidate is template-matched here first ...
+FINE_CANDIDATES = 2         # ... and only the best few again at VERIFY_SIZE
 RETRIEVAL_CROPS = (1.0, 0.92, 0.84)
 VERIFY_SCALES = (1.0, 0.95, 0.9, 0.85, 0.8)
 
@@ -35,7 +37,7 @@ class MemorizationConfig:
 
 def _highpass_grey(image: np.ndarray, size: int) -> np.ndarray:
     grey = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32).mean(axis=2)
-    return grey - cv2.GaussianBlur(grey, (0, 0), size / 16)
+    return np.ascontiguousarray(grey - cv2.GaussianBlur(grey, (0, 0), size / 16))
 
 
 @dataclass
@@ -56,6 +58,7 @@ class TrainingIndex:
         self.n = len(images)
         self.variants = N_DIHEDRAL * len(RETRIEVAL_CROPS)
         self.descriptors = torch.from_numpy(retrieval_descriptors(images, RETRIEVAL_CROPS, flips=True))
+        self.coarse_images = [_highpass_grey(image, COARSE_SIZE) for image in images]
         self.verify_images = [_highpass_grey(image, VERIFY_SIZE) for image in images]
         self.features = None if features is None else torch.from_numpy(_l2(features))
 
@@ -83,18 +86,25 @@ class TrainingIndex:
         return SearchResult(pixel_sim, pixel_idx, feat_sim, feat_idx)
 
     def _verify(self, image: np.ndarray, candidates: np.ndarray, best_variant: torch.Tensor) -> tuple[float, int]:
-        """Template-match the query, at a few scales, inside each candidate turned the way retrieval found best."""
-        query = _highpass_grey(image, VERIFY_SIZE)
-        templates = [cv2.resize(query, (round(VERIFY_SIZE * s),) * 2, interpolation=cv2.INTER_AREA) if s < 1 else query
+        """Template-match the query, at a few scales, inside each candidate turned the way retrieval found best;
+        coarse (32 px) for all candidates, then fine (64 px) for the best few."""
+        turns = {int(c): int(best_variant[c]) // len(RETRIEVAL_CROPS) for c in candidates}
+        coarse = self._match(_highpass_grey(image, COARSE_SIZE), self.coarse_images, turns)
+        finalists = sorted(coarse, key=coarse.get, reverse=True)[:FINE_CANDIDATES]
+        fine = self._match(_highpass_grey(image, VERIFY_SIZE), self.verify_images, {c: turns[c] for c in finalists})
+        best = max(fine, key=fine.get)
+        return fine[best], best
+
+    @staticmethod
+    def _match(query: np.ndarray, references: list[np.ndarray], turns: dict[int, int]) -> dict[int, float]:
+        side = query.shape[0]
+        templates = [cv2.resize(query, (round(side * s),) * 2, interpolation=cv2.INTER_AREA) if s < 1 else query
                      for s in VERIFY_SCALES]
-        best, best_index = -1.0, int(candidates[0])
-        for index in candidates:
-            turn = int(best_variant[index]) // len(RETRIEVAL_CROPS)
-            target = np.ascontiguousarray(dihedral(self.verify_images[index], turn))
-            score = max(float(cv2.matchTemplate(target, t, cv2.TM_CCOEFF_NORMED).max()) for t in templates)
-            if score > best:
-                best, best_index = score, int(index)
-        return best, best_index
+        scores = {}
+        for index, turn in turns.items():
+            target = np.ascontiguousarray(dihedral(references[index], turn))
+            scores[index] = max(float(cv2.matchTemplate(target, t, cv2.TM_CCOEFF_NORMED).max()) for t in templates)
+        return scores
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
