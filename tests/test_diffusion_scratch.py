@@ -215,3 +215,19 @@ def test_package_import_stays_light_and_exports_the_api():
             "assert dermsynth.train.__module__ == 'dermsynth.diffusion.train_scratch'; "
             "assert dermsynth.generate.__module__ == 'dermsynth.diffusion.generate'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_thread_tuner_moves_to_the_faster_setting():
+    import time
+
+    from dermsynth.diffusion.threads import ThreadTuner
+
+    def step_on_a_busy_machine() -> None:
+        time.sleep(0.002 if torch.get_num_threads() == 1 else 0.02)
+
+    torch.set_num_threads(2)
+    tuner = ThreadTuner(every=5)
+    for _ in range(8):
+        tuner.run(step_on_a_busy_machine)
+    assert tuner.current == 1 and tuner.switches == 1
+    assert ThreadTuner(threads=2).adaptive is False

@@ -52,6 +52,7 @@ from dermsynth.diffusion.scratch import (
     build_unet,
     resolve_train_config,
 )
+from dermsynth.diffusion.threads import ThreadTuner
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import make_progress, track
 from dermsynth.utils import (
@@ -269,6 +270,7 @@ class Trainer:
         self.progress, self.callback = progress, callback
         self.device = torch.device(pick_device(cfg.device))
         self.bf16 = use_bf16(cfg.mixed_precision, self.device)
+        self.threads = ThreadTuner(cfg.threads if self.device.type == "cpu" else torch.get_num_threads())
         torch.manual_seed(cfg.seed)
         self.unet = build_unet(cfg.model, len(data.classes)).to(self.device).train()
         self.ema_unet = copy.deepcopy(self.unet).eval().requires_grad_(False)
@@ -308,7 +310,7 @@ class Trainer:
                 if elapsed() >= budget:
                     stopped_by = "max_minutes"
                     break
-                loss = self.train_step()
+                loss = self.threads.run(self.train_step)
                 smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
                 self.step += 1
                 if self.step % self.cfg.log_every == 0:
@@ -456,6 +458,7 @@ class Trainer:
             "sample_grid": str(grid.relative_to(self.out)),
             "device": str(self.device),
             "mixed_precision": "bf16" if self.bf16 else "no",
+            "threads": {"final": self.threads.current, "switches": self.threads.switches},
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": _versions(),
         }
