@@ -17,6 +17,7 @@ from dermsynth.errors import DermsynthError
 # No network at run time unless the user names a hub model (stages that accept hub ids lift this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress bars only
 
 app = typer.Typer(
     name="dermsynth",

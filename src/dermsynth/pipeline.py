@@ -14,24 +14,82 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
+from dermsynth.audit.config import AuditConfig
 from dermsynth.config import PrepareConfig, StrictModel, read_yaml, validate_config
 from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.progress import console
 from dermsynth.utils import ensure_writable_dir, stable_hash, write_json_atomic, write_text_atomic
 
 MARKER = ".stage.json"
 
 
+class TrainStage(StrictModel):
+    preset: Literal["cpu-fast", "gpu"] = Field("cpu-fast", description="Preset of the from-scratch diffusion model.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any field of the training config (see `dermsynth train --help` / configs/train-*.yaml) on top "
+                    "of the preset, e.g. {max_steps: 900}. Prefer max_steps to max_minutes for reproducible runs.")
+
+    @model_validator(mode="after")
+    def _settings_are_valid(self) -> TrainStage:
+        from dermsynth.diffusion.scratch import resolve_train_config
+
+        try:
+            resolve_train_config(self.preset, dict(self.settings))
+        except DermsynthError as exc:
+            raise ValueError(str(exc).replace("config: ", "settings.", 1)) from None
+        return self
+
+
+class GenerateStage(StrictModel):
+    per_class: int | None = Field(200, ge=1, description="Images per class (ignored when balance is true).")
+    balance: bool = Field(False, description="Fill each class of the real train split up to the largest class.")
+    seed: int = Field(0, description="Base seed; image seeds derive from it (same seed = same images).")
+    steps: int | None = Field(None, ge=1, description="Sampling steps [default: the model's].")
+    scheduler: str | None = Field(None, description="ddim, dpm++, euler, ... [default: the model's].")
+    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance [default: the model's].")
+    batch_size: int = Field(64, ge=1, description="Images per sampling batch.")
+
+
+class ValidateStage(ValidateConfig):
+    """`validate` settings; the real and synthetic folders are the run's own."""
+
+    real: Path | None = Field(None, description="Filled in by the run: its prepared dataset.")
+    extra_synthetic: list[Path] = Field(
+        default_factory=list, description="Synthetic folders made elsewhere, validated beside the run's own.")
+
+
 class RunConfig(StrictModel):
     """One study: every stage's settings in one file. Stages left out are not run."""
 
     name: str = Field("study", description="A short name for the study, shown in the report.")
+    device: str = Field("auto", description="Device of every stage: auto (CUDA, then MPS, then CPU), cpu, cuda ...")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="Settings of the prepare stage.")
+    train: TrainStage | None = Field(None, description="Train a diffusion model from scratch (omit to skip).")
+    generate: GenerateStage | None = Field(None, description="Generate synthetic images (needs train).")
+    audit: AuditConfig | None = Field(None, description="Audit fidelity and memorization (needs generate).")
+    validate_: ValidateStage | None = Field(
+        None, alias="validate", description="Real vs hybrid vs synthetic classifiers (omit to skip).")
+    report: bool = Field(True, description="Write report.html and summary.md at the end.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _stages_have_inputs(self) -> RunConfig:
+        if self.generate and not self.train:
+            raise ValueError("generate needs a train section (the model to sample from)")
+        if self.audit and not self.generate:
+            raise ValueError("audit needs a generate section (the synthetic images to audit)")
+        if self.validate_ and not self.generate and not self.validate_.extra_synthetic and any(
+                r != "real" for r in self.validate_.regimes):
+            raise ValueError("validate: regimes other than 'real' need synthetic images (generate or extra_synthetic)")
+        return self
 
 
 @dataclass
@@ -55,14 +113,64 @@ def load_run_config(path: str | Path) -> RunConfig:
     return validate_config(RunConfig, read_yaml(path), source=str(path))
 
 
-def build_stages(config: RunConfig) -> list[Stage]:
+def build_stages(config: RunConfig, out: Path) -> list[Stage]:
+    """The configured stages in order; each reads its upstream stages' folders inside ``out``."""
     from dermsynth.data.prepare import prepare
 
-    prep = config.prepare
-    return [
-        Stage("prepare", "prepared", prep.model_dump(mode="json"), [],
-              lambda folder: prepare(prep, folder, progress=True)),
-    ]
+    prepared, model, synthetic = out / "prepared", out / "model", out / "synthetic"
+    stages = [Stage("prepare", "prepared", config.prepare.model_dump(mode="json"), [],
+                    lambda folder: prepare(config.prepare, folder, progress=True))]
+    if config.train:
+        stages.append(Stage("train", "model", config.train.model_dump(mode="json"), ["prepare"],
+                            lambda folder: _train(config, prepared, folder)))
+    if config.generate:
+        stages.append(Stage("generate", "synthetic", config.generate.model_dump(mode="json"), ["train"],
+                            lambda folder: _generate(config, model, prepared, folder)))
+    if config.audit:
+        stages.append(Stage("audit", "audit", config.audit.model_dump(mode="json"), ["prepare", "generate"],
+                            lambda folder: _audit(config, prepared, synthetic, folder)))
+    if config.validate_:
+        upstream = ["prepare", "generate"] if config.generate else ["prepare"]
+        stages.append(Stage("validate", "validation", config.validate_.model_dump(mode="json"), upstream,
+                            lambda folder: _validate(config, prepared, synthetic, folder)))
+    return stages
+
+
+def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
+    from dermsynth.diffusion.train_scratch import train
+
+    settings = {"device": config.device, **config.train.settings}
+    # resume=True: an interrupted run continues from its newest checkpoint instead of starting over.
+    train(prepared, folder, config.train.preset, settings, resume=True, progress=True)
+
+
+def _generate(config: RunConfig, model: Path, prepared: Path, folder: Path) -> None:
+    from dermsynth.diffusion.generate import generate
+
+    g = config.generate
+    generate(model, folder, per_class=None if g.balance else g.per_class, balance=prepared if g.balance else None,
+             seed=g.seed, steps=g.steps, scheduler=g.scheduler, guidance=g.guidance, batch_size=g.batch_size,
+             device=config.device, progress=True)
+
+
+def _audit(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) -> None:
+    from dermsynth.audit.run import audit
+
+    settings = config.audit if config.audit.device != "auto" else config.audit.model_copy(
+        update={"device": config.device})
+    audit(prepared, synthetic, folder, settings, progress=True)
+
+
+def _validate(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) -> None:
+    from dermsynth.evaluate.validate import validate
+
+    stage = config.validate_
+    folders = ([synthetic] if config.generate else []) + list(stage.extra_synthetic)
+    settings = stage.model_dump(exclude={"extra_synthetic"})
+    settings.update(real=prepared, synthetic=folders)
+    if settings["device"] == "auto":
+        settings["device"] = config.device
+    validate(ValidateConfig(**settings), folder.parent, progress=True)
 
 
 def _marker_hash(folder: Path) -> str | None:
@@ -82,7 +190,7 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
     _write_provenance(config, out)
     hashes: dict[str, str] = {}
     outcomes = []
-    stages = build_stages(config)
+    stages = build_stages(config, out)
     for index, stage in enumerate(stages, start=1):
         folder = out / stage.folder
         digest = stable_hash({"settings": stage.settings, "upstream": [hashes[u] for u in stage.upstream]})
@@ -99,7 +207,18 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
         write_json_atomic(folder / MARKER, {"hash": digest, "finished_utc": _now(), "seconds": round(seconds, 2)})
         console.print(f"[{index}/{len(stages)}] {stage.name}: done in {seconds:.0f} s")
         outcomes.append(StageOutcome(stage.name, "ran", seconds, folder))
+    if config.report:
+        _report(out)
     return outcomes
+
+
+def _report(out: Path) -> None:
+    try:
+        from dermsynth.report.build import build_report
+    except ImportError:  # the report module is optional at this point of the pipeline's life
+        return
+    html, _ = build_report(out)
+    console.print(f"report: {html}")
 
 
 def _check_not_inside_inputs(config: RunConfig, out: Path) -> None:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -24,10 +25,12 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     real, fake = real.astype(np.float64), fake.astype(np.float64)
     mu_r, mu_f = real.mean(axis=0), fake.mean(axis=0)
     cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    covmean = linalg.sqrtm(cov_r @ cov_f)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise, as the reference code does
-        offset = np.eye(len(cov_r)) * 1e-6
-        covmean = linalg.sqrtm((cov_r + offset) @ (cov_f + offset))
+    with warnings.catch_warnings():  # singular products are expected when images < feature dimensions
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_r @ cov_f)
+        if not np.isfinite(covmean).all():  # regularise, as the reference implementation does
+            offset = np.eye(len(cov_r)) * 1e-6
+            covmean = linalg.sqrtm((cov_r + offset) @ (cov_f + offset))
     covmean = covmean.real
     return float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r) + np.trace(cov_f) - 2 * np.trace(covmean))
 

@@ -113,16 +113,29 @@ def _cached_features(space: FeatureSpace, loaded: LoadedSet, cache: Path) -> np.
 
 def _fidelity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[str], config: AuditConfig,
               notes: list[str]) -> dict[str, Any]:
-    """Synthetic vs real train, beside real test vs real train (the same metric between two real samples)."""
+    """Synthetic vs real train, beside real test vs real train: the same metric between two real samples.
+
+    FID and precision/recall depend on sample size, so both comparisons use the same number of images (the
+    smaller of the synthetic and real test sets, randomly drawn) against the full training set.
+    """
     train, reference = real["train"], real["test"]
+    rng = np.random.default_rng(config.seed)
 
-    def pair(a: LoadedSet, b: LoadedSet, mask_a=None, mask_b=None) -> dict[str, float]:
-        fa = a.features if mask_a is None else a.features[mask_a]
-        fb = b.features if mask_b is None else b.features[mask_b]
-        return compare(fa, fb, k=config.nearest_k, kid_subsets=config.kid_subsets, seed=config.seed)
+    def pair(mask_train: np.ndarray, mask_syn: np.ndarray, mask_ref: np.ndarray) -> dict[str, Any]:
+        syn_rows, ref_rows = np.flatnonzero(mask_syn), np.flatnonzero(mask_ref)
+        n = min(len(syn_rows), len(ref_rows)) if len(ref_rows) else len(syn_rows)
+        syn_rows = np.sort(rng.choice(syn_rows, n, replace=False))
+        ref_rows = np.sort(rng.choice(ref_rows, n, replace=False)) if len(ref_rows) else ref_rows
+        base = train.features[mask_train]
+        kwargs = {"k": config.nearest_k, "kid_subsets": config.kid_subsets, "seed": config.seed}
+        result = {"synthetic_vs_train": compare(base, synthetic.features[syn_rows], **kwargs),
+                  "real_test_vs_train": compare(base, reference.features[ref_rows], **kwargs)}
+        syn_fid, ref_fid = result["synthetic_vs_train"]["fid"], result["real_test_vs_train"]["fid"]
+        result["fid_ratio"] = syn_fid / ref_fid if ref_fid and math.isfinite(ref_fid) else math.nan
+        return result
 
-    result: dict[str, Any] = {"overall": {"synthetic_vs_train": pair(train, synthetic),
-                                          "real_test_vs_train": pair(train, reference)}}
+    everything = [np.ones(len(s.frame), dtype=bool) for s in (train, synthetic, reference)]
+    result: dict[str, Any] = {"overall": pair(*everything)}
     per_class = {}
     for target, name in enumerate(classes):
         masks = [s.frame["target"].to_numpy() == target for s in (train, synthetic, reference)]
@@ -131,14 +144,14 @@ def _fidelity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[st
             notes.append(f"class {name!r} has no images in the {where} set: no per-class fidelity for it")
             per_class[name] = None
             continue
-        per_class[name] = {"synthetic_vs_train": pair(train, synthetic, masks[0], masks[1]),
-                           "real_test_vs_train": pair(train, reference, masks[0], masks[2])}
+        per_class[name] = pair(*masks)
     result["per_class"] = per_class
-    for key in ("overall",):
-        syn, ref = result[key]["synthetic_vs_train"], result[key]["real_test_vs_train"]
-        result[key]["fid_ratio"] = syn["fid"] / ref["fid"] if ref["fid"] and not math.isnan(ref["fid"]) else math.nan
-    if len(synthetic.frame) < 2:
+    n_used = result["overall"]["synthetic_vs_train"]["n_fake"]
+    if n_used < 2:
         notes.append("fewer than 2 synthetic images: FID/KID/precision/recall are undefined (NaN)")
+    elif n_used <= synthetic.features.shape[1]:
+        notes.append(f"FID from {n_used} images in a {synthetic.features.shape[1]}-d space is strongly biased; "
+                     "read it only beside the real-vs-real value, computed from the same number of images")
     return result
 
 
