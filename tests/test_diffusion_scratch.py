@@ -93,6 +93,17 @@ def test_preset_yaml_files_match_the_presets(preset):
     assert from_file == resolve_train_config(preset)
 
 
+def test_gpu_preset_builds_and_runs_a_step():
+    from dermsynth.diffusion.scratch import build_unet
+
+    cfg = resolve_train_config("gpu")
+    unet = build_unet(cfg.model, num_classes=2)
+    x = torch.randn(1, 3, cfg.model.image_size, cfg.model.image_size)
+    out = unet(x, torch.tensor([500]), class_labels=torch.tensor([2])).sample
+    out.mean().backward()
+    assert out.shape == x.shape and cfg.model.image_size >= 64
+
+
 def test_config_layers_and_strictness(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("learning_rate: 0.002\nmodel: {layers_per_block: 1}\n", encoding="utf-8")
@@ -121,7 +132,7 @@ def test_train_save_load_round_trip(prepared, tmp_path):
     assert {p.name for p in (out / "samples").iterdir()} == {"step-000004.png", "final.png"}
     assert Image.open(out / "samples" / "final.png").size[1] >= 2 * 16
     assert [p.name for p in list_checkpoints(out)] == ["step-000004", "step-000006"]
-    assert len(pd.read_csv(out / "train_log.csv")) == 3
+    assert len(pd.read_csv(out / "train_log.csv")) == 3  # every log_every=2 steps
 
     generator = load_generator(out)
     images = generator(["malignant", "benign"], [1, 2], steps=3, scheduler="ddim", guidance_scale=2.0)

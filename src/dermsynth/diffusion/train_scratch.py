@@ -315,7 +315,8 @@ class Trainer:
                 self.step += 1
                 if self.step % self.cfg.log_every == 0:
                     self.log.append({"step": self.step, "loss": smoothed, "lr": self.lr_scheduler.get_last_lr()[0],
-                                     "seconds": round(elapsed(), 1)})
+                                     "seconds": round(elapsed(), 1), "threads": self.threads.current})
+                    self._write_log()
                 if self.step % self.cfg.sample_every == 0:
                     self._save_grid(f"step-{self.step:06d}.png")
                 if self.step % self.cfg.checkpoint_every == 0:
@@ -403,7 +404,6 @@ class Trainer:
         os.replace(tmp, final)
         for old in list_checkpoints(self.out)[:-self.cfg.checkpoints_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
-        self._write_log()
 
     def _load_checkpoint(self, folder: Path) -> None:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -462,7 +462,6 @@ class Trainer:
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": _versions(),
         }
-        self._write_log()
         write_json_atomic(self.out / MODEL_JSON, info)
         return info
 
