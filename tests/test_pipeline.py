@@ -65,3 +65,55 @@ def test_bad_run_configs_name_the_key(cli, tmp_path, folder_dir):
     config.write_text("- just\n- a list\n")
     assert "expected a mapping" in _error(cli, "run", config)
     assert "config file not found" in _error(cli, "run", tmp_path / "nope.yaml")
+
+
+TINY_STUDY = """
+name: tiny end-to-end
+prepare:
+  dataset: sample
+  max_images: 120
+  preprocess: {image_size: 32}
+train:
+  settings:
+    max_steps: 12
+    max_minutes: null
+    model: {image_size: 16, block_out_channels: [16, 32], attention_levels: [], norm_num_groups: 8}
+    sample_every: 12
+    checkpoint_every: 6
+    samples_per_class: 2
+generate:
+  per_class: 40
+  steps: 3
+  batch_size: 40
+audit:
+  classifier_epochs: 1
+  positive_controls: 10
+  kid_subsets: 3
+validate:
+  seeds: 2
+  regimes: [real, hybrid:0.5]
+  architecture: {hidden_sizes: [8, 16], embedding_size: 8, depths: [1, 1]}
+  train: {epochs: 2}
+  bootstrap: 200
+"""
+
+
+@pytest.mark.slow
+def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_STUDY)
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("run", config, "--out", out)
+    assert code == 0, stderr
+    assert "ran prepare, train, generate, audit, validate" in stdout
+    assert (out / "model" / "dermsynth_model.json").is_file()
+    manifest = (out / "synthetic" / "manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 80
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    assert audit["counts"]["synthetic"] == 80
+    summary = (out / "validation" / "summary.csv").read_text()
+    assert summary.startswith("regime") and "hybrid:0.5" in summary
+    for stage in ("prepared", "model", "synthetic", "audit", "validation"):
+        assert (out / stage / ".stage.json").is_file(), stage
+    code, stdout, _ = cli("run", config, "--out", out)
+    assert code == 0 and "ran nothing" in stdout
