@@ -3,8 +3,8 @@
 On an idle 2-core machine two threads train ~1.5x faster than one. When other processes compete for the
 cores, OpenMP threads wait for each other at every parallel region and a multi-threaded step can become
 10-25x slower than a single-threaded one (measured here: 0.06 vs 1.5 steps/s with a load average of ~5).
-So every ``every`` steps one step runs with the other thread count; if it beats the recent median of the
-current setting by a margin, that setting is adopted. A probe that loses doubles the wait until the next one.
+So now and then one step runs with the other thread count; if it beats the recent median of the current
+setting by a margin, that setting is adopted. A probe that loses doubles the wait until the next one.
 """
 
 from __future__ import annotations
@@ -21,14 +21,20 @@ T = TypeVar("T")
 
 
 class ThreadTuner:
-    def __init__(self, threads: int | None = None, every: int = 50, max_every: int = 800, margin: float = 0.9):
-        """``threads`` fixes the count; None adapts between 1 and torch's default (the physical cores)."""
+    def __init__(self, threads: int | None = None, every: int = 10, every_seconds: float = 20.0,
+                 max_every: int = 1000, margin: float = 0.9):
+        """``threads`` fixes the count; None adapts between 1 and torch's default (the physical cores).
+
+        A probe is due after ``every`` steps or ``every_seconds`` (whichever comes first: a step that has become
+        20x slower must not delay the probe that would fix it); a losing probe doubles both.
+        """
         self.max_threads = threads or torch.get_num_threads()
         self.fixed = threads is not None
         self.current = self.max_threads
-        self.every, self.base_every, self.max_every, self.margin = every, every, max_every, margin
+        self.base = (every, every_seconds)
+        self.every, self.every_seconds, self.max_every, self.margin = every, every_seconds, max_every, margin
         self.recent: deque[float] = deque(maxlen=15)
-        self.steps_since_probe = 0
+        self.steps_since_probe, self.seconds_since_probe = 0, 0.0
         self.switches = 0
         torch.set_num_threads(self.current)
 
@@ -38,7 +44,8 @@ class ThreadTuner:
 
     def run(self, step: Callable[[], T]) -> T:
         """Run one training step, timing it; occasionally with the other thread count as a probe."""
-        probe = self.adaptive and self.steps_since_probe >= self.every and len(self.recent) >= 5
+        due = self.steps_since_probe >= self.every or self.seconds_since_probe >= self.every_seconds
+        probe = self.adaptive and due and len(self.recent) >= 3
         threads = (1 if self.current > 1 else self.max_threads) if probe else self.current
         torch.set_num_threads(threads)
         start = time.perf_counter()
@@ -49,14 +56,17 @@ class ThreadTuner:
         else:
             self.recent.append(seconds)
             self.steps_since_probe += 1
+            self.seconds_since_probe += seconds
         return result
 
     def _judge(self, threads: int, seconds: float) -> None:
-        self.steps_since_probe = 0
+        self.steps_since_probe, self.seconds_since_probe = 0, 0.0
         if seconds < self.margin * statistics.median(self.recent):
-            self.current, self.every = threads, self.base_every
+            self.current = threads
+            self.every, self.every_seconds = self.base
             self.recent.clear()
             self.switches += 1
         else:
             self.every = min(2 * self.every, self.max_every)
+            self.every_seconds = min(2 * self.every_seconds, 30 * self.base[1])
         torch.set_num_threads(self.current)
