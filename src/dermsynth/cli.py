@@ -306,6 +306,20 @@ def validate(
     typer.echo(f"{result.out}: {len(result.ran)} run(s) trained, {len(result.skipped)} already done")
 
 
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (prepared/, model/, synthetic/, audit/, validation/).")],
+) -> None:
+    """Write RUN_DIR/report.html (one self-contained page) and RUN_DIR/summary.md from what the stages wrote."""
+    from dermsynth.report import build_report
+
+    html, markdown = build_report(run_dir)
+    typer.echo(f"{html}\n{markdown}")
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -1,0 +1,5 @@
+"""The study report: ``build_report(run_dir)`` writes ``report.html`` (self-contained) and ``summary.md``."""
+
+from dermsynth.report.build import Verdict, build_report, verdict
+
+__all__ = ["Verdict", "build_report", "verdict"]

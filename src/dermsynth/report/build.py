@@ -1,0 +1,813 @@
+"""`dermsynth report`: gather a run folder's stage outputs into one self-contained HTML page and a Markdown summary.
+
+Each ``*_section`` function reads one stage's outputs and returns the template's context for that section, or
+None when the stage's outputs are absent (the page then says the stage was not run). Figures are embedded as
+base64 PNG data URIs and the CSS is inline, so ``report.html`` opens anywhere without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermsynth.errors import DermsynthError
+from dermsynth.report import figures
+from dermsynth.utils import write_text_atomic
+
+Section = dict[str, Any]
+
+# Where each stage writes inside a run folder, and which files show that it ran.
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "prepare": ("prepared", ("prepare.json",)),
+    "train": ("model", ("dermsynth_model.json", "train_log.csv")),
+    "generate": ("synthetic", ("manifest.csv", "generate.json")),
+    "audit": ("audit", ("audit.json",)),
+    "validate": ("validation", ("summary.json", "validate.json")),
+}
+NOT_RUN_HINT = {
+    "prepare": "dermsynth prepare --dataset ... --out RUN/prepared",
+    "train": "dermsynth train --data RUN/prepared --out RUN/model",
+    "generate": "dermsynth generate --model RUN/model --out RUN/synthetic --per-class N",
+    "audit": "dermsynth audit --real RUN/prepared --synthetic RUN/synthetic --out RUN/audit",
+    "validate": "dermsynth validate --real RUN/prepared --synthetic RUN/synthetic --out RUN",
+}
+LICENCES = {
+    "sample": "ISIC Archive collection UDA-1, CC0 1.0 (embedded in dermsynth, downscaled)",
+    "isic2020": "ISIC 2020 Challenge training data, CC BY-NC 4.0 (non-commercial use, attribution required)",
+    "ham10000": "HAM10000, CC BY-NC-SA 4.0 (non-commercial use, attribution, share-alike)",
+    "isic-archive": "ISIC Archive: the licence of each image is in its own record (attribution required unless CC0)",
+    "folder": "user-supplied images: the licence is whatever their owner granted",
+}
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auroc": "AUROC",
+                "pauc_sens80": "pAUC (sens. ≥ 80 %)", "sensitivity": "sensitivity", "specificity": "specificity",
+                "f1": "F1"}
+TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")
+VERDICT_METRICS = ("accuracy", "auroc")  # the reference study's metric, and the threshold-free one
+REFERENCE_STUDY = ("The reference study (DreamBooth on Stable Diffusion 1.5, a ViT trained on real images vs a 50/50 "
+                   "real + synthetic mix) reported 81.73 % → 84.06 % test accuracy from one run per regime, "
+                   "without an interval.")
+TILE = 64  # side of image tiles in grids (px)
+
+
+# --------------------------------------------------------------------------- reading the run folder
+
+
+@dataclass
+class RunFolder:
+    root: Path
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def json(self, *parts: str) -> Any:
+        path = self.path(*parts)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise DermsynthError(f"{path}: not valid JSON ({exc})") from None
+
+    def csv(self, *parts: str) -> pd.DataFrame | None:
+        path = self.path(*parts)
+        if not path.is_file():
+            return None
+        try:
+            return pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "lesion_id": str})
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise DermsynthError(f"{path}: not a readable CSV ({exc})") from None
+
+    def text(self, *parts: str) -> str | None:
+        path = self.path(*parts)
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    def stage_ran(self, stage: str) -> bool:
+        folder, markers = STAGES[stage]
+        if any(self.path(folder, m).is_file() for m in markers):
+            return True
+        return stage == "validate" and any(self.path(folder).glob("*/*/metrics.json"))
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fmt(value: Any, digits: int = 3, scale: float = 1.0, suffix: str = "") -> str:
+    return f"{value * scale:.{digits}f}{suffix}" if _finite(value) else "n/a"
+
+
+def pct(value: Any, digits: int = 1) -> str:
+    return fmt(value, digits, 100, " %")
+
+
+def interval(mean: Any, lo: Any, hi: Any, scale: float = 100, signed: bool = False) -> str:
+    """``81.7 [78.1, 85.0]``: a mean with its interval, in percent (points) by default."""
+    if not _finite(mean):
+        return "n/a"
+    sign = "+" if signed else ""
+    text = f"{mean * scale:{sign}.1f}"
+    if _finite(lo) and _finite(hi):
+        text += f" [{lo * scale:{sign}.1f}, {hi * scale:{sign}.1f}]"
+    return text
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """Cells as text, plus which columns hold numbers (right-aligned on the page)."""
+    body = [[str(cell) for cell in row] for row in rows]
+    numeric = [bool(body) and all(_looks_numeric(row[i]) for row in body) for i in range(len(header))]
+    return {"header": list(header), "rows": body, "numeric": numeric}
+
+
+def _looks_numeric(text: str) -> bool:
+    return text == "n/a" or (bool(text) and (text[0].isdigit() or (text[0] in "+-" and text[1:2].isdigit())))
+
+
+def figure(png: bytes | None, caption: str, alt: str) -> dict[str, str] | None:
+    return None if png is None else {"uri": figures.data_uri(png), "caption": caption, "alt": alt}
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # "higher" | "lower" | "inconclusive" | "undefined"
+    text: str
+
+
+def verdict(regime: str, metric: str, diff: float | None, lo: float | None, hi: float | None,
+            confidence: float = 0.95, seeds: int | None = None) -> Verdict:
+    """A plain-language reading of the paired difference ``regime - real`` that never outruns its interval."""
+    name, level = METRIC_NAMES.get(metric, metric), f"{confidence * 100:.0f} %"
+    if not (_finite(diff) and _finite(lo) and _finite(hi)):
+        return Verdict("undefined", f"{regime} − real, {name}: no confidence interval could be computed "
+                                    "(for example a single-class test split), so no conclusion is drawn.")
+    numbers = f"{regime} − real, {name}: {diff * 100:+.1f} points, {level} CI [{lo * 100:+.1f}, {hi * 100:+.1f}]."
+    caveat = (f" Only {seeds} seed{'s' if seeds != 1 else ''}: the interval says little about training randomness."
+              if seeds is not None and seeds < 3 else "")
+    if lo > 0:
+        return Verdict("higher", f"{numbers} The {level} CI of the difference lies above 0: training on {regime} "
+                                 f"gave a higher {name} than real-only on this test set.{caveat}")
+    if hi < 0:
+        return Verdict("lower", f"{numbers} The {level} CI of the difference lies below 0: training on {regime} "
+                                f"gave a lower {name} than real-only on this test set.{caveat}")
+    return Verdict("inconclusive", f"{numbers} The {level} CI of the difference includes 0: no evidence that the "
+                                   f"synthetic images help at this scale (nor that they hurt).{caveat}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def overview_section(run: RunFolder) -> Section:
+    config = _yaml(run.text("config.resolved.yaml")) or {}
+    stages = []
+    for stage, (folder, _) in STAGES.items():
+        marker = run.json(folder, ".stage.json") or {}
+        stages.append({"name": stage, "folder": folder, "ran": run.stage_ran(stage),
+                       "finished": marker.get("finished_utc", ""), "hint": NOT_RUN_HINT[stage]})
+    return {"name": config.get("name") or run.root.resolve().name, "root": str(run.root),
+            "stages": stages, "by_name": {s["name"]: s for s in stages},
+            "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def dataset_section(run: RunFolder) -> Section | None:
+    summary = run.json("prepared", "prepare.json")
+    if summary is None:
+        return None
+    classes = list(summary["classes"])
+    counts = []
+    for name, part in summary["splits"].items():
+        counts.append([name, part["groups"], *(part["labels"].get(c, 0) for c in classes), part["images"]])
+    totals = [sum(part["labels"].get(c, 0) for part in summary["splits"].values()) for c in classes]
+    counts.append(["all", sum(p["groups"] for p in summary["splits"].values()), *totals, summary["images"]])
+    meta = run.csv("prepared", "metadata.csv")
+    settings = summary.get("settings", {})
+    return {
+        "source": _source_name(summary, meta),
+        "images": summary["images"],
+        "classes": classes,
+        "counts": table(["split", "groups", *classes, "images"], counts),
+        "grouping": summary["grouping"],
+        "guarantee": grouping_guarantee(summary["grouping"]) + (
+            " Images with the same content under different ids were found by image similarity and kept in one split."
+            if settings.get("group_duplicates") else ""),
+        "split_seed": settings.get("split", {}).get("seed"),
+        "skipped": table(["reason", "images"], summary.get("skipped_by_reason", {}).items()),
+        "skipped_count": summary.get("skipped_count", 0),
+        "duplicates": table(["image", "same content as", "similarity"],
+                            [(d["image_id_1"], d["image_id_2"], fmt(d.get("similarity"), 3))
+                             for d in summary.get("content_duplicates", [])]),
+        "missing": table(["field", "missing"], summary.get("missing_values", {}).items()),
+        "figure": figure(figures.metadata_figure(meta, classes) if meta is not None and len(meta) else None,
+                         "Metadata distributions of the prepared images, stacked by class.",
+                         "age histogram, sex and anatomic site counts"),
+    }
+
+
+def grouping_guarantee(grouping: str) -> str:
+    level = grouping.split(" (")[0]
+    if level == "patient":
+        return "No patient has images in two splits: the test set is patient-disjoint from training."
+    if level.startswith("lesion"):
+        return ("No lesion has images in two splits. There are no patient ids, so a patient with several lesions "
+                "may still appear in both training and test.")
+    if level.startswith("patient, else"):
+        return ("Images are grouped by patient where a patient id exists, else by lesion, else by image: only the "
+                "rows with a patient id are guaranteed patient-disjoint.")
+    return ("Each image is its own group: without patient or lesion ids, the same patient or lesion may appear in "
+            "training and test.")
+
+
+def preprocessing_section(run: RunFolder, count: int = 6) -> Section | None:
+    pre, meta = run.csv("prepared", "preprocess.csv"), run.csv("prepared", "metadata.csv")
+    summary = run.json("prepared", "prepare.json")
+    if pre is None or meta is None or summary is None or pre.empty:
+        return None
+    table_ = pre.merge(meta[["image_id", "path", "label"]], on="image_id")
+    settings = summary.get("settings", {}).get("preprocess", {})
+    picked = pick_examples(table_, count, hair=bool(settings.get("hair_removal")))
+    examples = [e for e in (_example(run, row) for row in picked) if e is not None]
+    centered = pre["centered"].astype(str).str.lower() == "true"
+    return {
+        "settings": table(["setting", "value"], [(k, v) for k, v in settings.items()
+                                                if k in ("image_size", "vignette", "center", "margin",
+                                                         "hair_removal", "color_constancy")]),
+        "centered_rate": pct(centered.mean()),
+        "lesion_fraction_median": pct(pd.to_numeric(pre["lesion_fraction"], errors="coerce").median()),
+        "figure": figure(figures.preprocessing_figure(examples) if examples else None,
+                         "Before and after: the original image with the crop box (cyan), then the processed image.",
+                         "original images with crop boxes beside the processed images"),
+        "missing_originals": not examples,
+    }
+
+
+def pick_examples(frame: pd.DataFrame, count: int, hair: bool = True) -> list[pd.Series]:
+    """Up to ``count`` rows whose original is on disk, deterministically: the hairiest of a sample (when hair
+    removal was on), an uncentred one (centre-crop fallback), then evenly spaced rows of each class in turn."""
+    frame = frame[[Path(str(p)).is_file() for p in frame["source_path"]]].sort_values("image_id")
+    if frame.empty:
+        return []
+    chosen: list[pd.Series] = []
+
+    def add(row: pd.Series, tag: str | None = None) -> None:
+        if len(chosen) < count and all(row["image_id"] != c["image_id"] for c in chosen):
+            chosen.append(row.copy())
+            chosen[-1]["tag"] = tag
+
+    if hair:
+        sample = frame.iloc[np.linspace(0, len(frame) - 1, min(len(frame), 48)).astype(int)]
+        scores = pd.Series([hair_score(row) for _, row in sample.iterrows()], index=sample.index)
+        if scores.max() > 0.01:
+            add(frame.loc[scores.idxmax()], "hair removed")
+    uncentred = frame[frame["centered"].astype(str).str.lower() != "true"]
+    if len(uncentred):
+        add(uncentred.iloc[0], "no lesion found: centre crop")
+    spaced = [part.iloc[np.linspace(0, len(part) - 1, min(len(part), count)).astype(int)]
+              for _, part in frame.groupby("label")]
+    for i in range(count):
+        for part in spaced:
+            if i < len(part):
+                add(part.iloc[i])
+    return chosen
+
+
+def hair_score(row: pd.Series, side: int = 128) -> float:
+    """Fraction of the crop's pixels that hair removal changes, at about the size the pipeline removes hair."""
+    from dermsynth.data.preprocess import remove_hair
+
+    image = open_rgb(row["source_path"], 2 * side)
+    if image is None:
+        return 0.0
+    crop = image.crop(_scaled_box(row, image)).resize((side, side))
+    rgb = np.asarray(crop)
+    changed = np.abs(remove_hair(rgb).astype(int) - rgb.astype(int)).max(axis=2) > 20
+    return float(changed.mean())
+
+
+def _scaled_box(row: pd.Series, image) -> tuple[float, float, float, float]:
+    """The crop box (in the decoded image's pixels, possibly a reduced-scale decode) in ``image``'s pixels."""
+    sx, sy = image.width / float(row["decoded_width"]), image.height / float(row["decoded_height"])
+    return row["box_x0"] * sx, row["box_y0"] * sy, row["box_x1"] * sx, row["box_y1"] * sy
+
+
+def open_rgb(path: str | Path, side: int):
+    """An image decoded near ``side`` px (long side) as a PIL RGB image, or None when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (side, side))  # JPEG: decode at a reduced DCT scale
+            rgb = image.convert("RGB")
+    except (OSError, ValueError):
+        return None
+    rgb.thumbnail((side, side))
+    return rgb
+
+
+def _example(run: RunFolder, row: pd.Series) -> dict[str, Any] | None:
+    processed = figures.load_thumb(run.path("prepared", row["path"]), TILE * 2)
+    original = open_rgb(row["source_path"], 360)
+    if original is None or processed is None:
+        return None
+    box = _scaled_box(row, original)
+    tag = row.get("tag")
+    title = f"{row['image_id']} ({row['label']})" + (f"\n{tag}" if isinstance(tag, str) else "")
+    return {"original": np.asarray(original), "box": box, "processed": processed, "title": title}
+
+
+def training_section(run: RunFolder) -> Section | None:
+    info, log = run.json("model", "dermsynth_model.json"), run.csv("model", "train_log.csv")
+    if info is None and log is None:
+        return None
+    info = info or {}
+    facts = [("family", info.get("family", "n/a")), ("preset", info.get("preset", "n/a")),
+             ("classes", ", ".join(info.get("classes", []))), ("image size", info.get("image_size", "n/a")),
+             ("parameters", f"{info['parameters']:,}" if "parameters" in info else "n/a"),
+             ("training images", info.get("data", {}).get("images", "n/a")),
+             ("steps", info.get("steps", "n/a")), ("stopped by", info.get("stopped_by", "n/a")),
+             ("training time", f"{info['seconds']:.0f} s" if _finite(info.get("seconds")) else "n/a"),
+             ("final loss", fmt(info.get("final_loss"), 4)), ("device", info.get("device", "n/a"))]
+    grids = sorted(run.path("model", "samples").glob("step-*.png"))
+    final = run.path("model", "samples", "final.png")
+    samples = []
+    if grids:
+        samples.append(figure(figures.embed_png_file(grids[0]), f"Samples after {_step_of(grids[0])} steps "
+                              "(early training; the reference study's Figure 1 shows the same stage).",
+                              "early training samples"))
+    if final.is_file():
+        samples.append(figure(figures.embed_png_file(final), f"Samples of the finished model "
+                              f"({info.get('steps', '?')} steps; one row per class, same seeds as above).",
+                              "final training samples"))
+    return {"facts": table(["", ""], facts), "unfinished": not info,
+            "curve": figure(figures.training_curve(log) if log is not None and len(log) else None,
+                            "Training loss per step.", "training loss curve"),
+            "samples": [s for s in samples if s]}
+
+
+def _step_of(path: Path) -> str:
+    digits = "".join(ch for ch in path.stem if ch.isdigit())
+    return str(int(digits)) if digits else path.stem
+
+
+def generated_section(run: RunFolder, prompts_per_class: int = 2, columns: int = 10) -> Section | None:
+    manifest, summary = run.csv("synthetic", "manifest.csv"), run.json("synthetic", "generate.json")
+    if manifest is None and summary is None:
+        return None
+    summary = summary or {}
+    settings = summary.get("settings", {})
+    counts = [(label, n, summary.get("rejected", {}).get(label, 0)) for label, n in summary.get("counts", {}).items()]
+    rows = _prompt_rows(run, manifest, prompts_per_class, columns) if manifest is not None else []
+    return {
+        "status": summary.get("status", "n/a"),
+        "counts": table(["class", "accepted", "rejected by QC"], counts),
+        "reasons": ", ".join(f"{n} {r}" for r, n in summary.get("rejected_by_reason", {}).items()) or "none",
+        "settings": table(["setting", "value"], [(k, settings[k]) for k in ("scheduler", "steps", "guidance_scale",
+                                                                           "seed") if k in settings]),
+        "figure": figure(figures.labelled_grids(rows, columns) if rows else None,
+                         "Generated images per class and prompt (the reference study's Figures 1–2).",
+                         "grids of synthetic images per class and prompt"),
+    }
+
+
+def _prompt_rows(run: RunFolder, manifest: pd.DataFrame, per_class: int, columns: int
+                 ) -> list[tuple[str, list[np.ndarray]]]:
+    """One grid row per class and prompt; one row per class when its prompts are many (per-image captions)."""
+    rows = []
+    for label, part in manifest.groupby("label", sort=False):
+        prompts = part["prompt"].fillna("").astype(str)
+        if prompts.nunique() > per_class:
+            groups = [(f"{label}: {prompts.nunique()} different prompts, e.g. “{_short(prompts.iloc[0])}”", part)]
+        else:
+            groups = [(f"{label}: “{_short(prompt)}” ({len(group)} images)", group)
+                      for prompt, group in part.groupby(prompts, sort=False)]
+        for title, group in groups:
+            tiles = _tiles(run.path("synthetic"), group["path"].head(columns))
+            if tiles:
+                rows.append((title, tiles))
+    return rows
+
+
+def _short(text: Any, limit: int = 90) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _tiles(root: Path, paths: Iterable[Any]) -> list[np.ndarray]:
+    tiles = (figures.load_thumb(p if Path(str(p)).is_absolute() else root / str(p), TILE) for p in paths)
+    return [t for t in tiles if t is not None]
+
+
+def comparison_section(run: RunFolder, per_side: int = 6) -> Section | None:
+    meta, manifest = run.csv("prepared", "metadata.csv"), run.csv("synthetic", "manifest.csv")
+    if meta is None or manifest is None:
+        return None
+    pairs = []
+    for label in manifest["label"].drop_duplicates():
+        real = meta[(meta["label"] == label) & (meta["split"] == "train")]
+        real = real.sample(min(per_side, len(real)), random_state=0) if len(real) else real
+        synthetic = manifest[manifest["label"] == label].head(per_side)
+        pairs.append((str(label), _tiles(run.path("prepared"), real["path"]),
+                      _tiles(run.path("synthetic"), synthetic["path"])))
+    pairs = [p for p in pairs if p[1] or p[2]]
+    return {"figure": figure(figures.side_by_side(pairs, per_side) if pairs else None,
+                             "Real training images (left) beside synthetic images (right), per class "
+                             "(the reference study's Figure 3).", "real and synthetic images side by side")}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validation_runs(root: Path) -> list[dict[str, Any]]:
+    """Every finished run (metrics.json present): its regime label, seed, metrics and per-epoch history."""
+    runs = []
+    for metrics_path in sorted(root.glob("*/*/metrics.json")):
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        history_path = metrics_path.with_name("history.csv")
+        history = pd.read_csv(history_path) if history_path.is_file() else None
+        runs.append({"folder": metrics_path.parent.parent.name, "regime": metrics.get("regime", ""),
+                     "source": metrics.get("source") or "", "seed": metrics.get("seed"),
+                     "metrics": metrics, "history": history})
+    many_sources = len({r["source"] for r in runs if r["source"]}) > 1
+    for item in runs:
+        item["label"] = item["regime"] + (f" @{item['source']}" if many_sources and item["source"] else "")
+    return runs
+
+
+def validation_section(run: RunFolder) -> Section | None:
+    root = run.path("validation")
+    summary, info = run.json("validation", "summary.json"), run.json("validation", "validate.json")
+    runs = validation_runs(root) if root.is_dir() else []
+    if summary is None and not runs:
+        return None
+    confidence = float((summary or {}).get("confidence", 0.95))
+    results = _results_table(summary) if summary else None
+    n_classes = len((info or {}).get("classes") or ["", ""])
+    diff_table, verdicts = paired_differences(summary, n_classes) if summary else (None, [])
+    return {
+        "level": f"{confidence * 100:.0f} %",
+        "bootstrap": (summary or {}).get("bootstrap"),
+        "facts": table(["", ""], _validation_facts(info, runs)),
+        "results": results,
+        "differences": diff_table,
+        "verdicts": verdicts,
+        "headline": headline(verdicts),
+        "curves": _curves_figure(runs),
+        "reference": REFERENCE_STUDY,
+        "unfinished": summary is None,
+    }
+
+
+def _validation_facts(info: dict | None, runs: list[dict]) -> list[tuple[str, Any]]:
+    info = info or {}
+    config = info.get("config", {})
+    settings = runs[0]["metrics"].get("settings", {}) if runs else {}
+    test_counts = info.get("counts", {}).get("test", {})
+    facts = [("classifier", config.get("model", "n/a")), ("input size", info.get("image_size", "n/a")),
+             ("epochs (max)", settings.get("epochs", "n/a")), ("learning rate", settings.get("lr", "n/a")),
+             ("batch size", settings.get("batch_size", "n/a")),
+             ("seeds", ", ".join(str(s) for s in sorted({r['seed'] for r in runs})) or "n/a"),
+             ("regimes", ", ".join(dict.fromkeys(r["label"] for r in runs)) or "n/a"),
+             ("test images (real)", ", ".join(f"{k} {v}" for k, v in test_counts.items()) or "n/a"),
+             ("accuracy of always predicting the majority class", _majority(test_counts)),
+             ("checkpoint selection", "best epoch on the real validation split; the test split is used once"),
+             ("device", info.get("device", "n/a"))]
+    return facts
+
+
+def _majority(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    if not total:
+        return "n/a"
+    name = max(counts, key=counts.get)
+    return f"{pct(counts[name] / total)} ({name})"
+
+
+def _label(row: dict[str, Any], many_sources: bool) -> str:
+    return row["regime"] + (f" @{row['source']}" if many_sources and row.get("source") else "")
+
+
+def _results_table(summary: dict[str, Any]) -> dict[str, Any]:
+    rows = summary.get("regimes", [])
+    many = len({r.get("source") for r in rows if r.get("source")}) > 1
+    body = [[_label(r, many), r.get("seeds", ""), f"{r.get('train_images', '')} ({r.get('train_synthetic', 0)})",
+             *(interval(r.get(f"{m}_mean"), r.get(f"{m}_ci_lo"), r.get(f"{m}_ci_hi")) for m in TABLE_METRICS)]
+            for r in rows]
+    return table(["regime", "seeds", "train images (synthetic)", *(METRIC_NAMES[m] for m in TABLE_METRICS)], body)
+
+
+def paired_differences(summary: dict[str, Any], n_classes: int = 2
+                       ) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """The regime − real table and, for accuracy and AUROC, a verdict per regime, with a caution where either
+    classifier does not beat chance (then a difference says little about the synthetic images)."""
+    comparisons = summary.get("comparisons", [])
+    if not comparisons:
+        return None, []
+    confidence = float(summary.get("confidence", 0.95))
+    many = len({c.get("source") for c in comparisons if c.get("source")}) > 1
+    regimes = {(r["regime"], r.get("source") or ""): r for r in summary.get("regimes", [])}
+    body, verdicts = [], []
+    for row in comparisons:
+        if row["metric"] not in TABLE_METRICS:
+            continue
+        name = _label(row, many)
+        reading = verdict(name, row["metric"], row.get("diff"), row.get("ci_lo"), row.get("ci_hi"), confidence,
+                          row.get("seeds"))
+        short = {"higher": "higher (CI above 0)", "lower": "lower (CI below 0)",
+                 "inconclusive": "CI includes 0", "undefined": "no interval"}[reading.kind]
+        body.append([f"{name} − real", METRIC_NAMES[row["metric"]],
+                     interval(row.get("diff"), row.get("ci_lo"), row.get("ci_hi"), signed=True),
+                     fmt(row.get("p_boot"), 2), f"{row.get('seeds_better', '?')}/{row.get('seeds', '?')}", short])
+        if row["metric"] in VERDICT_METRICS:
+            pair = ((name, regimes.get((row["regime"], row.get("source") or ""), {})),
+                    ("real", regimes.get(("real", ""), {})))
+            text = reading.text + chance_caution(row["metric"], pair, n_classes)
+            verdicts.append({"regime": name, "metric": row["metric"], "kind": reading.kind, "text": text})
+    header = ["comparison", "metric", f"difference, points [{confidence * 100:.0f} % CI]", "p (bootstrap)",
+              "seeds better", "reading"]
+    return table(header, body), verdicts
+
+
+def chance_caution(metric: str, regimes: Iterable[tuple[str, dict[str, Any]]], n_classes: int) -> str:
+    """A sentence when a compared classifier's interval contains chance, else "".
+
+    Accuracy is checked through balanced accuracy (chance 1/K): a classifier that predicts the majority class
+    gains accuracy on an imbalanced test set without learning anything. AUROC's chance level is 0.5.
+    """
+    column, chance = ("balanced_accuracy", 1 / n_classes) if metric == "accuracy" else (metric, 0.5)
+    names = [name for name, row in regimes if _contains(row.get(f"{column}_ci_lo"), row.get(f"{column}_ci_hi"),
+                                                        chance)]
+    if not names:
+        return ""
+    who = f"{' and '.join(names)} {'does' if len(names) == 1 else 'do'}"
+    if metric == "accuracy":
+        return (f" Caution: the balanced accuracy of {who} not differ from chance ({chance * 100:.0f} %), so "
+                "accuracy here mostly reflects the test set's class mix; AUROC and balanced accuracy are the "
+                "better guide.")
+    return (f" Caution: the {METRIC_NAMES.get(metric, metric)} of {who} not differ from chance "
+            f"({chance * 100:.0f} %): a classifier that has not learned the task says little about what the "
+            "synthetic images are worth.")
+
+
+def _contains(lo: Any, hi: Any, value: float) -> bool:
+    return _finite(lo) and _finite(hi) and lo - 1e-9 <= value <= hi + 1e-9
+
+
+def headline(verdicts: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The reference study's question, answered first: the 50/50 hybrid (else the first mixed regime, else any)
+    against real-only, on accuracy (the study's metric), then on AUROC."""
+    regimes = list(dict.fromkeys(v["regime"] for v in verdicts))
+    preferred = ([r for r in regimes if r.startswith("hybrid:0.5")] or [r for r in regimes if r != "synthetic"]
+                 or regimes)
+    if not preferred:
+        return []
+    chosen = [v for v in verdicts if v["regime"] == preferred[0]]
+    return sorted(chosen, key=lambda v: v["metric"] != "accuracy")
+
+
+def _curves_figure(runs: list[dict[str, Any]]) -> dict[str, str] | None:
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for item in runs:
+        if item["history"] is not None and len(item["history"]):
+            frames.setdefault(item["label"], []).append(item["history"].assign(seed=item["seed"]))
+    if not frames:
+        return None
+    order = sorted(frames, key=lambda label: label != "real")  # the baseline first, then as the runs appear
+    curves = {label: pd.concat(frames[label], ignore_index=True) for label in order}
+    every = pd.concat(curves.values(), ignore_index=True)
+    panels = [(c, t) for c, t in (("test_accuracy", "test accuracy"), ("test_auroc", "test AUROC"))
+              if c in every and every[c].notna().any()]
+    note = "Test metrics per epoch are recorded for this plot only; checkpoints are chosen on the validation split."
+    if not panels:
+        panels = [(c, t) for c, t in (("val_accuracy", "validation accuracy"), ("val_auroc", "validation AUROC"))
+                  if c in every and every[c].notna().any()]
+        note = "Per-epoch test metrics were not recorded (track_test off): validation metrics are shown instead."
+    if not panels:
+        return None
+    return figure(figures.metric_curves(curves, panels),
+                  f"Mean over seeds per epoch, band ± 1 sd (the reference study's Figure 4). {note}",
+                  "test accuracy per epoch for each regime")
+
+
+# --------------------------------------------------------------------------- audit
+
+
+FIDELITY_ROWS = (("fid", "FID ↓", 2), ("kid_mean", "KID ↓", 3), ("precision", "precision ↑", 3),
+                 ("recall", "recall ↑", 3), ("density", "density ↑", 3), ("coverage", "coverage ↑", 3))
+
+
+def audit_section(run: RunFolder) -> Section | None:
+    report = run.json("audit", "audit.json")
+    if report is None:
+        return None
+    fidelity, memo = report.get("fidelity", {}), report.get("memorization", {})
+    overall = fidelity.get("overall", {})
+    syn, ref = overall.get("synthetic_vs_train", {}), overall.get("real_test_vs_train", {})
+    rows = [(label, _metric(syn, key, digits), _metric(ref, key, digits)) for key, label, digits in FIDELITY_ROWS]
+    if "n_fake" in syn:  # sample sizes: FID and KID are biased by them, so both columns use the same number
+        rows.insert(0, ("images compared (train vs other)", f"{syn.get('n_real')} vs {syn.get('n_fake')}",
+                        f"{ref.get('n_real')} vs {ref.get('n_fake')}"))
+    per_class = []
+    for name, pair in (fidelity.get("per_class") or {}).items():
+        if pair:
+            s, r = pair["synthetic_vs_train"], pair["real_test_vs_train"]
+            per_class.append((name, fmt(s.get("fid"), 2), fmt(r.get("fid"), 2), fmt(s.get("precision")),
+                              fmt(r.get("precision")), fmt(s.get("recall")), fmt(r.get("recall"))))
+        else:
+            per_class.append((name, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"))
+    return {
+        "feature_space": {"name": report.get("feature_space", {}).get("name", "not recorded"),
+                          "description": report.get("feature_space", {}).get("description", "")},
+        "counts": report.get("counts", {}),
+        "fidelity": table(["metric", "synthetic vs real train", "real test vs real train (reference)"], rows),
+        "fid_ratio": fmt(overall.get("fid_ratio"), 2),
+        "per_class": table(["class", "FID synthetic", "FID real test", "precision synthetic", "precision real test",
+                            "recall synthetic", "recall real test"], per_class),
+        "diversity": table(["class", "synthetic mean pairwise cosine", "real train mean pairwise cosine"],
+                           [(k, fmt(v.get("synthetic_mean_pairwise_cosine")), fmt(v.get("real_train_mean_pairwise_"
+                                                                                         "cosine")))
+                            for k, v in (report.get("diversity") or {}).items()]),
+        "memorization": _memorization(run, memo, report.get("counts", {}).get("synthetic")),
+        "notes": report.get("notes", []),
+        "partial": report.get("partial", False),
+        "pairs": figure(figures.embed_png_file(run.path("audit", "top_pairs.png")),
+                        "The synthetic images closest to a training image, each above its nearest training image.",
+                        "closest synthetic and training image pairs"),
+        "histogram": figure(figures.embed_png_file(run.path("audit", "similarity.png")),
+                            "Similarity to the nearest training image: synthetic vs held-out real images.",
+                            "similarity histograms"),
+    }
+
+
+def _metric(values: dict[str, Any], key: str, digits: int) -> str:
+    if key != "kid_mean":
+        return fmt(values.get(key), digits)
+    # KID spans orders of magnitude (1e-3 for close sets, 1e3 for noise): significant digits, not decimals
+    mean, sd = values.get("kid_mean"), values.get("kid_sd")
+    text = f"{mean:.3g}" if _finite(mean) else "n/a"
+    return text + (f" ± {sd:.2g}" if _finite(mean) and _finite(sd) else "")
+
+
+def _memorization(run: RunFolder, memo: dict[str, Any], total: int | None) -> dict[str, Any]:
+    thresholds, controls = memo.get("thresholds", {}), memo.get("positive_controls", {})
+    flagged = run.csv("audit", "flagged.csv")
+    flagged_rows = [] if flagged is None else [
+        (r.get("image_id", ""), r.get("label", ""), r.get("nearest_pixel_train_id", ""),
+         fmt(r.get("pixel_similarity"), 3)) for r in flagged.sort_values("pixel_similarity", ascending=False)
+        .head(10).to_dict("records")]
+    detection = controls.get("overall")
+    return {
+        "flagged": memo.get("synthetic_flagged", "n/a"), "total": total if total is not None else "n/a",
+        "rate": pct(memo.get("synthetic_flagged_rate")),
+        "held_out_rate": pct(memo.get("held_out_real_flagged_rate")),
+        "thresholds": table(["", ""], [("pixel similarity", fmt(thresholds.get("pixel"))),
+                                       ("feature cosine (for review)", fmt(thresholds.get("feature"))),
+                                       ("quantile of held-out real similarity", thresholds.get("quantile", "n/a")),
+                                       ("calibrated on", thresholds.get("calibrated_on", "n/a"))]),
+        "controls": table(["light copy of a training image", "detected"],
+                          [(k, pct(v, 0)) for k, v in controls.get("flagged_rate", {}).items()]),
+        "detection": pct(detection, 0),
+        "weak_detector": _finite(detection) and detection < 0.9,
+        "control_images": controls.get("images", "n/a"),
+        "flagged_table": table(["synthetic image", "class", "nearest training image", "pixel similarity"],
+                               flagged_rows),
+        "method": memo.get("method", ""),
+    }
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def provenance_section(run: RunFolder) -> Section:
+    prepare, model = run.json("prepared", "prepare.json"), run.json("model", "dermsynth_model.json")
+    generate, validate = run.json("synthetic", "generate.json"), run.json("validation", "validate.json")
+    audit, manifest = run.json("audit", "audit.json"), run.csv("synthetic", "manifest.csv")
+    seeds = []
+    if prepare:
+        seeds.append(("split (prepare)", prepare.get("settings", {}).get("split", {}).get("seed", "n/a")))
+    if model:
+        seeds.append(("diffusion training", model.get("config", {}).get("seed", "n/a")))
+    if generate:
+        seeds.append(("generation base seed", generate.get("settings", {}).get("seed", "n/a")))
+        seeds.append(("generation rule", generate.get("seed_rule", "n/a")))
+    if audit:
+        seeds.append(("audit", audit.get("settings", {}).get("seed", "n/a")))
+    if validate:
+        config = validate.get("config", {})
+        first, count = config.get("first_seed", 0), config.get("seeds", 0)
+        seeds.append(("classifier runs", ", ".join(str(s) for s in range(first, first + count)) or "n/a"))
+    hashes = []
+    if model:
+        hashes.append(("diffusion model weights (sha256)", model.get("weights_sha256", "n/a")))
+    if manifest is not None and "model_sha256" in manifest:
+        used = sorted(manifest["model_sha256"].dropna().astype(str).unique())
+        hashes.append(("model that made the synthetic images", ", ".join(used) or "n/a"))
+        if model and used:
+            same = used == [model.get("weights_sha256")]
+            hashes.append(("synthetic images made by this run's model", "yes" if same else "no"))
+    versions = run.json("versions.json") or {}
+    return {
+        "data": _data_provenance(prepare, run.csv("prepared", "metadata.csv")) if prepare else None,
+        "seeds": table(["what", "seed"], seeds),
+        "hashes": table(["", ""], hashes),
+        "versions": table(["package", "version"], [(k, v if v is not None else "not installed")
+                                                   for k, v in versions.items()]),
+        "config": run.text("config.resolved.yaml"),
+    }
+
+
+def _source_name(summary: dict[str, Any], meta: pd.DataFrame | None) -> str:
+    dataset = summary.get("settings", {}).get("dataset", "unknown")
+    sources = sorted(meta["source"].dropna().astype(str).unique()) if meta is not None and "source" in meta else []
+    return f"{dataset}" + (f" ({', '.join(sources)})" if sources else "")
+
+
+def _data_provenance(prepare: dict[str, Any], meta: pd.DataFrame | None) -> dict[str, str]:
+    dataset = prepare.get("settings", {}).get("dataset", "unknown")
+    notes = prepare.get("notes", {})
+    return {"source": _source_name(prepare, meta),
+            "licence": notes.get("licence") or LICENCES.get(dataset, "unknown: check the dataset's terms"),
+            "root": str(prepare.get("settings", {}).get("root") or "(embedded)"),
+            "version": prepare.get("dermsynth_version", "n/a")}
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _yaml(text: str | None) -> dict[str, Any] | None:
+    import yaml
+
+    if not text:
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gather(run_dir: str | Path) -> dict[str, Any]:
+    """The template context of every section; raises DermsynthError when there is nothing to report."""
+    root = Path(run_dir)
+    if not root.exists():
+        raise DermsynthError(f"run folder not found: {root}")
+    if not root.is_dir():
+        raise DermsynthError(f"not a folder: {root} (give the run folder that holds prepared/, model/, ...)")
+    run = RunFolder(root)
+    if not any(run.stage_ran(stage) for stage in STAGES):
+        folders = ", ".join(f"{f}/" for f, _ in STAGES.values())
+        raise DermsynthError(f"{root}: no stage output found (expected one of {folders})")
+    return {
+        "overview": overview_section(run),
+        "dataset": dataset_section(run),
+        "preprocessing": preprocessing_section(run),
+        "training": training_section(run),
+        "generated": generated_section(run),
+        "comparison": comparison_section(run),
+        "validation": validation_section(run),
+        "audit": audit_section(run),
+        "provenance": provenance_section(run),
+    }
+
+
+def render_html(context: dict[str, Any]) -> str:
+    import jinja2
+
+    loader = jinja2.FunctionLoader(lambda name: (resources.files("dermsynth.report") / "templates" / name)
+                                   .read_text(encoding="utf-8"))
+    env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(**context)
+
+
+def build_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``RUN/report.html`` (self-contained) and ``RUN/summary.md``; return their paths."""
+    from dermsynth.report.markdown import summary_markdown
+
+    context = gather(run_dir)
+    root = Path(run_dir)
+    html_path, md_path = root / "report.html", root / "summary.md"
+    write_text_atomic(html_path, render_html(context))
+    write_text_atomic(md_path, summary_markdown(context))
+    _readable(html_path, md_path)
+    return html_path, md_path
+
+
+def _readable(*paths: Path) -> None:
+    """The atomic writer's temporary files are private (0600); a report is meant to be shared: use the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        path.chmod(0o666 & ~umask)
