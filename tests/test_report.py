@@ -21,7 +21,7 @@ from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.metrics import METRICS
 from dermsynth.evaluate.stats import RunPredictions, compare, summarize
 from dermsynth.report import build_report, verdict
-from dermsynth.report.build import headline, paired_differences
+from dermsynth.report.results import headline, paired_differences
 
 from .conftest import lesion_image
 

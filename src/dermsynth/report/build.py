@@ -8,9 +8,8 @@ base64 PNG data URIs and the CSS is inline, so ``report.html`` opens anywhere wi
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -22,6 +21,8 @@ import pandas as pd
 
 from dermsynth.errors import DermsynthError
 from dermsynth.report import figures
+from dermsynth.report.format import finite, fmt, pct, table
+from dermsynth.report.results import REFERENCE_STUDY, headline, majority, paired_differences, results_table
 from dermsynth.utils import write_text_atomic
 
 Section = dict[str, Any]
@@ -48,14 +49,6 @@ LICENCES = {
     "isic-archive": "ISIC Archive: the licence of each image is in its own record (attribution required unless CC0)",
     "folder": "user-supplied images: the licence is whatever their owner granted",
 }
-METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auroc": "AUROC",
-                "pauc_sens80": "pAUC (sens. ≥ 80 %)", "sensitivity": "sensitivity", "specificity": "specificity",
-                "f1": "F1"}
-TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")
-VERDICT_METRICS = ("accuracy", "auroc")  # the reference study's metric, and the threshold-free one
-REFERENCE_STUDY = ("The reference study (DreamBooth on Stable Diffusion 1.5, a ViT trained on real images vs a 50/50 "
-                   "real + synthetic mix) reported 81.73 % → 84.06 % test accuracy from one run per regime, "
-                   "without an interval.")
 TILE = 64  # side of image tiles in grids (px)
 
 
@@ -101,71 +94,8 @@ class RunFolder:
 # --------------------------------------------------------------------------- formatting
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def fmt(value: Any, digits: int = 3, scale: float = 1.0, suffix: str = "") -> str:
-    return f"{value * scale:.{digits}f}{suffix}" if _finite(value) else "n/a"
-
-
-def pct(value: Any, digits: int = 1) -> str:
-    return fmt(value, digits, 100, " %")
-
-
-def interval(mean: Any, lo: Any, hi: Any, scale: float = 100, signed: bool = False) -> str:
-    """``81.7 [78.1, 85.0]``: a mean with its interval, in percent (points) by default."""
-    if not _finite(mean):
-        return "n/a"
-    sign = "+" if signed else ""
-    text = f"{mean * scale:{sign}.1f}"
-    if _finite(lo) and _finite(hi):
-        text += f" [{lo * scale:{sign}.1f}, {hi * scale:{sign}.1f}]"
-    return text
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
-    """Cells as text, plus which columns hold numbers (right-aligned on the page)."""
-    body = [[str(cell) for cell in row] for row in rows]
-    numeric = [bool(body) and all(_looks_numeric(row[i]) for row in body) for i in range(len(header))]
-    return {"header": list(header), "rows": body, "numeric": numeric}
-
-
-def _looks_numeric(text: str) -> bool:
-    return text == "n/a" or (bool(text) and (text[0].isdigit() or (text[0] in "+-" and text[1:2].isdigit())))
-
-
 def figure(png: bytes | None, caption: str, alt: str) -> dict[str, str] | None:
     return None if png is None else {"uri": figures.data_uri(png), "caption": caption, "alt": alt}
-
-
-# --------------------------------------------------------------------------- verdict
-
-
-@dataclass(frozen=True)
-class Verdict:
-    kind: str  # "higher" | "lower" | "inconclusive" | "undefined"
-    text: str
-
-
-def verdict(regime: str, metric: str, diff: float | None, lo: float | None, hi: float | None,
-            confidence: float = 0.95, seeds: int | None = None) -> Verdict:
-    """A plain-language reading of the paired difference ``regime - real`` that never outruns its interval."""
-    name, level = METRIC_NAMES.get(metric, metric), f"{confidence * 100:.0f} %"
-    if not (_finite(diff) and _finite(lo) and _finite(hi)):
-        return Verdict("undefined", f"{regime} − real, {name}: no confidence interval could be computed "
-                                    "(for example a single-class test split), so no conclusion is drawn.")
-    numbers = f"{regime} − real, {name}: {diff * 100:+.1f} points, {level} CI [{lo * 100:+.1f}, {hi * 100:+.1f}]."
-    caveat = (f" Only {seeds} seed{'s' if seeds != 1 else ''}: the interval says little about training randomness."
-              if seeds is not None and seeds < 3 else "")
-    if lo > 0:
-        return Verdict("higher", f"{numbers} The {level} CI of the difference lies above 0: training on {regime} "
-                                 f"gave a higher {name} than real-only on this test set.{caveat}")
-    if hi < 0:
-        return Verdict("lower", f"{numbers} The {level} CI of the difference lies below 0: training on {regime} "
-                                f"gave a lower {name} than real-only on this test set.{caveat}")
-    return Verdict("inconclusive", f"{numbers} The {level} CI of the difference includes 0: no evidence that the "
-                                   f"synthetic images help at this scale (nor that they hurt).{caveat}")
 
 
 # --------------------------------------------------------------------------- sections
@@ -338,7 +268,7 @@ def training_section(run: RunFolder) -> Section | None:
              ("parameters", f"{info['parameters']:,}" if "parameters" in info else "n/a"),
              ("training images", info.get("data", {}).get("images", "n/a")),
              ("steps", info.get("steps", "n/a")), ("stopped by", info.get("stopped_by", "n/a")),
-             ("training time", f"{info['seconds']:.0f} s" if _finite(info.get("seconds")) else "n/a"),
+             ("training time", f"{info['seconds']:.0f} s" if finite(info.get("seconds")) else "n/a"),
              ("final loss", fmt(info.get("final_loss"), 4)), ("device", info.get("device", "n/a"))]
     grids = sorted(run.path("model", "samples").glob("step-*.png"))
     final = run.path("model", "samples", "final.png")
@@ -453,7 +383,7 @@ def validation_section(run: RunFolder) -> Section | None:
     if summary is None and not runs:
         return None
     confidence = float((summary or {}).get("confidence", 0.95))
-    results = _results_table(summary) if summary else None
+    results = results_table(summary) if summary else None
     n_classes = len((info or {}).get("classes") or ["", ""])
     diff_table, verdicts = paired_differences(summary, n_classes) if summary else (None, [])
     return {
@@ -481,100 +411,10 @@ def _validation_facts(info: dict | None, runs: list[dict]) -> list[tuple[str, An
              ("seeds", ", ".join(str(s) for s in sorted({r['seed'] for r in runs})) or "n/a"),
              ("regimes", ", ".join(dict.fromkeys(r["label"] for r in runs)) or "n/a"),
              ("test images (real)", ", ".join(f"{k} {v}" for k, v in test_counts.items()) or "n/a"),
-             ("accuracy of always predicting the majority class", _majority(test_counts)),
+             ("accuracy of always predicting the majority class", majority(test_counts)),
              ("checkpoint selection", "best epoch on the real validation split; the test split is used once"),
              ("device", info.get("device", "n/a"))]
     return facts
-
-
-def _majority(counts: dict[str, int]) -> str:
-    total = sum(counts.values())
-    if not total:
-        return "n/a"
-    name = max(counts, key=counts.get)
-    return f"{pct(counts[name] / total)} ({name})"
-
-
-def _label(row: dict[str, Any], many_sources: bool) -> str:
-    return row["regime"] + (f" @{row['source']}" if many_sources and row.get("source") else "")
-
-
-def _results_table(summary: dict[str, Any]) -> dict[str, Any]:
-    rows = summary.get("regimes", [])
-    many = len({r.get("source") for r in rows if r.get("source")}) > 1
-    body = [[_label(r, many), r.get("seeds", ""), f"{r.get('train_images', '')} ({r.get('train_synthetic', 0)})",
-             *(interval(r.get(f"{m}_mean"), r.get(f"{m}_ci_lo"), r.get(f"{m}_ci_hi")) for m in TABLE_METRICS)]
-            for r in rows]
-    return table(["regime", "seeds", "train images (synthetic)", *(METRIC_NAMES[m] for m in TABLE_METRICS)], body)
-
-
-def paired_differences(summary: dict[str, Any], n_classes: int = 2
-                       ) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
-    """The regime − real table and, for accuracy and AUROC, a verdict per regime, with a caution where either
-    classifier does not beat chance (then a difference says little about the synthetic images)."""
-    comparisons = summary.get("comparisons", [])
-    if not comparisons:
-        return None, []
-    confidence = float(summary.get("confidence", 0.95))
-    many = len({c.get("source") for c in comparisons if c.get("source")}) > 1
-    regimes = {(r["regime"], r.get("source") or ""): r for r in summary.get("regimes", [])}
-    body, verdicts = [], []
-    for row in comparisons:
-        if row["metric"] not in TABLE_METRICS:
-            continue
-        name = _label(row, many)
-        reading = verdict(name, row["metric"], row.get("diff"), row.get("ci_lo"), row.get("ci_hi"), confidence,
-                          row.get("seeds"))
-        short = {"higher": "higher (CI above 0)", "lower": "lower (CI below 0)",
-                 "inconclusive": "CI includes 0", "undefined": "no interval"}[reading.kind]
-        body.append([f"{name} − real", METRIC_NAMES[row["metric"]],
-                     interval(row.get("diff"), row.get("ci_lo"), row.get("ci_hi"), signed=True),
-                     fmt(row.get("p_boot"), 2), f"{row.get('seeds_better', '?')}/{row.get('seeds', '?')}", short])
-        if row["metric"] in VERDICT_METRICS:
-            pair = ((name, regimes.get((row["regime"], row.get("source") or ""), {})),
-                    ("real", regimes.get(("real", ""), {})))
-            text = reading.text + chance_caution(row["metric"], pair, n_classes)
-            verdicts.append({"regime": name, "metric": row["metric"], "kind": reading.kind, "text": text})
-    header = ["comparison", "metric", f"difference, points [{confidence * 100:.0f} % CI]", "p (bootstrap)",
-              "seeds better", "reading"]
-    return table(header, body), verdicts
-
-
-def chance_caution(metric: str, regimes: Iterable[tuple[str, dict[str, Any]]], n_classes: int) -> str:
-    """A sentence when a compared classifier's interval contains chance, else "".
-
-    Accuracy is checked through balanced accuracy (chance 1/K): a classifier that predicts the majority class
-    gains accuracy on an imbalanced test set without learning anything. AUROC's chance level is 0.5.
-    """
-    column, chance = ("balanced_accuracy", 1 / n_classes) if metric == "accuracy" else (metric, 0.5)
-    names = [name for name, row in regimes if _contains(row.get(f"{column}_ci_lo"), row.get(f"{column}_ci_hi"),
-                                                        chance)]
-    if not names:
-        return ""
-    who = f"{' and '.join(names)} {'does' if len(names) == 1 else 'do'}"
-    if metric == "accuracy":
-        return (f" Caution: the balanced accuracy of {who} not differ from chance ({chance * 100:.0f} %), so "
-                "accuracy here mostly reflects the test set's class mix; AUROC and balanced accuracy are the "
-                "better guide.")
-    return (f" Caution: the {METRIC_NAMES.get(metric, metric)} of {who} not differ from chance "
-            f"({chance * 100:.0f} %): a classifier that has not learned the task says little about what the "
-            "synthetic images are worth.")
-
-
-def _contains(lo: Any, hi: Any, value: float) -> bool:
-    return _finite(lo) and _finite(hi) and lo - 1e-9 <= value <= hi + 1e-9
-
-
-def headline(verdicts: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The reference study's question, answered first: the 50/50 hybrid (else the first mixed regime, else any)
-    against real-only, on accuracy (the study's metric), then on AUROC."""
-    regimes = list(dict.fromkeys(v["regime"] for v in verdicts))
-    preferred = ([r for r in regimes if r.startswith("hybrid:0.5")] or [r for r in regimes if r != "synthetic"]
-                 or regimes)
-    if not preferred:
-        return []
-    chosen = [v for v in verdicts if v["regime"] == preferred[0]]
-    return sorted(chosen, key=lambda v: v["metric"] != "accuracy")
 
 
 def _curves_figure(runs: list[dict[str, Any]]) -> dict[str, str] | None:
@@ -656,8 +496,8 @@ def _metric(values: dict[str, Any], key: str, digits: int) -> str:
         return fmt(values.get(key), digits)
     # KID spans orders of magnitude (1e-3 for close sets, 1e3 for noise): significant digits, not decimals
     mean, sd = values.get("kid_mean"), values.get("kid_sd")
-    text = f"{mean:.3g}" if _finite(mean) else "n/a"
-    return text + (f" ± {sd:.2g}" if _finite(mean) and _finite(sd) else "")
+    text = f"{mean:.3g}" if finite(mean) else "n/a"
+    return text + (f" ± {sd:.2g}" if finite(mean) and finite(sd) else "")
 
 
 def _memorization(run: RunFolder, memo: dict[str, Any], total: int | None) -> dict[str, Any]:
@@ -679,7 +519,7 @@ def _memorization(run: RunFolder, memo: dict[str, Any], total: int | None) -> di
         "controls": table(["light copy of a training image", "detected"],
                           [(k, pct(v, 0)) for k, v in controls.get("flagged_rate", {}).items()]),
         "detection": pct(detection, 0),
-        "weak_detector": _finite(detection) and detection < 0.9,
+        "weak_detector": finite(detection) and detection < 0.9,
         "control_images": controls.get("images", "n/a"),
         "flagged_table": table(["synthetic image", "class", "nearest training image", "pixel similarity"],
                                flagged_rows),
