@@ -7,7 +7,8 @@
   flips, label dropout, grad clipping, EMA) against a plain loop as diffusers' train_unconditional example runs
   it (fp32, no autocast, DDPMScheduler.add_noise + MSE on the noise, AdamW, grad clipping, no EMA), on the same
   UNet (the cpu-fast preset) and batch. The two alternate in rounds within one process, so load from other
-  processes hits both alike; medians are reported. Also: our loop on 1 thread vs all threads.
+  processes hits both alike; medians are reported. Also: our loop on 1 thread vs all threads. On a machine
+  busy with other work, pass --threads 1: two threads then wait on each other and time mostly the contention.
 * FLOP efficiency: UNet FLOPs of one forward + backward (torch.utils.flop_counter) x steps/s, against the peak.
 * sampling (with --model): images/s of DDIM-50 and DPM-Solver++-20 (fp32 and bf16) for the same seeds, and how
   far apart their images are (mean absolute difference in 8-bit levels, PSNR).
@@ -105,13 +106,14 @@ def bench_training(rounds: int, steps: int) -> dict:
     threads = torch.get_num_threads()
     for loop in (ours, plain):
         steps_per_second(loop, 3)  # warm-up: oneDNN primitive creation
-    rates: dict[str, list[float]] = {"ours": [], "plain": [], "ours_1_thread": []}
+    rates: dict[str, list[float]] = {"ours": [], "plain": []} | ({"ours_1_thread": []} if threads > 1 else {})
     for _ in range(rounds):
         rates["ours"].append(steps_per_second(ours, steps))
         rates["plain"].append(steps_per_second(plain, steps))
-        torch.set_num_threads(1)
-        rates["ours_1_thread"].append(steps_per_second(ours, steps))
-        torch.set_num_threads(threads)
+        if threads > 1:
+            torch.set_num_threads(1)
+            rates["ours_1_thread"].append(steps_per_second(ours, steps))
+            torch.set_num_threads(threads)
     median = {name: statistics.median(values) for name, values in rates.items()}
     flops = unet_train_flops(cfg)
     return {
@@ -165,8 +167,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="training steps per round")
     parser.add_argument("--images", type=int, default=64, help="images per sampling run")
+    parser.add_argument("--threads", type=int, help="fix torch's thread count (default: torch's choice)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "load_average_before": os.getloadavg()}
