@@ -213,10 +213,8 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
 
 
 def _report(out: Path) -> None:
-    try:
-        from dermsynth.report.build import build_report
-    except ImportError:  # the report module is optional at this point of the pipeline's life
-        return
+    from dermsynth.report.build import build_report
+
     html, _ = build_report(out)
     console.print(f"report: {html}")
 
