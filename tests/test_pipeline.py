@@ -117,3 +117,16 @@ def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
         assert (out / stage / ".stage.json").is_file(), stage
     code, stdout, _ = cli("run", config, "--out", out)
     assert code == 0 and "ran nothing" in stdout
+
+
+def test_shipped_study_configs_are_valid():
+    from pathlib import Path
+
+    from dermsynth.pipeline import demo_config, load_run_config
+
+    studies = [p for p in Path(__file__).parents[1].joinpath("configs").glob("*.yaml")
+               if p.read_text().lstrip("# \n").find("prepare:") >= 0 and "\nprepare:" in p.read_text()]
+    assert len(studies) >= 3
+    for path in studies:
+        load_run_config(path)
+    assert demo_config().prepare.dataset == "sample"
