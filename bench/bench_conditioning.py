@@ -1,7 +1,8 @@
 """Does a class-conditional model make images of the class it is asked for?
 
-A small CNN (transformers ResNet from a config, random init) is trained on the real train split at the
-model's resolution, checkpointed on the real validation split (balanced accuracy), and then labels:
+Small CNNs (transformers ResNet from a config, random init; --classifiers seeds, results averaged) are trained on
+the real train split at the model's resolution, checkpointed on the real validation split (balanced accuracy),
+and then label:
   * the real test split (reference: how well this classifier separates the classes at all), and
   * N generated images per class, for each guidance scale: the fraction labelled as the class they were
     conditioned on (chance = 1 / number of classes).
@@ -9,7 +10,7 @@ It also reports a Fréchet distance between classifier features of generated and
 a dermoscopy-specific, low-budget stand-in for FID, useful to compare models made on the same data.
 
     HF_HUB_OFFLINE=1 python bench/bench_conditioning.py --real /tmp/prep-sample --model /tmp/model \\
-        [--model /tmp/model2 ...] [--per-class 64] [--guidance 1,2,3] [--json out.json]
+        [--model /tmp/model2 ...] [--per-class 64] [--guidance 1,2,3] [--json out.json] [--grid grid.png]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 from dermsynth.data.dataset import load_prepared
 from dermsynth.diffusion.families import load_generator, read_model_info
+from dermsynth.diffusion.grid import image_grid
 from dermsynth.diffusion.train_scratch import augment, load_training_data
 
 
@@ -95,6 +97,20 @@ def train_classifier(train_x, train_y, val_x, val_y, num_classes: int, epochs: i
     return model, best
 
 
+def save_comparison_grid(path: Path, classes: list[str], real_x: torch.Tensor, real_y: torch.Tensor,
+                         generated: np.ndarray, per_class: int, columns: int = 10) -> None:
+    """Rows "real <class>" (test split) and "synthetic <class>" (the first images generated for it)."""
+    rows, tiles = [], []
+    for c, name in enumerate(classes):
+        real = (real_x[real_y == c][:columns].permute(0, 2, 3, 1).numpy() + 1) / 2
+        synthetic = generated[c * per_class:c * per_class + columns]
+        count = min(len(real), len(synthetic))
+        rows += [f"real {name}", f"synthetic {name}"]
+        tiles += [real[:count], synthetic[:count]]
+    count = min(len(t) for t in tiles)
+    image_grid(np.concatenate([t[:count] for t in tiles]), rows).save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--real", required=True, help="prepared dataset the models were trained on")
@@ -105,6 +121,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classifiers", type=int, default=3, help="classifiers (seeds) to average over")
+    parser.add_argument("--grid", type=Path, help="save real vs generated rows per class (first model, guidance "
+                        "= first --guidance value) to this PNG")
     parser.add_argument("--threads", type=int, help="fix torch's thread count (1 on a busy machine)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -118,20 +137,21 @@ def main() -> None:
     val_x, val_y = split_tensors(prep, "val", size)
     test_x, test_y = split_tensors(prep, "test", size)
     started = time.perf_counter()
-    classifier, val_balanced = train_classifier(train_x, train_y, val_x, val_y, len(classes), args.epochs, args.seed)
-    real_test = per_class_accuracy(classifier, test_x, test_y, len(classes))
-    real_features = features(classifier, train_x)
+    classifiers, val_balanced = zip(*[train_classifier(train_x, train_y, val_x, val_y, len(classes), args.epochs,
+                                                       args.seed + k) for k in range(args.classifiers)],
+                                    strict=True)
+    real_test = accuracy_summary(classifiers, test_x, test_y, classes)
+    real_features = features(classifiers[0], train_x)
     report = {
-        "classes": classes, "image_size": size, "classifier_seconds": round(time.perf_counter() - started, 1),
-        "real_val_balanced_accuracy": val_balanced,
-        "real_test_accuracy_per_class": dict(zip(classes, real_test, strict=True)),
-        "real_test_balanced_accuracy": float(np.nanmean(real_test)),
-        "real_test_fd_cls": frechet_distance(features(classifier, test_x), real_features),
+        "classes": classes, "image_size": size, "classifiers": args.classifiers,
+        "classifier_seconds": round(time.perf_counter() - started, 1),
+        "real_val_balanced_accuracy": float(np.mean(val_balanced)),
+        "real_test": real_test,
+        "real_test_fd_cls": frechet_distance(features(classifiers[0], test_x), real_features),
         "models": {},
     }
-    print(f"classifier: real val balanced acc {val_balanced:.3f}; real test per class "
-          + ", ".join(f"{c} {a:.3f}" for c, a in zip(classes, real_test, strict=True))
-          + f"; FD-cls real test vs train {report['real_test_fd_cls']:.2f}")
+    print(f"{args.classifiers} classifiers: real val balanced acc {report['real_val_balanced_accuracy']:.3f}; "
+          f"real test {format_accuracy(real_test)}; FD-cls real test vs train {report['real_test_fd_cls']:.2f}")
     for model_dir in args.model:
         info = read_model_info(model_dir)
         generator = load_generator(model_dir, info, "cpu")
@@ -144,20 +164,29 @@ def main() -> None:
             images = generator(labels, seeds, steps=steps, scheduler=scheduler, guidance_scale=guidance)
             x = torch.from_numpy(np.clip(images, 0, 1)).permute(0, 3, 1, 2) * 2 - 1
             y = torch.tensor([classes.index(c) for c in labels])
-            accuracy = per_class_accuracy(classifier, x, y, len(classes))
-            rows[guidance] = {
-                "accuracy_per_class": dict(zip(classes, accuracy, strict=True)),
-                "mean_accuracy": float(np.mean(accuracy)),
-                "fd_cls": frechet_distance(features(classifier, x), real_features),
-            }
+            if args.grid and model_dir == args.model[0] and not rows:
+                save_comparison_grid(args.grid, classes, test_x, test_y, images, args.per_class)
+            rows[guidance] = accuracy_summary(classifiers, x, y, classes)
+            rows[guidance]["fd_cls"] = frechet_distance(features(classifiers[0], x), real_features)
             print(f"{model_dir} [{info['steps']} steps] {scheduler}-{steps} guidance {guidance:g}: "
-                  + ", ".join(f"{c} {a:.3f}" for c, a in zip(classes, accuracy, strict=True))
-                  + f"; mean {rows[guidance]['mean_accuracy']:.3f}; FD-cls {rows[guidance]['fd_cls']:.2f}",
-                  flush=True)
+                  f"{format_accuracy(rows[guidance])}; FD-cls {rows[guidance]['fd_cls']:.2f}", flush=True)
         report["models"][str(model_dir)] = {"steps": info["steps"], "seconds": info["seconds"],
                                             "scheduler": scheduler, "sampling_steps": steps, "guidance": rows}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def accuracy_summary(classifiers, images: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+    """Per-class accuracy (recall) over the classifiers: mean and standard deviation, and their class mean."""
+    table = np.array([per_class_accuracy(model, images, targets, len(classes)) for model in classifiers])
+    return {"per_class_mean": dict(zip(classes, table.mean(0).tolist(), strict=True)),
+            "per_class_std": dict(zip(classes, table.std(0).tolist(), strict=True)),
+            "balanced_mean": float(table.mean(1).mean())}
+
+
+def format_accuracy(summary: dict) -> str:
+    parts = [f"{c} {m:.3f}±{summary['per_class_std'][c]:.3f}" for c, m in summary["per_class_mean"].items()]
+    return ", ".join(parts) + f"; balanced {summary['balanced_mean']:.3f}"
 
 
 if __name__ == "__main__":
