@@ -170,6 +170,15 @@ def generate(
     batch_size: Annotated[int, typer.Option(help="Images per sampling batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    prompt: Annotated[list[str] | None, typer.Option(
+        help="CLASS=PROMPT for text-to-image models; repeat per class [default: the model's].")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt [default: the model's].")] = None,
+    init_images: Annotated[Path | None, typer.Option(
+        help="Image-to-image: a prepared dataset or a folder of class folders to start from.")] = None,
+    strength: Annotated[float, typer.Option(help="Image-to-image noise strength in (0, 1].")] = 0.6,
+    mask_from: Annotated[str | None, typer.Option(
+        help="Inpainting with --init-images: 'lesion' (segmented) or a folder of masks named like the images.")
+    ] = None,
 ) -> None:
     """Generate synthetic images per class with QC, a manifest and provenance in every PNG; resumable."""
     from dermsynth.diffusion.generate import generate as run_generate
@@ -177,11 +186,75 @@ def generate(
     chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     result = run_generate(model, out, per_class=per_class, balance=balance, classes=chosen, seed=seed, steps=steps,
                           scheduler=scheduler, guidance=guidance, batch_size=batch_size, device=device,
-                          progress=not quiet)
+                          progress=not quiet, prompts=_class_prompts(prompt), negative_prompt=negative_prompt,
+                          init_images=init_images, strength=strength, mask_from=mask_from)
     summary = result.summary
     counts = ", ".join(f"{label} {n}" for label, n in summary["counts"].items())
     rejected = sum(summary["rejected"].values())
     typer.echo(f"{out}: {counts} images ({rejected} rejected by QC); manifest: {out / 'manifest.csv'}")
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+@app.command()
+def finetune(
+    method: Annotated[str, typer.Option(help="dreambooth, lora or captions.")],
+    base: Annotated[str, typer.Option(help="Base Stable Diffusion: a diffusers folder, a .safetensors file, or a "
+                                           "hub id (downloaded only when named, e.g. "
+                                           "stable-diffusion-v1-5/stable-diffusion-v1-5).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset (train split: instance images "
+                                                             "or captions).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML with fine-tuning settings (options override it).")] = None,
+    resume: Annotated[str | None, typer.Option(help="'latest' (newest checkpoint in --out) or a checkpoint "
+                                                    "folder.")] = None,
+    base_config: Annotated[str | None, typer.Option(
+        help="Single-file base: a local diffusers folder with the configs of the same architecture.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow .ckpt pickle checkpoints "
+                                                                      "(they can run code).")] = False,
+    resolution: Annotated[int | None, typer.Option(help="Training image side, a multiple of 8 [512].")] = None,
+    instance_prompt: Annotated[str | None, typer.Option(help="DreamBooth instance prompt.")] = None,
+    class_prompt: Annotated[str | None, typer.Option(help="DreamBooth class prompt.")] = None,
+    instance_dir: Annotated[Path | None, typer.Option(help="Folder of instance images.")] = None,
+    class_dir: Annotated[Path | None, typer.Option(help="Folder of class images (missing ones generated).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimisation steps [800].")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time.")] = None,
+    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 (GPU) or bf16.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed [0].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune Stable Diffusion: DreamBooth with prior preservation, LoRA, or per-image captions."""
+    from dermsynth.config import read_yaml, validate_config
+    from dermsynth.diffusion.sd_config import FinetuneConfig
+    from dermsynth.diffusion.sd_finetune import finetune as run_finetune
+
+    if resume is not None and resume != "latest" and not Path(resume).is_dir():
+        raise DermsynthError(f"--resume takes 'latest' or a checkpoint folder (got {resume!r})")
+    values = {"method": method, "base": base, "base_config": base_config, "trust_pickle": trust_pickle or None,
+              "resolution": resolution, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
+              "instance_dir": instance_dir, "class_dir": class_dir, "max_train_steps": max_steps,
+              "max_minutes": max_minutes, "mixed_precision": mixed_precision, "seed": seed, "device": device}
+    settings = read_yaml(config) if config else {}
+    _merge(settings, {k: v for k, v in values.items() if v is not None})
+    cfg = validate_config(FinetuneConfig, settings, source=str(config) if config else "options")
+    result = run_finetune(cfg, out, data, resume=resume, progress=not quiet)
+    info = result.info
+    typer.echo(f"{out}: {info['method']} ({info['family']}) {info['steps']} steps in {info['seconds']:.0f} s, "
+               f"final loss {info['final_loss']:.4f}; classes: {', '.join(info['classes'])}")
+
+
+def _class_prompts(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    prompts = {}
+    for pair in pairs:
+        label, sep, text = pair.partition("=")
+        if not sep or not label.strip():
+            raise DermsynthError(f"--prompt takes CLASS=PROMPT (got {pair!r})")
+        prompts[label.strip()] = text.strip()
+    return prompts
 
 
 # --------------------------------------------------------------------------- audit

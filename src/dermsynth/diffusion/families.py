@@ -20,6 +20,8 @@ MODEL_JSON = "dermsynth_model.json"
 # family -> "module:Class" of its adapter; the class offers ``from_folder(folder, info, device)``.
 FAMILIES: dict[str, str] = {
     "scratch": "dermsynth.diffusion.sampling:ScratchGenerator",
+    "stable-diffusion": "dermsynth.diffusion.sd_generate:StableDiffusionGenerator",
+    "stable-diffusion-lora": "dermsynth.diffusion.sd_generate:StableDiffusionGenerator",
 }
 
 

@@ -73,9 +73,19 @@ def generate(
     device: str = "auto",
     progress: bool = True,
     qc_limits: QCLimits = QCLimits(),
+    prompts: dict[str, str] | None = None,
+    negative_prompt: str | None = None,
+    init_images: str | Path | None = None,
+    strength: float = 0.6,
+    mask_from: str | None = None,
 ) -> GenerateResult:
     """Generate ``per_class`` images of each class, or (``balance``) fill every class of that prepared dataset's
-    train split up to its largest class. Unset sampling settings fall back to the model's recorded defaults."""
+    train split up to its largest class. Unset sampling settings fall back to the model's recorded defaults.
+
+    Text-to-image models (Stable Diffusion families) also take ``prompts`` per class and a ``negative_prompt``
+    (instead of the recorded ones), and ``init_images`` (a prepared dataset or a folder of class folders) for
+    image-to-image variations at ``strength``, or, with ``mask_from`` ("lesion" or a folder of masks), inpainting.
+    """
     started = time.monotonic()
     model = Path(model)
     out = Path(out)
@@ -93,6 +103,7 @@ def generate(
     ensure_writable_dir(out / "images")
     generator = load_generator(model, info, device)
     settings |= {"model": str(model.resolve()), "model_sha256": generator.sha256, "family": generator.family}
+    settings |= _text_image_options(generator, prompts, negative_prompt, init_images, strength, mask_from)
     state = _FolderState.open(out, settings, info["classes"])
     write_json_atomic(out / "generate.json", _summary(state, plan, settings, "running", started, batch_size))
 
@@ -107,6 +118,37 @@ def generate(
     summary = _summary(state, plan, settings, "complete", started, batch_size)
     write_json_atomic(out / "generate.json", summary)
     return GenerateResult(out=out, manifest=state.manifest(), summary=summary)
+
+
+def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | None, negative_prompt: str | None,
+                        init_images: str | Path | None, strength: float, mask_from: str | None) -> dict[str, Any]:
+    """Apply prompt overrides and image-to-image / inpainting to a text-to-image generator; the settings they add
+    (none when unused, so plain runs keep their settings and resume as before)."""
+    if prompts is None and negative_prompt is None and init_images is None and mask_from is None:
+        return {}
+    if not hasattr(generator, "prompts"):
+        raise DermsynthError(f"model family {generator.family!r} takes no prompts or init images "
+                             "(only Stable Diffusion models do)")
+    added: dict[str, Any] = {}
+    if prompts:
+        unknown = sorted(set(prompts) - set(generator.classes))
+        if unknown:
+            raise DermsynthError(f"prompts for unknown class(es) {', '.join(unknown)}")
+        if any(not str(p).strip() for p in prompts.values()):
+            raise DermsynthError("a class prompt is empty")
+        generator.prompts.update(prompts)
+        added["prompts"] = dict(prompts)
+    if negative_prompt is not None:
+        generator.negative_prompts = dict.fromkeys(generator.classes, negative_prompt)
+        added["negative_prompt"] = negative_prompt
+    if mask_from is not None and init_images is None:
+        raise DermsynthError("--mask-from needs --init-images (the images to inpaint)")
+    if init_images is not None:
+        from dermsynth.diffusion.sd_generate import image_source
+
+        generator.source = image_source(init_images, generator.classes, strength, mask_from)
+        added |= {"init_images": str(Path(init_images).resolve()), "strength": strength, "mask_from": mask_from}
+    return added
 
 
 # --------------------------------------------------------------------------- the plan
@@ -177,8 +219,9 @@ def _check_rejections(state: _FolderState, plan: dict[str, int]) -> None:
 
 def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str, Any], state: _FolderState,
                limits: QCLimits) -> None:
+    extra = {"indices": [item.index for item in batch]} if getattr(generator, "wants_indices", False) else {}
     images = generator([item.label for item in batch], [item.seed for item in batch], steps=settings["steps"],
-                       scheduler=settings["scheduler"], guidance_scale=settings["guidance_scale"])
+                       scheduler=settings["scheduler"], guidance_scale=settings["guidance_scale"], **extra)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     for item, image in zip(batch, images, strict=True):
         reason = qc_reason(image, limits)

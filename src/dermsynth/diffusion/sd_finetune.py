@@ -1,0 +1,645 @@
+"""The `finetune` stage: DreamBooth (with prior preservation), LoRA and caption fine-tuning of Stable Diffusion.
+
+Output (``out``)::
+
+    model_index.json, unet/, vae/, ...   full fine-tuning: the whole pipeline (family "stable-diffusion")
+    pytorch_lora_weights.safetensors     LoRA: the adapter only, loaded onto the recorded base
+                                         (family "stable-diffusion-lora"; plain ``pipe.load_lora_weights(out)``)
+    dermsynth_model.json                 family, classes, prompts per class, base, method, config, steps, sha256
+    config.yaml, train_log.csv           the resolved settings; loss per logged step
+    class_images/                        generated prior-preservation images (unless class_dir was given)
+    validation/step-*/                   validation images
+    checkpoints/step-*/                  trained weights, optimizer, LR schedule, EMA, RNG: ``--resume latest``
+
+``dermsynth_model.json`` is written last: its presence marks a finished model. One process on a CPU; under
+``accelerate launch`` each GPU takes its own share of every batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+
+from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.diffusion.families import MODEL_JSON
+from dermsynth.diffusion.sd_config import FinetuneConfig
+from dermsynth.diffusion.sd_data import (
+    BatchOrder,
+    Example,
+    caption_examples,
+    instance_examples,
+    most_common_prompts,
+    prompt_defaults,
+    real_class_examples,
+    to_pixels,
+)
+from dermsynth.diffusion.sd_models import describe_base, load_pipeline
+from dermsynth.diffusion.train_scratch import _load_square, min_snr_weight
+from dermsynth.errors import DermsynthError
+from dermsynth.utils import (
+    atomic_path,
+    ensure_writable_dir,
+    sha256_file,
+    stable_hash,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+CHECKPOINTS = "checkpoints"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+StepCallback = Callable[[int, float], None]
+# Settings that may change when resuming (budget and monitoring); everything else must match the checkpoint.
+RESUMABLE = {"max_train_steps", "num_train_epochs", "max_minutes", "validation_prompts", "validation_steps",
+             "num_validation_images", "validation_inference_steps", "checkpointing_steps",
+             "checkpoints_total_limit", "log_every", "device", "sample", "class_prompts"}
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    steps: int
+    resumed_from: int | None
+    info: dict[str, Any]
+    losses: list[float]
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    out: str | Path,
+    data: str | Path | None = None,
+    *,
+    resume: str | None = None,
+    progress: bool = True,
+    callback: StepCallback | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``cfg.base`` on the prepared dataset ``data`` (or on ``cfg.instance_dir``) into ``out``.
+
+    ``resume`` is "latest" (the newest checkpoint in ``out``) or a checkpoint folder. ``callback(step, loss)``
+    runs after every optimisation step.
+    """
+    if not cfg.base:
+        raise DermsynthError("no base model given (--base: a diffusers folder, a .safetensors file or a hub id)")
+    describe_base(cfg.base)
+    dataset = load_prepared(data) if data is not None else None
+    out = Path(out)
+    checkpoint = _resume_point(out, resume)
+    ensure_writable_dir(out)
+    trainer = Trainer(cfg, dataset, out, progress, callback)
+    return trainer.run(checkpoint)
+
+
+def _resume_point(out: Path, resume: str | None) -> Path | None:
+    if (out / MODEL_JSON).is_file():
+        raise DermsynthError(f"{out} already holds a finished model; choose another --out")
+    if resume is None:
+        if list_checkpoints(out):
+            raise DermsynthError(f"{out} holds an unfinished run; pass --resume latest to continue it, "
+                                 "or choose another --out")
+        return None
+    if resume != "latest":
+        folder = Path(resume)
+        if not (folder / "state.json").is_file():
+            raise DermsynthError(f"--resume {resume}: not a checkpoint folder (no state.json)")
+        return folder
+    checkpoints = list_checkpoints(out)
+    return checkpoints[-1] if checkpoints else None  # nothing saved yet: start afresh
+
+
+def list_checkpoints(out: str | Path) -> list[Path]:
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Trainer:
+    """Models, data, optimiser and RNG of one run; ``run`` trains to the budget and saves the model."""
+
+    def __init__(self, cfg: FinetuneConfig, dataset: PreparedDataset | None, out: Path, progress: bool,
+                 callback: StepCallback | None):
+        from accelerate import Accelerator
+
+        self.cfg, self.dataset, self.out, self.progress, self.callback = cfg, dataset, out, progress, callback
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise DermsynthError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine")
+        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
+        self.device = self.accelerator.device
+        self.prompts = self._resolve_prompts()
+        self.examples, self.class_examples = self._collect_examples()
+        self.pipe = load_pipeline(cfg.base, config=cfg.base_config, trust_pickle=cfg.trust_pickle)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        self.step = 0
+        self.seconds_before = 0.0
+        self.log: list[dict[str, Any]] = []
+        self.losses: list[float] = []
+
+    # ----- data
+
+    def _resolve_prompts(self) -> dict[str, str]:
+        defaults = prompt_defaults(self.dataset)
+        instance = self.cfg.instance_prompt or defaults.get("instance_prompt") or ""
+        klass = self.cfg.class_prompt or defaults.get("class_prompt") or ""
+        if self.cfg.dreambooth_data and not instance.strip():
+            raise DermsynthError("instance_prompt is empty")
+        if self.cfg.dreambooth_data and self.cfg.with_prior_preservation and not klass.strip():
+            raise DermsynthError("class_prompt is empty (needed for prior preservation)")
+        return {"instance": instance, "class": klass}
+
+    def _collect_examples(self) -> tuple[list[Example], list[Example]]:
+        if not self.cfg.dreambooth_data:
+            return caption_examples(self.cfg, self.dataset), []
+        examples = instance_examples(self.cfg, self.dataset, self.prompts["instance"])
+        if not self.cfg.with_prior_preservation:
+            return examples, []
+        return examples, real_class_examples(self.cfg, self.dataset, self.prompts["class"])
+
+    def _class_image_dir(self) -> Path:
+        return self.cfg.class_dir if self.cfg.class_dir is not None else self.out / "class_images"
+
+    def _complete_class_images(self) -> None:
+        """Generate, with the base model, the class images still missing (kept on disk: a rerun reuses them)."""
+        missing = self.cfg.num_class_images - len(self.class_examples)
+        folder = self._class_image_dir()
+        if missing <= 0:
+            self.class_examples = self.class_examples[: self.cfg.num_class_images]
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        start = len(list(folder.glob("class-*.png")))
+        size, sample = self.cfg.resolution, self.cfg.sample
+        pipe = self.pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        for index in range(start, start + missing) if self.accelerator.is_main_process else []:
+            generator = torch.Generator("cpu").manual_seed(self.cfg.seed + index)
+            image = pipe(self.prompts["class"], negative_prompt=sample.negative_prompt or None, height=size,
+                         width=size, num_inference_steps=sample.steps, guidance_scale=sample.guidance_scale,
+                         generator=generator, output_type="pil").images[0]
+            with atomic_path(folder / f"class-{index:05d}.png") as tmp:
+                image.save(tmp, format="PNG")
+        self.accelerator.wait_for_everyone()
+        generated = sorted(folder.glob("class-*.png"))[:missing]
+        self.class_examples += [Example(p, self.prompts["class"], "class") for p in generated]
+
+    def data_summary(self) -> dict[str, Any]:
+        def digest(examples: list[Example]) -> str:
+            return stable_hash([(str(e.path.name), e.prompt, e.label, sha256_file(e.path)) for e in examples])
+
+        return {"prepared": str(self.dataset.root.resolve()) if self.dataset else None,
+                "images": len(self.examples), "class_images": len(self.class_examples),
+                "labels": dict(pd.Series([e.label for e in self.examples]).value_counts()),
+                "sha256": digest(self.examples + self.class_examples)}
+
+    # ----- models
+
+    def _setup_models(self) -> None:
+        from diffusers import DDPMScheduler
+
+        cfg, pipe = self.cfg, self.pipe
+        self.unet, self.text_encoder, self.vae, self.tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        torch.manual_seed(cfg.seed)  # LoRA initialisation
+        for module in (self.unet, self.text_encoder, self.vae):
+            module.requires_grad_(False)
+        self.train_text = cfg.train_text_encoder or (cfg.lora_enabled and cfg.lora.text_encoder)
+        if cfg.lora_enabled:
+            self._add_lora()
+        else:
+            self.unet.requires_grad_(True)
+            self.text_encoder.requires_grad_(self.train_text)
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if self.train_text:
+                enable = getattr(self.text_encoder, "activation_checkpointing_enable", None)
+                (enable or self.text_encoder.gradient_checkpointing_enable)()
+        # Frozen parts run in the mixed-precision dtype; trained weights stay float32.
+        self.unet.to(self.device)
+        self.vae.to(self.device)
+        self.text_encoder.to(self.device)
+        if self.weight_dtype != torch.float32:
+            self.vae.to(dtype=self.weight_dtype)
+            if not self.train_text:
+                self.text_encoder.to(dtype=self.weight_dtype)
+        self.unet.train()
+        self.text_encoder.train(self.train_text)
+        self.params = [p for m in self.trained_modules() for p in m.parameters() if p.requires_grad]
+
+    def _add_lora(self) -> None:
+        from peft import LoraConfig
+
+        lora = self.cfg.lora
+        alpha = lora.alpha or lora.rank
+        self.unet.add_adapter(LoraConfig(r=lora.rank, lora_alpha=alpha, lora_dropout=lora.dropout,
+                                         init_lora_weights="gaussian", target_modules=lora.target_modules))
+        if lora.text_encoder:
+            _check_text_encoder_lora()
+            self.text_encoder.add_adapter(LoraConfig(r=lora.rank, lora_alpha=alpha, lora_dropout=lora.dropout,
+                                                     init_lora_weights="gaussian",
+                                                     target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+
+    def trained_modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.text_encoder] if self.train_text else [self.unet]
+
+    def _setup_optimisation(self) -> None:
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
+
+        cfg = self.cfg
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           foreach=True)
+        self.total_steps = self._total_steps()
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                          num_training_steps=self.total_steps)
+        prepared = self.accelerator.prepare(*self.trained_modules(), self.optimizer)
+        self.optimizer = prepared[-1]
+        self.ema = EMAModel(self.params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.accelerator.process_index)
+        self.order = BatchOrder(len(self.examples), cfg.train_batch_size, cfg.seed,
+                                self.accelerator.num_processes, self.accelerator.process_index)
+        if self.class_examples:
+            self.class_order = BatchOrder(len(self.class_examples), cfg.train_batch_size, cfg.seed + 1,
+                                          self.accelerator.num_processes, self.accelerator.process_index)
+        self.embedding_cache: dict[str, torch.Tensor] = {}
+
+    def _total_steps(self) -> int:
+        cfg = self.cfg
+        per_step = min(cfg.train_batch_size, len(self.examples)) * cfg.gradient_accumulation_steps
+        per_epoch = max(1, math.ceil(len(self.examples) / (per_step * self.accelerator.num_processes)))
+        limits = [cfg.max_train_steps or math.inf, (cfg.num_train_epochs or math.inf) * per_epoch]
+        total = min(limits)
+        if total == math.inf:
+            raise DermsynthError("set max_train_steps or num_train_epochs")
+        return int(total)
+
+    # ----- one optimisation step
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings; frozen text encoders encode each distinct prompt once."""
+        if self.train_text or not self.cfg.cache_text_embeddings:
+            return self._encode(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.embedding_cache]
+        if missing:
+            with torch.no_grad():
+                for prompt, embedding in zip(missing, self._encode(missing), strict=True):
+                    self.embedding_cache[prompt] = embedding
+        return torch.stack([self.embedding_cache[p] for p in prompts])
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def _micro_batch(self, micro_step: int) -> tuple[torch.Tensor, list[str], int]:
+        chosen = [self.examples[i] for i in self.order.indices(micro_step)]
+        n_instance = len(chosen)
+        if self.class_examples:
+            chosen += [self.class_examples[i] for i in self.class_order.indices(micro_step)]
+        images = [_load_square(e.path, self.cfg.resolution) for e in chosen]
+        flips = None
+        if self.cfg.random_flip:
+            flips = torch.rand((len(chosen), 2), generator=self.generator, device=self.device).cpu() < 0.5
+        return to_pixels(images, flips), [e.prompt for e in chosen], n_instance
+
+    def batch_loss(self, pixels: torch.Tensor, prompts: list[str], n_instance: int) -> torch.Tensor:
+        """Denoising loss of one micro-batch: instance images, then (with prior preservation) class images."""
+        cfg = self.cfg
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist
+            latents = posterior.sample(generator=self.generator).float() * self.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=self.generator, device=self.device)
+        if cfg.noise_offset:
+            noise += cfg.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1),
+                                                    generator=self.generator, device=self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=self.generator, device=self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction_type = self.noise_scheduler.config.prediction_type
+        target = noise if prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise,
+                                                                                               timesteps)
+        with self.accelerator.autocast():
+            embeddings = self.encode_prompts(prompts)
+            prediction = self.unet(noisy, timesteps, embeddings).sample
+        per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if cfg.snr_gamma is not None:
+            per_image = per_image * min_snr_weight(self.noise_scheduler, timesteps, cfg.snr_gamma, prediction_type)
+        loss = per_image[:n_instance].mean()
+        if n_instance < len(per_image):
+            loss = loss + cfg.prior_loss_weight * per_image[n_instance:].mean()
+        return loss
+
+    def train_step(self) -> float:
+        accumulation = self.cfg.gradient_accumulation_steps
+        total = 0.0
+        for k in range(accumulation):
+            micro_step = self.step * accumulation + k
+            pixels, prompts, n_instance = self._micro_batch(micro_step)
+            sync = k == accumulation - 1
+            with contextlib.ExitStack() as no_sync:
+                if not sync:  # gradients of all but the last micro-batch stay local (no all-reduce)
+                    for module in self.trained_modules():
+                        no_sync.enter_context(self.accelerator.no_sync(module))
+                loss = self.batch_loss(pixels, prompts, n_instance) / accumulation
+                self.accelerator.backward(loss)
+            total += float(loss.detach())
+        if self.cfg.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.params)
+        return total
+
+    # ----- the loop
+
+    def run(self, checkpoint: Path | None) -> FinetuneResult:
+        resumed_from = None
+        if self.cfg.dreambooth_data and self.cfg.with_prior_preservation:
+            self._complete_class_images()
+        self._setup_models()
+        self._setup_optimisation()
+        data = self.data_summary()
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint, data)
+            resumed_from = self.step
+        started = time.monotonic()
+        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes else math.inf
+        stopped_by = "max_train_steps"
+        with _progress(self.progress and self.accelerator.is_main_process, self.total_steps, self.step) as advance:
+            while self.step < self.total_steps:
+                if self.seconds_before + time.monotonic() - started >= budget:
+                    stopped_by = "max_minutes"
+                    break
+                loss = self.train_step()
+                self.step += 1
+                self.losses.append(loss)
+                self._after_step(loss, self.seconds_before + time.monotonic() - started, data)
+                advance(loss)
+        seconds = self.seconds_before + time.monotonic() - started
+        if not list_checkpoints(self.out) or list_checkpoints(self.out)[-1].name != _step_name(self.step):
+            self.save_checkpoint(seconds, data)
+        info = self.save_model(seconds, stopped_by, data)
+        return FinetuneResult(out=self.out, steps=self.step, resumed_from=resumed_from, info=info,
+                              losses=self.losses)
+
+    def _after_step(self, loss: float, seconds: float, data: dict[str, Any]) -> None:
+        cfg = self.cfg
+        if self.step % cfg.log_every == 0 or self.step == 1:
+            self.log.append({"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
+                             "seconds": round(seconds, 2)})
+            if self.accelerator.is_main_process:
+                write_csv_atomic(self.out / "train_log.csv", pd.DataFrame(self.log))
+        if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
+            self.save_validation_images()
+        if self.step % cfg.checkpointing_steps == 0:
+            self.save_checkpoint(seconds, data)
+        if self.callback is not None:
+            self.callback(self.step, loss)
+
+    # ----- validation images
+
+    def inference_pipeline(self):
+        """The pipeline with the current weights (EMA weights when EMA is on), for sampling."""
+        from diffusers import StableDiffusionPipeline
+
+        unet = self.accelerator.unwrap_model(self.unet)
+        text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=text_encoder, tokenizer=self.tokenizer, unet=unet,
+                                       scheduler=self.pipe.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+
+    @torch.no_grad()
+    def save_validation_images(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        from dermsynth.diffusion.sd_generate import pipeline_images
+
+        cfg = self.cfg
+        with self._ema_weights():
+            pipe = self.inference_pipeline()
+            folder = self.out / "validation" / _step_name(self.step)
+            folder.mkdir(parents=True, exist_ok=True)
+            for p, prompt in enumerate(cfg.validation_prompts):
+                seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
+                images = pipeline_images(pipe, [prompt] * len(seeds), seeds, steps=cfg.validation_inference_steps,
+                                         scheduler=cfg.sample.scheduler, guidance_scale=cfg.sample.guidance_scale,
+                                         negative_prompt=cfg.sample.negative_prompt, size=cfg.resolution)
+                for i, image in enumerate(images):
+                    from PIL import Image
+
+                    with atomic_path(folder / f"prompt{p:02d}-{i:02d}.png") as tmp:
+                        Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
+            write_json_atomic(folder / "prompts.json", cfg.validation_prompts)
+        self.unet.train()
+        self.text_encoder.train(self.train_text)
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
+
+    # ----- checkpoints
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights only (LoRA layers, or whole modules), by module-prefixed name."""
+        state = {}
+        for prefix, module in zip(("unet.", "text_encoder."), self.trained_modules(), strict=False):
+            unwrapped = self.accelerator.unwrap_model(module)
+            for name, param in unwrapped.named_parameters():
+                if param.requires_grad:
+                    state[prefix + name] = param.detach().contiguous()
+        return state
+
+    def save_checkpoint(self, seconds: float, data: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        root = self.out / CHECKPOINTS
+        final, tmp = root / _step_name(self.step), root / f".{_step_name(self.step)}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self.trained_state(), str(tmp / "weights.safetensors"))
+        if self.ema is not None:
+            shadow = {f"{i}": p.contiguous() for i, p in enumerate(self.ema.shadow_params)}
+            save_file(shadow, str(tmp / "ema.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()},
+                   tmp / "training_state.pt")
+        ema_scalars = ({k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+                       if self.ema is not None else None)
+        write_json_atomic(tmp / "state.json", {"step": self.step, "seconds": seconds, "log": self.log,
+                                               "config": self.cfg.model_dump(mode="json"), "ema": ema_scalars,
+                                               "data_sha256": data["sha256"]})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        limit = self.cfg.checkpoints_total_limit
+        for old in list_checkpoints(self.out)[:-limit] if limit else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, folder: Path, data: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        if state["data_sha256"] != data["sha256"]:
+            raise DermsynthError(f"cannot resume {folder}: the training images or prompts changed since that run")
+        saved, current = state["config"], self.cfg.model_dump(mode="json")
+        changed = sorted(k for k in current if k not in RESUMABLE and saved.get(k) != current[k])
+        if changed:
+            raise DermsynthError(f"cannot resume {folder}: setting(s) {', '.join(changed)} differ from that run")
+        weights = load_file(str(folder / "weights.safetensors"), device=str(self.device))
+        for prefix, module in zip(("unet.", "text_encoder."), self.trained_modules(), strict=False):
+            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            missing = set(own) - {n for n, _ in self.accelerator.unwrap_model(module).named_parameters()}
+            if missing:
+                raise DermsynthError(f"cannot resume {folder}: its weights do not fit this model")
+            self.accelerator.unwrap_model(module).load_state_dict(own, strict=False)
+        training = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
+        self.generator.set_state(training["generator"].cpu())
+        torch.set_rng_state(training["torch_rng"].cpu())
+        if self.ema is not None:
+            shadow = load_file(str(folder / "ema.safetensors"), device=str(self.device))
+            self.ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+        self.step, self.seconds_before, self.log = state["step"], state["seconds"], state["log"]
+
+    # ----- the finished model
+
+    def class_prompts(self) -> dict[str, str]:
+        if self.cfg.class_prompts:
+            return dict(self.cfg.class_prompts)
+        if self.cfg.dreambooth_data:
+            return {self.examples[0].label: self.prompts["instance"]}
+        return most_common_prompts(self.examples)
+
+    def save_model(self, seconds: float, stopped_by: str, data: dict[str, Any]) -> dict[str, Any]:
+        self.accelerator.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(self.params)
+        prompts = self.class_prompts()
+        base_kind = describe_base(self.cfg.base)
+        base = self.cfg.base if base_kind == "hub" else str(Path(self.cfg.base).resolve())
+        if self.cfg.lora_enabled:
+            family, weights = "stable-diffusion-lora", self._save_lora()
+        else:
+            family, weights = "stable-diffusion", self._save_full()
+        config = self.cfg.model_dump(mode="json")
+        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        sample = self.cfg.sample
+        info = {
+            "family": family, "method": self.cfg.method, "classes": list(prompts), "prompts": prompts,
+            "negative_prompts": dict.fromkeys(prompts, sample.negative_prompt),
+            "base": base, "base_kind": base_kind,
+            "base_config": str(Path(self.cfg.base_config).resolve()) if self.cfg.base_config else None,
+            "trust_pickle": self.cfg.trust_pickle,
+            "lora": self.cfg.lora.model_dump() if self.cfg.lora_enabled else None,
+            "image_size": self.cfg.resolution, "weights": weights, "weights_sha256": sha256_file(self.out / weights),
+            "trained_parameters": sum(p.numel() for p in self.params), "data": data, "config": config,
+            "steps": self.step, "seconds": round(seconds, 1), "stopped_by": stopped_by,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "sampling": {"scheduler": sample.scheduler, "steps": sample.steps, "guidance_scale": sample.guidance_scale},
+            "ema": self.cfg.use_ema, "device": str(self.device), "processes": self.accelerator.num_processes,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "versions": _versions(),
+        }
+        if self.accelerator.is_main_process:
+            write_json_atomic(self.out / MODEL_JSON, info)
+        return info
+
+    def _save_lora(self) -> str:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        unet = self.accelerator.unwrap_model(self.unet)
+        layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+                  "unet_lora_adapter_metadata": _lora_metadata(unet)}
+        if self.cfg.lora.text_encoder:
+            text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+            layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(text_encoder))
+            layers["text_encoder_lora_adapter_metadata"] = _lora_metadata(text_encoder)
+        if self.accelerator.is_main_process:
+            StableDiffusionPipeline.save_lora_weights(self.out, safe_serialization=True, **layers)
+        return LORA_FILE
+
+    def _save_full(self) -> str:
+        pipe = self.inference_pipeline()
+        if self.weight_dtype != torch.float32:
+            pipe.to(torch.float32)
+        if self.accelerator.is_main_process:
+            pipe.save_pretrained(self.out, safe_serialization=True)
+        return "unet/diffusion_pytorch_model.safetensors"
+
+
+def _check_text_encoder_lora() -> None:
+    """transformers' own peft integration (used by diffusers to load text-encoder LoRA too) may want a newer peft."""
+    from transformers.integrations.peft import MIN_PEFT_VERSION
+    from transformers.utils.peft_utils import check_peft_version
+
+    try:
+        check_peft_version(min_version=MIN_PEFT_VERSION)
+    except ValueError:
+        import peft
+
+        raise DermsynthError(f"lora.text_encoder needs peft >= {MIN_PEFT_VERSION} with this transformers version "
+                             f"(installed: {peft.__version__}); use UNet-only LoRA, or train_text_encoder") from None
+
+
+def _lora_metadata(module: torch.nn.Module) -> dict[str, Any]:
+    """The adapter's LoRA settings (rank, alpha, targets), stored in the weights file so that a plain
+    ``load_lora_weights`` rebuilds the same scale alpha / rank."""
+    config = module.peft_config["default"].to_dict()
+    return json.loads(json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+
+
+def _step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import peft
+
+    from dermsynth import __version__
+
+    return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "peft": peft.__version__}
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, done: int):
+    if not enabled:
+        yield lambda loss: None
+        return
+    from dermsynth.progress import make_progress
+
+    with make_progress() as bar:
+        task = bar.add_task("finetune", total=total, completed=done, status="")
+        yield lambda loss: bar.update(task, advance=1, status=f"loss {loss:.4f}")
