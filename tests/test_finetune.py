@@ -63,12 +63,12 @@ def test_dreambooth_prior_preservation_loss_falls_on_a_fixed_batch(tiny_sd, prep
     assert len(trainer.class_examples) == 3 and len(list((tmp_path / "m" / "class_images").glob("*.png"))) == 3
     trainer._setup_models()
     trainer._setup_optimisation()
-    pixels, prompts, n_instance = trainer._micro_batch(0)
-    assert n_instance == 1 and prompts == [cfg.instance_prompt, cfg.class_prompt]  # instance + prior image
+    examples, flips, n_instance = trainer._micro_batch(0)
+    assert n_instance == 1 and [e.prompt for e in examples] == [cfg.instance_prompt, cfg.class_prompt]
     losses = []
     for _ in range(25):
         trainer.generator.manual_seed(0)  # same noise and timesteps: a fixed batch to overfit
-        loss = trainer.batch_loss(pixels, prompts, n_instance)
+        loss = trainer.batch_loss(examples, flips, n_instance)
         loss.backward()
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()

@@ -96,6 +96,9 @@ class FinetuneConfig(StrictModel):
     noise_offset: float = Field(0.0, ge=0.0, le=1.0, description="Noise offset (helps very dark/bright images).")
     cache_text_embeddings: bool = Field(True, description="Encode each distinct prompt once when the text "
                                                           "encoder is frozen.")
+    cache_latents: bool = Field(True, description="Encode each image (and flip) with the frozen VAE once and keep "
+                                                  "its latent distribution in memory (8 * (resolution / 8)^2 "
+                                                  "floats per image and flip); off for very large datasets.")
     # monitoring and checkpoints
     validation_prompts: list[str] = Field([], description="Prompts sampled every validation_steps (images saved).")
     validation_steps: int = Field(100, ge=1, description="Steps between validation images.")

@@ -137,11 +137,15 @@ class Trainer:
     def __init__(self, cfg: FinetuneConfig, dataset: PreparedDataset | None, out: Path, progress: bool,
                  callback: StepCallback | None):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         self.cfg, self.dataset, self.out, self.progress, self.callback = cfg, dataset, out, progress, callback
         if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise DermsynthError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine")
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        # Accelerate keeps its settings process-wide; a second run in one process (API use) may change them.
+        # The process group (PartialState) is kept, so this is safe under `accelerate launch` too.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
         self.device = self.accelerator.device
         self.prompts = self._resolve_prompts()
@@ -278,6 +282,7 @@ class Trainer:
             self.class_order = BatchOrder(len(self.class_examples), cfg.train_batch_size, cfg.seed + 1,
                                           self.accelerator.num_processes, self.accelerator.process_index)
         self.embedding_cache: dict[str, torch.Tensor] = {}
+        self.latent_cache: dict[tuple[str, tuple[bool, bool]], torch.Tensor] = {}
 
     def _total_steps(self) -> int:
         cfg = self.cfg
@@ -307,23 +312,45 @@ class Trainer:
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(ids)[0]
 
-    def _micro_batch(self, micro_step: int) -> tuple[torch.Tensor, list[str], int]:
+    def _micro_batch(self, micro_step: int) -> tuple[list[Example], list[tuple[bool, bool]], int]:
+        """The examples of micro-batch ``micro_step`` (instance images, then class images) and their flips."""
         chosen = [self.examples[i] for i in self.order.indices(micro_step)]
         n_instance = len(chosen)
         if self.class_examples:
             chosen += [self.class_examples[i] for i in self.class_order.indices(micro_step)]
-        images = [_load_square(e.path, self.cfg.resolution) for e in chosen]
-        flips = None
+        flips = [(False, False)] * len(chosen)
         if self.cfg.random_flip:
-            flips = torch.rand((len(chosen), 2), generator=self.generator, device=self.device).cpu() < 0.5
-        return to_pixels(images, flips), [e.prompt for e in chosen], n_instance
+            draws = torch.rand((len(chosen), 2), generator=self.generator, device=self.device).cpu() < 0.5
+            flips = [(bool(h), bool(v)) for h, v in draws.tolist()]
+        return chosen, flips, n_instance
 
-    def batch_loss(self, pixels: torch.Tensor, prompts: list[str], n_instance: int) -> torch.Tensor:
+    def _pixels(self, examples: list[Example], flips: list[tuple[bool, bool]]) -> torch.Tensor:
+        images = [_load_square(e.path, self.cfg.resolution) for e in examples]
+        return to_pixels(images, torch.tensor(flips, dtype=torch.bool)).to(self.device, self.weight_dtype)
+
+    @torch.no_grad()
+    def latents(self, examples: list[Example], flips: list[tuple[bool, bool]]) -> torch.Tensor:
+        """VAE latents sampled from each image's posterior. The VAE is frozen, so with ``cache_latents`` each
+        (image, flip) is encoded once, alone (its posterior then does not depend on its batch companions)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        if not self.cfg.cache_latents:
+            parameters = self.vae.encode(self._pixels(examples, flips)).latent_dist.parameters
+        else:
+            keys = [(str(e.path), flip) for e, flip in zip(examples, flips, strict=True)]
+            for key, example in zip(keys, examples, strict=True):
+                if key not in self.latent_cache:
+                    pixels = self._pixels([example], [key[1]])
+                    self.latent_cache[key] = self.vae.encode(pixels).latent_dist.parameters[0]
+            parameters = torch.stack([self.latent_cache[key] for key in keys])
+        posterior = DiagonalGaussianDistribution(parameters.float())
+        return posterior.sample(generator=self.generator) * self.vae.config.scaling_factor
+
+    def batch_loss(self, examples: list[Example], flips: list[tuple[bool, bool]], n_instance: int) -> torch.Tensor:
         """Denoising loss of one micro-batch: instance images, then (with prior preservation) class images."""
         cfg = self.cfg
-        with torch.no_grad():
-            posterior = self.vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist
-            latents = posterior.sample(generator=self.generator).float() * self.vae.config.scaling_factor
+        prompts = [e.prompt for e in examples]
+        latents = self.latents(examples, flips)
         noise = torch.randn(latents.shape, generator=self.generator, device=self.device)
         if cfg.noise_offset:
             noise += cfg.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1),
@@ -350,13 +377,13 @@ class Trainer:
         total = 0.0
         for k in range(accumulation):
             micro_step = self.step * accumulation + k
-            pixels, prompts, n_instance = self._micro_batch(micro_step)
+            examples, flips, n_instance = self._micro_batch(micro_step)
             sync = k == accumulation - 1
             with contextlib.ExitStack() as no_sync:
                 if not sync:  # gradients of all but the last micro-batch stay local (no all-reduce)
                     for module in self.trained_modules():
                         no_sync.enter_context(self.accelerator.no_sync(module))
-                loss = self.batch_loss(pixels, prompts, n_instance) / accumulation
+                loss = self.batch_loss(examples, flips, n_instance) / accumulation
                 self.accelerator.backward(loss)
             total += float(loss.detach())
         if self.cfg.max_grad_norm is not None:
