@@ -316,3 +316,20 @@ def test_generate_prompt_options_need_a_text_to_image_model(cli, tmp_path):
     code, _, stderr = cli("generate", "--model", tmp_path, "--out", tmp_path / "s", "--per-class", 1,
                           "--prompt", "nonsense")
     assert code == 2 and "CLASS=PROMPT" in stderr
+
+
+# --------------------------------------------------------------------------- shipped configs
+
+
+@pytest.mark.parametrize("name", ["dreambooth-sd15", "lora-sd15-isic2020", "captions-sd15-isic2020"])
+def test_shipped_configs_validate_and_run_tiny(name, tiny_sd, prepared, tmp_path):
+    from dermsynth.config import read_yaml, validate_config
+
+    data = read_yaml(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    cfg = validate_config(FinetuneConfig, data, name)
+    assert cfg.resolution == 512 and cfg.mixed_precision == "fp16"
+    tiny = cfg.model_copy(update={"base": str(tiny_sd), "resolution": SIZE, "max_train_steps": 1,
+                                  "mixed_precision": "no", "num_class_images": 2,
+                                  "sample": cfg.sample.model_copy(update={"steps": 1})})
+    result = finetune(tiny, tmp_path / "m", prepared, progress=False)
+    assert result.steps == 1 and (tmp_path / "m" / "dermsynth_model.json").is_file()
