@@ -4,6 +4,7 @@ single-file checkpoints, resume, generate (text-to-image, img2img, inpainting) a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,22 @@ def test_caption_finetuning_two_classes_with_lora(tiny_sd, prepared, tmp_path):
     made = generate(out, tmp_path / "syn", per_class=1, prompts={"malignant": "a dark lesion"}, **GEN)
     prompts = dict(zip(made.manifest["label"], made.manifest["prompt"], strict=True))
     assert prompts == {"benign": "dermoscopy image of a benign skin lesion", "malignant": "a dark lesion"}
+
+
+def test_generate_takes_prompts_from_metadata(lora_model, prepared, tmp_path, cli):
+    metadata = pd.read_csv(prepared / "metadata.csv")
+    metadata.loc[metadata["split"] == "train", "prompt"] = [f"lesion number {i}" for i in
+                                                            range(int((metadata["split"] == "train").sum()))]
+    source = tmp_path / "prep"
+    shutil.copytree(prepared, source)
+    metadata.to_csv(source / "metadata.csv", index=False)
+    code, _, stderr = cli("generate", "--model", lora_model, "--out", tmp_path / "syn", "--per-class", 2,
+                          "--classes", "benign", "--prompts-from", source, "--steps", 1, "--scheduler", "ddim",
+                          "--quiet")
+    assert code == 0, stderr
+    manifest = pd.read_csv(tmp_path / "syn" / "manifest.csv")
+    train = metadata[(metadata["split"] == "train") & (metadata["label"] == "benign")].sort_values("image_id")
+    assert manifest["prompt"].tolist() == train["prompt"].tolist()[:2]
 
 
 def test_full_caption_finetuning_runs(tiny_sd, prepared, tmp_path):

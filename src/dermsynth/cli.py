@@ -173,6 +173,8 @@ def generate(
     prompt: Annotated[list[str] | None, typer.Option(
         help="CLASS=PROMPT for text-to-image models; repeat per class [default: the model's].")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt [default: the model's].")] = None,
+    prompts_from: Annotated[Path | None, typer.Option(
+        help="A prepared dataset: each image takes the next metadata prompt of its class (train split).")] = None,
     init_images: Annotated[Path | None, typer.Option(
         help="Image-to-image: a prepared dataset or a folder of class folders to start from.")] = None,
     strength: Annotated[float, typer.Option(help="Image-to-image noise strength in (0, 1].")] = 0.6,
@@ -187,7 +189,8 @@ def generate(
     result = run_generate(model, out, per_class=per_class, balance=balance, classes=chosen, seed=seed, steps=steps,
                           scheduler=scheduler, guidance=guidance, batch_size=batch_size, device=device,
                           progress=not quiet, prompts=_class_prompts(prompt), negative_prompt=negative_prompt,
-                          init_images=init_images, strength=strength, mask_from=mask_from)
+                          init_images=init_images, strength=strength, mask_from=mask_from,
+                          prompts_from=prompts_from)
     summary = result.summary
     counts = ", ".join(f"{label} {n}" for label, n in summary["counts"].items())
     rejected = sum(summary["rejected"].values())

@@ -78,12 +78,14 @@ def generate(
     init_images: str | Path | None = None,
     strength: float = 0.6,
     mask_from: str | None = None,
+    prompts_from: str | Path | None = None,
 ) -> GenerateResult:
     """Generate ``per_class`` images of each class, or (``balance``) fill every class of that prepared dataset's
     train split up to its largest class. Unset sampling settings fall back to the model's recorded defaults.
 
     Text-to-image models (Stable Diffusion families) also take ``prompts`` per class and a ``negative_prompt``
-    (instead of the recorded ones), and ``init_images`` (a prepared dataset or a folder of class folders) for
+    (instead of the recorded ones) or ``prompts_from`` (a prepared dataset: each image takes the next metadata
+    prompt of its class from the train split), and ``init_images`` (a prepared dataset or a folder of class folders) for
     image-to-image variations at ``strength``, or, with ``mask_from`` ("lesion" or a folder of masks), inpainting.
     """
     started = time.monotonic()
@@ -104,6 +106,8 @@ def generate(
     generator = load_generator(model, info, device)
     settings |= {"model": str(model.resolve()), "model_sha256": generator.sha256, "family": generator.family}
     settings |= _text_image_options(generator, prompts, negative_prompt, init_images, strength, mask_from)
+    if prompts_from is not None:
+        settings |= _metadata_prompts(generator, prompts_from)
     state = _FolderState.open(out, settings, info["classes"])
     write_json_atomic(out / "generate.json", _summary(state, plan, settings, "running", started, batch_size))
 
@@ -149,6 +153,15 @@ def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | Non
         generator.source = image_source(init_images, generator.classes, strength, mask_from)
         added |= {"init_images": str(Path(init_images).resolve()), "strength": strength, "mask_from": mask_from}
     return added
+
+
+def _metadata_prompts(generator: ImageGenerator, prepared: str | Path) -> dict[str, Any]:
+    if not hasattr(generator, "item_prompts"):
+        raise DermsynthError(f"model family {generator.family!r} takes no prompts (only Stable Diffusion models do)")
+    from dermsynth.diffusion.sd_generate import metadata_prompts
+
+    generator.item_prompts = metadata_prompts(prepared, generator.classes)
+    return {"prompts_from": str(Path(prepared).resolve())}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -231,7 +244,9 @@ def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str,
             continue
         row = {
             "image_id": item.image_id, "path": f"images/{item.label}/{item.image_id}.png", "label": item.label,
-            "prompt": generator.prompt(item.label), "negative_prompt": generator.negative_prompt(item.label),
+            "prompt": (generator.prompt_for(item.label, item.index) if hasattr(generator, "prompt_for")
+                       else generator.prompt(item.label)),
+            "negative_prompt": generator.negative_prompt(item.label),
             "seed": item.seed, "scheduler": settings["scheduler"], "steps": settings["steps"],
             "guidance_scale": settings["guidance_scale"], "model": settings["model"],
             "model_sha256": settings["model_sha256"], "created_utc": now, "qc": "pass", "synthetic": True,

@@ -81,6 +81,18 @@ def image_source(init_images: str | Path, classes: list[str], strength: float, m
     return ImageSource(images, strength, mask_from)
 
 
+def metadata_prompts(prepared: str | Path, classes: list[str]) -> dict[str, list[str]]:
+    """Per class, the prompts of a prepared dataset's train split (by image id), to be used in turn."""
+    from dermsynth.data.dataset import load_prepared
+
+    frame = load_prepared(prepared).split("train").sort_values("image_id")
+    prompts = {c: [p for p in frame.loc[frame["label"] == c, "prompt"].fillna("").astype(str) if p.strip()]
+               for c in classes}
+    if not any(prompts.values()):
+        raise DermsynthError(f"{prepared}: no prompts in the train split for class(es) {', '.join(classes)}")
+    return {c: p for c, p in prompts.items() if p}
+
+
 def _square(path: Path, size: int) -> np.ndarray:
     try:
         rgb = load_rgb(path, min_side=size)
@@ -127,6 +139,7 @@ class StableDiffusionGenerator:
         self.defaults: dict[str, Any] = dict(info.get("sampling", {}))
         self.image_size = int(info.get("image_size") or pipe.unet.config.sample_size * pipe.vae_scale_factor)
         self.source: ImageSource | None = None
+        self.item_prompts: dict[str, list[str]] = {}  # per class, prompts taken in turn (e.g. from metadata)
 
     @classmethod
     def from_folder(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> StableDiffusionGenerator:
@@ -146,18 +159,24 @@ class StableDiffusionGenerator:
     def prompt(self, label: str) -> str:
         return self.prompts.get(label) or label
 
+    def prompt_for(self, label: str, index: int) -> str:
+        """The prompt of image ``index`` of class ``label``: the class's metadata prompts in turn, if given."""
+        prompts = self.item_prompts.get(label)
+        return prompts[index % len(prompts)] if prompts else self.prompt(label)
+
     def negative_prompt(self, label: str) -> str:
         return self.negative_prompts.get(label, "")
 
     def __call__(self, labels: list[str], seeds: list[int], *, steps: int, scheduler: str, guidance_scale: float,
                  indices: list[int] | None = None) -> np.ndarray:
-        prompts = [self.prompt(label) for label in labels]
+        indices = list(indices) if indices is not None else list(range(len(labels)))
+        prompts = [self.prompt_for(label, i) for label, i in zip(labels, indices, strict=True)]
         negative = self.negative_prompt(labels[0]) if len({self.negative_prompt(x) for x in labels}) == 1 else ""
         common = {"steps": steps, "scheduler": scheduler, "guidance_scale": guidance_scale,
                   "negative_prompt": negative}
         if self.source is None:
             return pipeline_images(self.pipe, prompts, seeds, size=self.image_size, **common)
-        paths = [self.source.pick(label, i) for label, i in zip(labels, indices or range(len(labels)), strict=True)]
+        paths = [self.source.pick(label, i) for label, i in zip(labels, indices, strict=True)]
         starts = [_square(path, self.image_size) for path in paths]
         if self.source.mask_from is None:
             return img2img(self.pipe, prompts, seeds, starts, self.source.strength, **common)
