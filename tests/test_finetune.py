@@ -62,6 +62,10 @@ def test_dreambooth_prior_preservation_loss_falls_on_a_fixed_batch(tiny_sd, prep
     trainer = Trainer(cfg, load_prepared(prepared), tmp_path / "m", False, None)
     trainer._complete_class_images()
     assert len(trainer.class_examples) == 3 and len(list((tmp_path / "m" / "class_images").glob("*.png"))) == 3
+    again = Trainer(cfg.model_copy(update={"num_class_images": 4}), load_prepared(prepared), tmp_path / "m", False,
+                    None)
+    again._complete_class_images()  # reuses the three, makes one more
+    assert [e.path.name for e in again.class_examples] == [f"class-0000{i}.png" for i in range(4)]
     trainer._setup_models()
     trainer._setup_optimisation()
     examples, flips, n_instance = trainer._micro_batch(0)
@@ -350,3 +354,19 @@ def test_shipped_configs_validate_and_run_tiny(name, tiny_sd, prepared, tmp_path
                                   "sample": cfg.sample.model_copy(update={"steps": 1})})
     result = finetune(tiny, tmp_path / "m", prepared, progress=False)
     assert result.steps == 1 and (tmp_path / "m" / "dermsynth_model.json").is_file()
+
+
+def test_hub_ids_are_recognised_and_only_they_lift_offline_mode(tmp_path):
+    import huggingface_hub.constants as hub
+
+    from dermsynth.diffusion.sd_models import describe_base, hub_access
+
+    assert describe_base("stable-diffusion-v1-5/stable-diffusion-v1-5") == "hub"
+    with pytest.raises(DermsynthError, match="base model not found"):
+        describe_base(tmp_path / "missing" / "model.safetensors")
+    assert hub.is_offline_mode()
+    with hub_access(False):
+        assert hub.is_offline_mode()
+    with hub_access(True):
+        assert not hub.is_offline_mode()
+    assert hub.is_offline_mode()

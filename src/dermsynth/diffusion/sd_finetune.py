@@ -182,26 +182,39 @@ class Trainer:
 
     def _complete_class_images(self) -> None:
         """Generate, with the base model, the class images still missing (kept on disk: a rerun reuses them)."""
-        missing = self.cfg.num_class_images - len(self.class_examples)
+        wanted, prompt = self.cfg.num_class_images, self.prompts["class"]
         folder = self._class_image_dir()
+        known = {e.path for e in self.class_examples}
+        earlier = [p for p in sorted(folder.glob("class-*.png")) if p not in known] if folder.is_dir() else []
+        self.class_examples = (self.class_examples + [Example(p, prompt, "class") for p in earlier])[:wanted]
+        missing = wanted - len(self.class_examples)
         if missing <= 0:
-            self.class_examples = self.class_examples[: self.cfg.num_class_images]
             return
         folder.mkdir(parents=True, exist_ok=True)
-        start = len(list(folder.glob("class-*.png")))
-        size, sample = self.cfg.resolution, self.cfg.sample
-        pipe = self.pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        for index in range(start, start + missing) if self.accelerator.is_main_process else []:
-            generator = torch.Generator("cpu").manual_seed(self.cfg.seed + index)
-            image = pipe(self.prompts["class"], negative_prompt=sample.negative_prompt or None, height=size,
-                         width=size, num_inference_steps=sample.steps, guidance_scale=sample.guidance_scale,
-                         generator=generator, output_type="pil").images[0]
-            with atomic_path(folder / f"class-{index:05d}.png") as tmp:
-                image.save(tmp, format="PNG")
+        start = max((int(p.stem.split("-")[1]) for p in folder.glob("class-*.png")), default=-1) + 1
+        indices = range(start, start + missing)
+        if self.accelerator.is_main_process:
+            self._generate_class_images(folder, indices)
         self.accelerator.wait_for_everyone()
-        generated = sorted(folder.glob("class-*.png"))[:missing]
-        self.class_examples += [Example(p, self.prompts["class"], "class") for p in generated]
+        self.class_examples += [Example(folder / f"class-{i:05d}.png", prompt, "class") for i in indices]
+
+    def _generate_class_images(self, folder: Path, indices: range, batch: int = 4) -> None:
+        from diffusers import StableDiffusionPipeline
+        from PIL import Image
+
+        from dermsynth.diffusion.sd_generate import pipeline_images
+
+        sample = self.cfg.sample
+        pipe = StableDiffusionPipeline(**self.pipe.components).to(self.device)  # its own scheduler for sampling
+        for first in range(indices.start, indices.stop, batch):
+            chunk = range(first, min(first + batch, indices.stop))
+            images = pipeline_images(pipe, [self.prompts["class"]] * len(chunk), [self.cfg.seed + i for i in chunk],
+                                     steps=sample.steps, scheduler=sample.scheduler,
+                                     guidance_scale=sample.guidance_scale, negative_prompt=sample.negative_prompt,
+                                     size=self.cfg.resolution)
+            for index, image in zip(chunk, images, strict=True):
+                with atomic_path(folder / f"class-{index:05d}.png") as tmp:
+                    Image.fromarray(_to_uint8(image)).save(tmp, format="PNG")
 
     def data_summary(self) -> dict[str, Any]:
         def digest(examples: list[Example]) -> str:
@@ -473,7 +486,7 @@ class Trainer:
                     from PIL import Image
 
                     with atomic_path(folder / f"prompt{p:02d}-{i:02d}.png") as tmp:
-                        Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
+                        Image.fromarray(_to_uint8(image)).save(tmp, format="PNG")
             write_json_atomic(folder / "prompts.json", cfg.validation_prompts)
         self.unet.train()
         self.text_encoder.train(self.train_text)
@@ -644,6 +657,10 @@ def _lora_metadata(module: torch.nn.Module) -> dict[str, Any]:
     ``load_lora_weights`` rebuilds the same scale alpha / rank."""
     config = module.peft_config["default"].to_dict()
     return json.loads(json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(np.nan_to_num(image), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _step_name(step: int) -> str:
