@@ -165,10 +165,13 @@ def test_generate_takes_prompts_from_metadata(lora_model, prepared, tmp_path, cl
     assert manifest["prompt"].tolist() == train["prompt"].tolist()[:2]
 
 
-def test_full_caption_finetuning_runs(tiny_sd, prepared, tmp_path):
-    result = finetune(config(tiny_sd, method="captions", max_train_steps=2, caption_labels=["benign", "malignant"]),
-                      tmp_path / "cap", prepared, progress=False)
-    assert result.info["family"] == "stable-diffusion" and result.steps == 2
+def test_full_caption_finetuning_runs_by_epochs(tiny_sd, prepared, tmp_path):
+    # 16 training images in micro-batches of 4, two per step: two steps per epoch
+    cfg = config(tiny_sd, method="captions", max_train_steps=None, num_train_epochs=2, train_batch_size=4,
+                 gradient_accumulation_steps=2, caption_labels=["benign", "malignant"])
+    result = finetune(cfg, tmp_path / "cap", prepared, progress=False)
+    assert result.info["family"] == "stable-diffusion" and result.steps == 4
+    assert read_info(tmp_path / "cap")["data"]["labels"] == {"benign": 10, "malignant": 6}
 
 
 # --------------------------------------------------------------------------- single-file checkpoints

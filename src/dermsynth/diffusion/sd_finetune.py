@@ -222,7 +222,7 @@ class Trainer:
 
         return {"prepared": str(self.dataset.root.resolve()) if self.dataset else None,
                 "images": len(self.examples), "class_images": len(self.class_examples),
-                "labels": dict(pd.Series([e.label for e in self.examples]).value_counts()),
+                "labels": {k: int(v) for k, v in pd.Series([e.label for e in self.examples]).value_counts().items()},
                 "sha256": digest(self.examples + self.class_examples)}
 
     # ----- models
@@ -282,6 +282,8 @@ class Trainer:
         cfg = self.cfg
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            foreach=True)
+        self.order = BatchOrder(len(self.examples), cfg.train_batch_size, cfg.seed,
+                                self.accelerator.num_processes, self.accelerator.process_index)
         self.total_steps = self._total_steps()
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=self.total_steps)
@@ -289,8 +291,6 @@ class Trainer:
         self.optimizer = prepared[-1]
         self.ema = EMAModel(self.params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.accelerator.process_index)
-        self.order = BatchOrder(len(self.examples), cfg.train_batch_size, cfg.seed,
-                                self.accelerator.num_processes, self.accelerator.process_index)
         if self.class_examples:
             self.class_order = BatchOrder(len(self.class_examples), cfg.train_batch_size, cfg.seed + 1,
                                           self.accelerator.num_processes, self.accelerator.process_index)
@@ -299,10 +299,9 @@ class Trainer:
 
     def _total_steps(self) -> int:
         cfg = self.cfg
-        per_step = min(cfg.train_batch_size, len(self.examples)) * cfg.gradient_accumulation_steps
-        per_epoch = max(1, math.ceil(len(self.examples) / (per_step * self.accelerator.num_processes)))
-        limits = [cfg.max_train_steps or math.inf, (cfg.num_train_epochs or math.inf) * per_epoch]
-        total = min(limits)
+        micro_per_epoch = self.order.per_epoch  # full micro-batches over all processes
+        per_epoch = max(1, micro_per_epoch // (cfg.gradient_accumulation_steps * self.accelerator.num_processes))
+        total = min(cfg.max_train_steps or math.inf, (cfg.num_train_epochs or math.inf) * per_epoch)
         if total == math.inf:
             raise DermsynthError("set max_train_steps or num_train_epochs")
         return int(total)
