@@ -287,8 +287,11 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=self.total_steps)
-        prepared = self.accelerator.prepare(*self.trained_modules(), self.optimizer)
-        self.optimizer = prepared[-1]
+        # With several processes the trained modules come back wrapped (DDP): forward passes must go through them.
+        *modules, self.optimizer = self.accelerator.prepare(*self.trained_modules(), self.optimizer)
+        self.unet = modules[0]
+        if self.train_text:
+            self.text_encoder = modules[1]
         self.ema = EMAModel(self.params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.accelerator.process_index)
         if self.class_examples:
