@@ -243,6 +243,8 @@ def finetune(
     _merge(settings, {k: v for k, v in values.items() if v is not None})
     cfg = validate_config(FinetuneConfig, settings, source=str(config) if config else "options")
     result = run_finetune(cfg, out, data, resume=resume, progress=not quiet)
+    if not result.main_process:  # under accelerate launch, one summary line
+        return
     info = result.info
     typer.echo(f"{out}: {info['method']} ({info['family']}) {info['steps']} steps in {info['seconds']:.0f} s, "
                f"final loss {info['final_loss']:.4f}; classes: {', '.join(info['classes'])}")

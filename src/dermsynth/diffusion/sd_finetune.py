@@ -76,7 +76,8 @@ class FinetuneResult:
     steps: int
     resumed_from: int | None
     info: dict[str, Any]
-    losses: list[float]
+    losses: list[float]  # this process's losses (each process sees its own share of the batches)
+    main_process: bool = True
 
 
 def finetune(
@@ -440,7 +441,7 @@ class Trainer:
             self.save_checkpoint(seconds, data)
         info = self.save_model(seconds, stopped_by, data)
         return FinetuneResult(out=self.out, steps=self.step, resumed_from=resumed_from, info=info,
-                              losses=self.losses)
+                              losses=self.losses, main_process=self.accelerator.is_main_process)
 
     def _after_step(self, loss: float, seconds: float, data: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -592,6 +593,7 @@ class Trainer:
             family, weights = "stable-diffusion-lora", self._save_lora()
         else:
             family, weights = "stable-diffusion", self._save_full()
+        self.accelerator.wait_for_everyone()  # the main process has written the weights
         config = self.cfg.model_dump(mode="json")
         write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         sample = self.cfg.sample
