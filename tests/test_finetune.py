@@ -373,3 +373,24 @@ def test_hub_ids_are_recognised_and_only_they_lift_offline_mode(tmp_path):
     with hub_access(True):
         assert not hub.is_offline_mode()
     assert hub.is_offline_mode()
+
+
+def test_two_processes_share_the_batches(tiny_sd, prepared, tmp_path):
+    """What `accelerate launch` does on several GPUs, here with two CPU processes (torch.distributed, gloo)."""
+    import os
+    import subprocess
+    import sys
+
+    settings = _yaml(tmp_path, {"num_class_images": 2, "sample": {"steps": 1}, "gradient_accumulation_steps": 2,
+                                "checkpointing_steps": 2})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dermsynth",
+         "finetune", "--method", "lora", "--base", str(tiny_sd), "--data", str(prepared), "--out",
+         str(tmp_path / "m"), "--resolution", str(SIZE), "--max-steps", "3", "--quiet", "--config", str(settings)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("3 steps") == 1  # one summary line, from the main process
+    info = read_info(tmp_path / "m")
+    assert info["processes"] == 2 and info["steps"] == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "m")] == ["step-000002", "step-000003"]
