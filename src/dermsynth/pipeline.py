@@ -137,9 +137,12 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
 
 
 def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
+    import torch
+
     from dermsynth.diffusion.train_scratch import train
 
-    settings = {"device": config.device, **config.train.settings}
+    # A fixed thread count: the adaptive choice follows machine load, and float sums then differ from run to run.
+    settings = {"device": config.device, "threads": torch.get_num_threads(), **config.train.settings}
     # resume=True: an interrupted run continues from its newest checkpoint instead of starting over.
     train(prepared, folder, config.train.preset, settings, resume=True, progress=True)
 
