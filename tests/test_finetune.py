@@ -294,6 +294,7 @@ def _one_line_error(cli, *args) -> str:
     ("empty-prompt", "instance_prompt"),
     ("resolution", "multiple of 8"),
     ("single-file-offline", "--base-config"),
+    ("not-stable-diffusion", "cannot load base model"),
     ("empty-captions", "empty prompt"),
 ])
 def test_bad_input_is_a_one_line_error(case, fragment, tiny_sd, prepared, tmp_path, cli):
@@ -316,6 +317,12 @@ def test_bad_input_is_a_one_line_error(case, fragment, tiny_sd, prepared, tmp_pa
         extra = ["--resolution", 60]
     elif case == "single-file-offline":
         base = tiny_sd.parent / "tiny-sd.safetensors"
+    elif case == "not-stable-diffusion":
+        from safetensors.torch import save_file
+
+        base = tmp_path / "other.safetensors"
+        save_file({"weight": torch.zeros(2)}, str(base))
+        extra = ["--base-config", tiny_sd]
     elif case == "empty-captions":
         method = "captions"
         data = make_prepared(tmp_path / "prep", size=SIZE)

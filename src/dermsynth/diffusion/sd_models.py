@@ -71,10 +71,18 @@ def hub_access(allowed: bool) -> Iterator[None]:
 def load_pipeline(base: str | Path, *, config: str | Path | None = None, trust_pickle: bool = False,
                   dtype: torch.dtype = torch.float32):
     """A ``StableDiffusionPipeline`` on the CPU, with the NSFW checker off (it blacks out images of bare skin)."""
-    from diffusers import StableDiffusionPipeline
-
     kind = describe_base(base)
     common = {"safety_checker": None, "requires_safety_checker": False, "dtype": dtype}
+    with quiet_loading():
+        pipe = _load(base, kind, config, trust_pickle, common)
+    check_tokenizer(pipe.tokenizer, base)
+    return pipe
+
+
+def _load(base: str | Path, kind: str, config: str | Path | None, trust_pickle: bool, common: dict[str, Any]):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     try:
         if kind == "single-file":
             pipe = _load_single_file(Path(base), config, trust_pickle, common)
@@ -83,11 +91,27 @@ def load_pipeline(base: str | Path, *, config: str | Path | None = None, trust_p
                 pipe = StableDiffusionPipeline.from_pretrained(str(base), **common)
     except DermsynthError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DermsynthError(f"cannot load base model {base}: {first}") from None
-    check_tokenizer(pipe.tokenizer, base)
     return pipe
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No "Loading pipeline components" / "Loading weights" bars on stderr (errors stay one line)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
+    for module, _ in states:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, enabled in states:
+            if enabled:
+                module.enable_progress_bar()
 
 
 def _load_single_file(path: Path, config: str | Path | None, trust_pickle: bool, common: dict[str, Any]):
