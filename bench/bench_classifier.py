@@ -99,7 +99,7 @@ def trainer(model: str, size: int, batch: int, steps: int, warmup: int, precisio
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    results = {}
+    results, load_before = {}, os.getloadavg()
     for precision in args.precision.split(","):
         a, b = [], []
         for _ in range(args.repeats):  # alternate so that load changes hit both sides alike
@@ -110,7 +110,7 @@ def throughput(args: argparse.Namespace) -> dict:
                               "ratio_per_pair": [round(x / y, 3) for x, y in zip(a, b, strict=True)]}
         print(precision, results[precision], flush=True)
     return {"model": args.model, "size": args.size, "batch": args.batch, "steps": args.steps,
-            "warmup": args.warmup, "load_before": os.getloadavg(), "results": results}
+            "warmup": args.warmup, "load_before": load_before, "results": results}
 
 
 def sweep(args: argparse.Namespace) -> dict:
