@@ -49,6 +49,7 @@ from dermsynth.diffusion.sd_data import (
     to_pixels,
 )
 from dermsynth.diffusion.sd_models import describe_base, load_pipeline
+from dermsynth.diffusion.threads import ThreadTuner
 from dermsynth.diffusion.train_scratch import _load_square, min_snr_weight
 from dermsynth.errors import DermsynthError
 from dermsynth.utils import (
@@ -153,6 +154,8 @@ class Trainer:
         self.examples, self.class_examples = self._collect_examples()
         self.pipe = load_pipeline(cfg.base, config=cfg.base_config, trust_pickle=cfg.trust_pickle)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        # On a CPU, pick 1 or all threads by measured step time (other processes may compete for the cores).
+        self.threads = ThreadTuner(None if self.device.type == "cpu" else torch.get_num_threads(), every=10)
         self.step = 0
         self.seconds_before = 0.0
         self.log: list[dict[str, Any]] = []
@@ -206,7 +209,8 @@ class Trainer:
         from dermsynth.diffusion.sd_generate import pipeline_images
 
         sample = self.cfg.sample
-        pipe = StableDiffusionPipeline(**self.pipe.components).to(self.device)  # its own scheduler for sampling
+        # A pipeline of its own, so that the sampling scheduler set on it leaves the base's untouched.
+        pipe = StableDiffusionPipeline(**self.pipe.components, requires_safety_checker=False).to(self.device)
         for first in range(indices.start, indices.stop, batch):
             chunk = range(first, min(first + batch, indices.stop))
             images = pipeline_images(pipe, [self.prompts["class"]] * len(chunk), [self.cfg.seed + i for i in chunk],
@@ -431,7 +435,7 @@ class Trainer:
                 if self.seconds_before + time.monotonic() - started >= budget:
                     stopped_by = "max_minutes"
                     break
-                loss = self.train_step()
+                loss = self.threads.run(self.train_step)
                 self.step += 1
                 self.losses.append(loss)
                 self._after_step(loss, self.seconds_before + time.monotonic() - started, data)
@@ -610,6 +614,7 @@ class Trainer:
             "final_loss": self.losses[-1] if self.losses else None,
             "sampling": {"scheduler": sample.scheduler, "steps": sample.steps, "guidance_scale": sample.guidance_scale},
             "ema": self.cfg.use_ema, "device": str(self.device), "processes": self.accelerator.num_processes,
+            "threads": {"final": self.threads.current, "switches": self.threads.switches},
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "versions": _versions(),
         }
         if self.accelerator.is_main_process:
