@@ -342,23 +342,23 @@ def validate(
     synthetic: Annotated[list[Path] | None, typer.Option(
         "--synthetic", help="Synthetic folder of class sub-folders; repeat for several.")] = None,
     regimes: Annotated[str | None, typer.Option(
-        help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic [default: real,hybrid:0.5,synthetic].")
+        help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic (default: real,hybrid:0.5,synthetic).")
     ] = None,
-    seeds: Annotated[int | None, typer.Option(help="Seeds per regime [default: 3].")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds per regime (default: 3).")] = None,
     model: Annotated[str | None, typer.Option(
-        help="cnn, vit, or a pretrained image-classifier folder / hub id [default: cnn].")] = None,
+        help="cnn, vit, or a pretrained image-classifier folder / hub id (default: cnn).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML with validate settings (options override it).")] = None,
     real_per_class: Annotated[int | None, typer.Option(
         help="Limited-data setting: real training images per class.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input side for cnn/vit [default: the prepared size].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: the model's preset].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Training batch size [default: the preset's].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate [default: the preset's].")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side for cnn/vit (default: the prepared size).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the model's preset).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size (default: the preset's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
-    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples [default: 1000].")] = None,
+    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples (default: 1000).")] = None,
     save_checkpoint: Annotated[bool | None, typer.Option(
-        "--save-checkpoint/--no-save-checkpoint", help="Keep each run's selected classifier [off].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps [default: auto].")] = None,
+        "--save-checkpoint/--no-save-checkpoint", help="Keep each run's selected classifier (default: off).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps (default: auto).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (1 is fastest on a busy CPU).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
