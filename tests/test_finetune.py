@@ -194,6 +194,8 @@ def test_finetune_from_single_file(tiny_sd, prepared, tmp_path, cli):
                                                                                     "sample": {"steps": 1}}))
     assert code == 0, stderr
     assert read_info(tmp_path / "m")["base_kind"] == "single-file"
+    made = generate(tmp_path / "m", tmp_path / "syn", per_class=1, **GEN)  # LoRA onto the single-file base
+    assert len(made.manifest) == 1
 
 
 def _yaml(tmp_path: Path, data: dict) -> Path:

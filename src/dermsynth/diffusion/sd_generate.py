@@ -27,14 +27,15 @@ from dermsynth.utils import pick_device, sha256_file
 
 
 def pipeline_images(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int, scheduler: str,
-                    guidance_scale: float, negative_prompt: str = "", size: int | None = None,
+                    guidance_scale: float, negative_prompt: str | list[str] = "", size: int | None = None,
                     **extra: Any) -> np.ndarray:
-    """Run a diffusers SD pipeline (text-to-image, img2img or inpaint) with one generator per image;
-    returns float32 (N, H, W, 3) in [0, 1]."""
+    """Run a diffusers SD pipeline (text-to-image, img2img or inpaint) with one generator per image and one
+    negative prompt for all or per image; returns float32 (N, H, W, 3) in [0, 1]."""
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-    negatives = [negative_prompt] * len(prompts) if negative_prompt else None
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    negatives = negatives if any(negatives) else None
     if size is not None:
         extra |= {"height": size, "width": size}
     with torch.no_grad():
@@ -171,9 +172,8 @@ class StableDiffusionGenerator:
                  indices: list[int] | None = None) -> np.ndarray:
         indices = list(indices) if indices is not None else list(range(len(labels)))
         prompts = [self.prompt_for(label, i) for label, i in zip(labels, indices, strict=True)]
-        negative = self.negative_prompt(labels[0]) if len({self.negative_prompt(x) for x in labels}) == 1 else ""
         common = {"steps": steps, "scheduler": scheduler, "guidance_scale": guidance_scale,
-                  "negative_prompt": negative}
+                  "negative_prompt": [self.negative_prompt(label) for label in labels]}
         if self.source is None:
             return pipeline_images(self.pipe, prompts, seeds, size=self.image_size, **common)
         paths = [self.source.pick(label, i) for label, i in zip(labels, indices, strict=True)]
