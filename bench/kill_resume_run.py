@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 VOLATILE_KEYS = {"seconds", "created_utc", "finished_utc", "started_utc", "updated_utc", "seconds_this_run",
-                 "elapsed", "wall_seconds", "images_per_second", "seconds_per_epoch"}
+                 "elapsed", "wall_seconds", "images_per_second", "train_images_per_second", "seconds_per_epoch",
+                 # cache keys that include the run folder's own paths or file times
+                 "settings_hash", "fingerprints"}
 SKIPPED = {".stage.json", "versions.json", "train_log.csv"}  # wall-time logs, not results
 SKIPPED_DIRS = {"checkpoints", "cache", "logs"}
 
@@ -84,13 +86,32 @@ def tree(root: Path) -> dict[str, str]:
     return files
 
 
+def compare(expected: dict[str, str], out: Path) -> list[str]:
+    got = tree(out)
+    return sorted(set(expected) ^ set(got)) + sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+
+
+def compare_existing(work: Path) -> int:
+    expected = tree(work / "reference")
+    trials = sorted(work.glob("trial-*"))
+    bad = [(t.name, compare(expected, t)) for t in trials]
+    for name, problems in bad:
+        print(f"{name}: {'identical' if not problems else 'DIFFERENT: ' + ', '.join(problems[:5])}")
+    failures = sum(1 for _, problems in bad if problems)
+    print(f"{len(trials) - failures}/{len(trials)} trials identical to the uninterrupted run")
+    return 1 if failures else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=Path("/tmp/dermsynth-kill-resume"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-only", action="store_true", help="compare the trial folders already in --work")
     args = parser.parse_args()
+    if args.compare_only:
+        return compare_existing(args.work)
     args.work.mkdir(parents=True, exist_ok=True)
     config = args.config
     if config is None:
@@ -110,15 +131,10 @@ def main() -> int:
         moment = rng.uniform(0.05, 0.95) * seconds
         killed = run(config, out, kill_after=moment) < 0
         rerun = run(config, out)
-        got = tree(out)
-        missing = sorted(set(expected) - set(got))
-        extra = sorted(set(got) - set(expected))
-        differ = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        ok = not (missing or extra or differ)
-        failures += not ok
+        problems = compare(expected, out)
+        failures += bool(problems)
         print(f"trial {trial}: killed at {moment:.0f} s ({'killed' if killed else 'finished first'}), rerun "
-              f"{rerun:.0f} s: {'identical' if ok else 'DIFFERENT'}"
-              + (f"; missing {missing[:3]}, extra {extra[:3]}, differ {differ[:5]}" if not ok else ""))
+              f"{rerun:.0f} s: {'identical' if not problems else 'DIFFERENT: ' + ', '.join(problems[:5])}")
     print(f"{args.trials - failures}/{args.trials} trials identical to the uninterrupted run")
     return 1 if failures else 0
 
