@@ -86,15 +86,27 @@ def _load(base: str | Path, kind: str, config: str | Path | None, trust_pickle: 
     try:
         if kind == "single-file":
             pipe = _load_single_file(Path(base), config, trust_pickle, common)
+        elif kind == "hub":
+            pipe = _from_hub(str(base), common)
         else:
-            with hub_access(kind == "hub"):
-                pipe = StableDiffusionPipeline.from_pretrained(str(base), **common)
+            pipe = StableDiffusionPipeline.from_pretrained(str(base), **common)
     except DermsynthError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DermsynthError(f"cannot load base model {base}: {first}") from None
     return pipe
+
+
+def _from_hub(repo_id: str, common: dict[str, Any]):
+    """The local hub cache first; the network only when the files are not there."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        return StableDiffusionPipeline.from_pretrained(repo_id, local_files_only=True, **common)
+    except OSError:
+        with hub_access(True):
+            return StableDiffusionPipeline.from_pretrained(repo_id, **common)
 
 
 @contextlib.contextmanager
