@@ -46,7 +46,8 @@ class ImageSet:
 def real_frame(prepared: PreparedDataset, split: str) -> pd.DataFrame:
     """One split as IMAGE_COLUMNS; ``group`` = patient, else lesion, else the image itself."""
     frame = prepared.split(split)
-    group = frame["patient_id"].fillna(frame["lesion_id"]).fillna("image:" + frame["image_id"])
+    patient, lesion = frame["patient_id"].astype("string"), frame["lesion_id"].astype("string")
+    group = patient.fillna(lesion).fillna("image:" + frame["image_id"].astype(str))
     return pd.DataFrame({"image_id": frame["image_id"].astype(str),
                          "path": [str(p) for p in prepared.paths(frame)],
                          "target": frame["target"].astype(int), "group": group.astype(str), "synthetic": False})
