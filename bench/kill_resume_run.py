@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 VOLATILE_KEYS = {"seconds", "created_utc", "finished_utc", "started_utc", "updated_utc", "seconds_this_run",
+                 "seconds_this_call",
                  "elapsed", "wall_seconds", "images_per_second", "train_images_per_second", "seconds_per_epoch",
                  # cache keys that include the run folder's own paths or file times
                  "settings_hash", "fingerprints"}
