@@ -23,6 +23,7 @@ import pandas as pd
 from dermsynth.data.dataset import PreparedDataset
 from dermsynth.data.images import ImageReadError, list_images
 from dermsynth.data.schema import slug
+from dermsynth.data.splits import group_keys
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.transforms import load_image
 from dermsynth.progress import make_progress
@@ -46,8 +47,7 @@ class ImageSet:
 def real_frame(prepared: PreparedDataset, split: str) -> pd.DataFrame:
     """One split as IMAGE_COLUMNS; ``group`` = patient, else lesion, else the image itself."""
     frame = prepared.split(split)
-    patient, lesion = frame["patient_id"].astype("string"), frame["lesion_id"].astype("string")
-    group = patient.fillna(lesion).fillna("image:" + frame["image_id"].astype(str))
+    group = group_keys(frame)
     return pd.DataFrame({"image_id": frame["image_id"].astype(str),
                          "path": [str(p) for p in prepared.paths(frame)],
                          "target": frame["target"].astype(int), "group": group.astype(str), "synthetic": False})
