@@ -403,3 +403,12 @@ def test_two_processes_share_the_batches(tiny_sd, prepared, tmp_path):
     info = read_info(tmp_path / "m")
     assert info["processes"] == 2 and info["steps"] == 3
     assert [p.name for p in list_checkpoints(tmp_path / "m")] == ["step-000002", "step-000003"]
+
+
+def test_bf16_lora_with_ema_and_validation_images(tiny_sd, prepared, tmp_path):
+    cfg = config(tiny_sd, method="lora", mixed_precision="bf16", use_ema=True, validation_prompts=["a sks lesion"],
+                 validation_steps=3, validation_inference_steps=2)
+    result = finetune(cfg, tmp_path / "m", prepared, progress=False)
+    assert np.isfinite(result.losses).all() and len(list((tmp_path / "m" / "validation").glob("*/*.png"))) == 2
+    weights = load_file(tmp_path / "m" / "pytorch_lora_weights.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # trained in float32, frozen UNet in bf16

@@ -260,6 +260,11 @@ class Trainer:
             self.vae.to(dtype=self.weight_dtype)
             if not self.train_text:
                 self.text_encoder.to(dtype=self.weight_dtype)
+            if cfg.lora_enabled:  # the frozen UNet too (half the memory); its LoRA layers stay float32
+                self.unet.to(dtype=self.weight_dtype)
+                for param in self.unet.parameters():
+                    if param.requires_grad:
+                        param.data = param.data.float()
         self.unet.train()
         self.text_encoder.train(self.train_text)
         self.params = [p for m in self.trained_modules() for p in m.parameters() if p.requires_grad]
@@ -480,7 +485,8 @@ class Trainer:
         from dermsynth.diffusion.sd_generate import pipeline_images
 
         cfg = self.cfg
-        with self._ema_weights():
+        # autocast: with mixed precision the frozen parts hold fp16/bf16 weights, the trained ones fp32
+        with self._ema_weights(), self.accelerator.autocast():
             pipe = self.inference_pipeline()
             folder = self.out / "validation" / _step_name(self.step)
             folder.mkdir(parents=True, exist_ok=True)
