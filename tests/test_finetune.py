@@ -171,6 +171,7 @@ def test_full_caption_finetuning_runs_by_epochs(tiny_sd, prepared, tmp_path):
                  gradient_accumulation_steps=2, caption_labels=["benign", "malignant"])
     result = finetune(cfg, tmp_path / "cap", prepared, progress=False)
     assert result.info["family"] == "stable-diffusion" and result.steps == 4
+    assert result.info["stopped_by"] == "num_train_epochs"
     assert read_info(tmp_path / "cap")["data"]["labels"] == {"benign": 10, "malignant": 6}
 
 

@@ -434,7 +434,7 @@ class Trainer:
             resumed_from = self.step
         started = time.monotonic()
         budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes else math.inf
-        stopped_by = "max_train_steps"
+        stopped_by = "max_train_steps" if self.total_steps == self.cfg.max_train_steps else "num_train_epochs"
         with _progress(self.progress and self.accelerator.is_main_process, self.total_steps, self.step) as advance:
             while self.step < self.total_steps:
                 if self.seconds_before + time.monotonic() - started >= budget:
