@@ -228,17 +228,21 @@ def test_package_import_stays_light_and_exports_the_api():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def test_thread_tuner_moves_to_the_faster_setting():
+def test_thread_tuner_moves_to_the_faster_setting(monkeypatch):
     import time
 
-    from dermsynth.diffusion.threads import ThreadTuner
+    from dermsynth.diffusion import threads
 
     def step_on_a_busy_machine() -> None:
         time.sleep(0.002 if torch.get_num_threads() == 1 else 0.02)
 
     torch.set_num_threads(2)
-    tuner = ThreadTuner(every=5)
+    monkeypatch.setattr(threads, "machine_is_busy", lambda: False)
+    tuner = threads.ThreadTuner(every=5)
+    assert tuner.current == 2
     for _ in range(8):
         tuner.run(step_on_a_busy_machine)
     assert tuner.current == 1 and tuner.switches == 1
-    assert ThreadTuner(threads=2).adaptive is False
+    monkeypatch.setattr(threads, "machine_is_busy", lambda: True)
+    assert threads.ThreadTuner().current == 1
+    assert threads.ThreadTuner(threads=2).adaptive is False

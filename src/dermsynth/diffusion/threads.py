@@ -9,6 +9,7 @@ setting by a margin, that setting is adopted. A probe that loses doubles the wai
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections import deque
@@ -30,7 +31,7 @@ class ThreadTuner:
         """
         self.max_threads = threads or torch.get_num_threads()
         self.fixed = threads is not None
-        self.current = self.max_threads
+        self.current = self.max_threads if self.fixed or not machine_is_busy() else 1
         self.base = (every, every_seconds)
         self.every, self.every_seconds, self.max_every, self.margin = every, every_seconds, max_every, margin
         self.recent: deque[float] = deque(maxlen=15)
@@ -70,3 +71,8 @@ class ThreadTuner:
             self.every = min(2 * self.every, self.max_every)
             self.every_seconds = min(2 * self.every_seconds, 30 * self.base[1])
         torch.set_num_threads(self.current)
+
+
+def machine_is_busy() -> bool:
+    """Other processes already keep the cores busy (1-minute load average >= cores): start on one thread."""
+    return os.getloadavg()[0] >= (os.cpu_count() or 1)
