@@ -130,3 +130,40 @@ def test_shipped_study_configs_are_valid():
     for path in studies:
         load_run_config(path)
     assert demo_config().prepare.dataset == "sample"
+
+
+def test_study_with_stable_diffusion_finetune_and_settings_change(tmp_path, cli):
+    from dermsynth.diffusion.sd_models import build_tiny_pipeline
+
+    base = tmp_path / "tiny-sd"
+    build_tiny_pipeline(seed=0).save_pretrained(base)
+    config = tmp_path / "sd.yaml"
+    study = f"""
+prepare: {{dataset: sample, max_images: 40, preprocess: {{image_size: 64}}}}
+finetune:
+  method: lora
+  base: {base}
+  resolution: 64
+  instance_labels: [malignant]
+  class_labels: [benign]
+  num_class_images: 4
+  train_batch_size: 2
+  max_train_steps: 3
+  mixed_precision: "no"
+  validation_prompts: []
+generate: {{per_class: 2, steps: 2}}
+"""
+    config.write_text(study)
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("run", config, "--out", out)
+    assert code == 0, stderr
+    assert "ran prepare, finetune, generate" in stdout
+    info = json.loads((out / "model" / "dermsynth_model.json").read_text())
+    assert info["family"] == "stable-diffusion-lora"
+    assert len((out / "synthetic" / "manifest.csv").read_text().splitlines()) == 1 + 2 * len(info["classes"])
+    # Another training budget: the old model folder is replaced, not resumed or refused.
+    config.write_text(study.replace("max_train_steps: 3", "max_train_steps: 4"))
+    code, stdout, stderr = cli("run", config, "--out", out)
+    assert code == 0, stderr
+    assert "ran finetune, generate" in stdout and "up to date: prepare" in stdout
+    assert json.loads((out / "model" / "dermsynth_model.json").read_text())["steps"] == 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from pydantic import ConfigDict, Field, model_validator
 
 from dermsynth.audit.config import AuditConfig
 from dermsynth.config import PrepareConfig, StrictModel, read_yaml, validate_config
+from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.progress import console
 from dermsynth.utils import ensure_writable_dir, stable_hash, write_json_atomic, write_text_atomic
 
 MARKER = ".stage.json"
+RUNNING = ".stage-running.json"
 
 
 class TrainStage(StrictModel):
@@ -72,6 +75,8 @@ class RunConfig(StrictModel):
     device: str = Field("auto", description="Device of every stage: auto (CUDA, then MPS, then CPU), cpu, cuda ...")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="Settings of the prepare stage.")
     train: TrainStage | None = Field(None, description="Train a diffusion model from scratch (omit to skip).")
+    finetune: FinetuneConfig | None = Field(
+        None, description="Fine-tune Stable Diffusion instead of training from scratch (see docs/finetune.md).")
     generate: GenerateStage | None = Field(None, description="Generate synthetic images (needs train).")
     audit: AuditConfig | None = Field(None, description="Audit fidelity and memorization (needs generate).")
     validate_: ValidateStage | None = Field(
@@ -82,8 +87,10 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _stages_have_inputs(self) -> RunConfig:
-        if self.generate and not self.train:
-            raise ValueError("generate needs a train section (the model to sample from)")
+        if self.train and self.finetune:
+            raise ValueError("train and finetune both make the model: keep one of them")
+        if self.generate and not (self.train or self.finetune):
+            raise ValueError("generate needs a train or finetune section (the model to sample from)")
         if self.audit and not self.generate:
             raise ValueError("audit needs a generate section (the synthetic images to audit)")
         if self.validate_ and not self.generate and not self.validate_.extra_synthetic and any(
@@ -99,6 +106,8 @@ class Stage:
     settings: dict[str, Any]
     upstream: list[str]
     run: Callable[[Path], Any]
+    # False for stages that keep their own cache keyed by settings (prepare reuses processed images).
+    fresh_on_change: bool = True
 
 
 @dataclass
@@ -119,12 +128,16 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
 
     prepared, model, synthetic = out / "prepared", out / "model", out / "synthetic"
     stages = [Stage("prepare", "prepared", config.prepare.model_dump(mode="json"), [],
-                    lambda folder: prepare(config.prepare, folder, progress=True))]
+                    lambda folder: prepare(config.prepare, folder, progress=True), fresh_on_change=False)]
     if config.train:
         stages.append(Stage("train", "model", config.train.model_dump(mode="json"), ["prepare"],
                             lambda folder: _train(config, prepared, folder)))
+    if config.finetune:
+        stages.append(Stage("finetune", "model", config.finetune.model_dump(mode="json"), ["prepare"],
+                            lambda folder: _finetune(config, prepared, folder)))
     if config.generate:
-        stages.append(Stage("generate", "synthetic", config.generate.model_dump(mode="json"), ["train"],
+        maker = "train" if config.train else "finetune"
+        stages.append(Stage("generate", "synthetic", config.generate.model_dump(mode="json"), [maker],
                             lambda folder: _generate(config, model, prepared, folder)))
     if config.audit:
         stages.append(Stage("audit", "audit", config.audit.model_dump(mode="json"), ["prepare", "generate"],
@@ -145,6 +158,12 @@ def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
     settings = {"device": config.device, "threads": torch.get_num_threads(), **config.train.settings}
     # resume=True: an interrupted run continues from its newest checkpoint instead of starting over.
     train(prepared, folder, config.train.preset, settings, resume=True, progress=True)
+
+
+def _finetune(config: RunConfig, prepared: Path, folder: Path) -> None:
+    from dermsynth.diffusion.sd_finetune import finetune
+
+    finetune(config.finetune, folder, prepared, resume="latest", progress=True)
 
 
 def _generate(config: RunConfig, model: Path, prepared: Path, folder: Path) -> None:
@@ -176,8 +195,8 @@ def _validate(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) 
     validate(ValidateConfig(**settings), folder.parent, progress=True)
 
 
-def _marker_hash(folder: Path) -> str | None:
-    marker = folder / MARKER
+def _marker_hash(folder: Path, name: str = MARKER) -> str | None:
+    marker = folder / name
     if not marker.is_file():
         return None
     try:
@@ -204,10 +223,11 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
             outcomes.append(StageOutcome(stage.name, "skipped", 0.0, folder))
             continue
         console.print(f"[{index}/{len(stages)}] {stage.name} ...")
-        (folder / MARKER).unlink(missing_ok=True)
+        _start_stage(folder, digest, stage.fresh_on_change)
         stage.run(folder)
         seconds = time.time() - started
         write_json_atomic(folder / MARKER, {"hash": digest, "finished_utc": _now(), "seconds": round(seconds, 2)})
+        (folder / RUNNING).unlink(missing_ok=True)
         console.print(f"[{index}/{len(stages)}] {stage.name}: done in {seconds:.0f} s")
         outcomes.append(StageOutcome(stage.name, "ran", seconds, folder))
     if config.report:
@@ -220,6 +240,15 @@ def _report(out: Path) -> None:
 
     html, _ = build_report(out)
     console.print(f"report: {html}")
+
+
+def _start_stage(folder: Path, digest: str, fresh_on_change: bool) -> None:
+    """Resume a stage interrupted with the same settings; start over one made with other settings."""
+    previous = _marker_hash(folder) or _marker_hash(folder, RUNNING)
+    if fresh_on_change and previous is not None and previous != digest:
+        shutil.rmtree(folder)
+    (folder / MARKER).unlink(missing_ok=True)
+    write_json_atomic(folder / RUNNING, {"hash": digest, "started_utc": _now()})
 
 
 def _check_not_inside_inputs(config: RunConfig, out: Path) -> None:
