@@ -73,6 +73,10 @@ class RunConfig(StrictModel):
 
     name: str = Field("study", description="A short name for the study, shown in the report.")
     device: str = Field("auto", description="Device of every stage: auto (CUDA, then MPS, then CPU), cpu, cuda ...")
+    threads: int | None = Field(
+        None, ge=1, le=256,
+        description="CPU threads for training; null = torch's default (all cores). Fixed, so that results do not "
+                    "depend on machine load; set 1 on a CPU that other processes keep busy.")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="Settings of the prepare stage.")
     train: TrainStage | None = Field(None, description="Train a diffusion model from scratch (omit to skip).")
     finetune: FinetuneConfig | None = Field(
@@ -155,7 +159,8 @@ def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
     from dermsynth.diffusion.train_scratch import train
 
     # A fixed thread count: the adaptive choice follows machine load, and float sums then differ from run to run.
-    settings = {"device": config.device, "threads": torch.get_num_threads(), **config.train.settings}
+    settings = {"device": config.device, "threads": config.threads or torch.get_num_threads(),
+                **config.train.settings}
     # resume=True: an interrupted run continues from its newest checkpoint instead of starting over.
     train(prepared, folder, config.train.preset, settings, resume=True, progress=True)
 
