@@ -32,6 +32,7 @@ class ImageGenerator(Protocol):
     classes: list[str]
     sha256: str
     defaults: dict[str, Any]  # scheduler, steps, guidance_scale
+    precision: str  # of sampling: it changes pixels slightly, so a resumed folder must keep it
 
     def prompt(self, label: str) -> str: ...
 

@@ -104,7 +104,8 @@ def generate(
         raise DermsynthError("steps and batch size must be >= 1 and guidance >= 0")
     ensure_writable_dir(out / "images")
     generator = load_generator(model, info, device)
-    settings |= {"model": str(model.resolve()), "model_sha256": generator.sha256, "family": generator.family}
+    settings |= {"model": str(model.resolve()), "model_sha256": generator.sha256, "family": generator.family,
+                 "precision": generator.precision}
     settings |= _text_image_options(generator, prompts, negative_prompt, init_images, strength, mask_from)
     if prompts_from is not None:
         settings |= _metadata_prompts(generator, prompts_from)

@@ -43,7 +43,7 @@ from dermsynth.data.dataset import PreparedDataset, load_prepared
 from dermsynth.data.images import ImageReadError, load_rgb
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.grid import image_grid
-from dermsynth.diffusion.sampling import SCHEDULER_FOLDER, UNET_FOLDER, PixelDiffusionPipeline
+from dermsynth.diffusion.sampling import SCHEDULER_FOLDER, UNET_FOLDER, PixelDiffusionPipeline, use_bf16
 from dermsynth.diffusion.schedulers import check_scheduler_name
 from dermsynth.diffusion.scratch import (
     RESUMABLE_FIELDS,
@@ -195,15 +195,6 @@ def _load_square(path: Path, size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the objective
-
-
-def use_bf16(mixed_precision: str, device: torch.device) -> bool:
-    if mixed_precision != "auto":
-        return mixed_precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # CPUs with native bf16 (AVX512-BF16/AMX) run bf16 autocast ~1.5x faster; others would be slower.
-    return device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, transpose: bool) -> torch.Tensor:
