@@ -31,6 +31,7 @@ class ImageGenerator(Protocol):
     family: str
     classes: list[str]
     sha256: str
+    precision: str  # "fp32", "bf16" or "fp16": recorded with the images
     defaults: dict[str, Any]  # scheduler, steps, guidance_scale
     precision: str  # of sampling: it changes pixels slightly, so a resumed folder must keep it
 

@@ -137,6 +137,7 @@ class StableDiffusionGenerator:
         self.prompts: dict[str, str] = dict(info.get("prompts") or {})
         self.negative_prompts: dict[str, str] = dict(info.get("negative_prompts") or {})
         self.sha256 = sha256
+        self.precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(pipe.unet.dtype, "fp32")
         self.defaults: dict[str, Any] = dict(info.get("sampling", {}))
         self.image_size = int(info.get("image_size") or pipe.unet.config.sample_size * pipe.vae_scale_factor)
         self.source: ImageSource | None = None
