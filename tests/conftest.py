@@ -117,3 +117,13 @@ def cli(capsys):
         return exit_info.value.code, captured.out, captured.err
 
     return run
+
+
+def one_line_error(cli, *args: object) -> str:
+    """Run the CLI and check that it failed the way user mistakes must: exit 2, one `error:` line, no traceback."""
+    code, _, stderr = cli(*args)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]

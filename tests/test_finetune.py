@@ -22,6 +22,8 @@ from dermsynth.diffusion.sd_models import build_tiny_pipeline, export_single_fil
 from dermsynth.errors import DermsynthError
 from tests.test_diffusion_scratch import make_prepared, one_thread
 
+from .conftest import one_line_error
+
 __all__ = ["one_thread"]  # tiny models run fastest on one thread
 
 SIZE = 64  # 8x8 latents with the tiny VAE
@@ -281,13 +283,6 @@ def test_inpainting_the_segmented_lesion(lora_model, prepared, tmp_path):
 # --------------------------------------------------------------------------- user errors
 
 
-def _one_line_error(cli, *args) -> str:
-    code, _, stderr = cli(*args)
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
-
 
 @pytest.mark.parametrize(("case", "fragment"), [
     ("missing-base", "base model not found"),
@@ -300,7 +295,7 @@ def _one_line_error(cli, *args) -> str:
     ("not-stable-diffusion", "cannot load base model"),
     ("empty-captions", "empty prompt"),
 ])
-def test_bad_input_is_a_one_line_error(case, fragment, tiny_sd, prepared, tmp_path, cli):
+def test_bad_input_is_aone_line_error(case, fragment, tiny_sd, prepared, tmp_path, cli):
     base, extra = tiny_sd, []
     method = "dreambooth"
     if case == "missing-base":
@@ -333,7 +328,7 @@ def test_bad_input_is_a_one_line_error(case, fragment, tiny_sd, prepared, tmp_pa
         frame.loc[frame["split"] == "train", "prompt"] = ""
         frame.to_csv(data / "metadata.csv", index=False)
         prepared = data
-    line = _one_line_error(cli, "finetune", "--method", method, "--base", base, "--data", prepared, "--out",
+    line = one_line_error(cli, "finetune", "--method", method, "--base", base, "--data", prepared, "--out",
                            tmp_path / "out", "--max-steps", 1, "--quiet", *extra)
     assert fragment in line, line
     assert not (tmp_path / "out" / "dermsynth_model.json").exists()

@@ -15,7 +15,7 @@ from dermsynth.data.prepare import prepare
 from dermsynth.data.schema import CANONICAL_COLUMNS
 from dermsynth.errors import DermsynthError
 
-from .conftest import lesion_image
+from .conftest import lesion_image, one_line_error
 
 SMALL = PreprocessConfig(image_size=32)
 
@@ -160,18 +160,10 @@ def test_cli_prepare_sample_and_info(cli, tmp_path):
     assert code == 0 and "benign" in stdout and "grouping: image" in stdout
 
 
-def _one_line_error(cli, *args) -> str:
-    code, _, stderr = cli(*args)
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
 
 def test_cli_missing_root_folder(cli, tmp_path):
     missing = tmp_path / "nope"
-    line = _one_line_error(cli, "prepare", "--dataset", "ham10000", "--root", missing, "--out", tmp_path / "o")
+    line = one_line_error(cli, "prepare", "--dataset", "ham10000", "--root", missing, "--out", tmp_path / "o")
     assert "folder not found" in line
     assert not (tmp_path / "o" / "metadata.csv").exists()
 
@@ -179,7 +171,7 @@ def test_cli_missing_root_folder(cli, tmp_path):
 def test_cli_csv_missing_column(cli, isic2020_dir, tmp_path):
     csv = isic2020_dir / "ISIC_2020_Training_GroundTruth_v2.csv"
     pd.read_csv(csv).drop(columns=["image_name"]).to_csv(csv, index=False)
-    line = _one_line_error(cli, "prepare", "--dataset", "isic2020", "--root", isic2020_dir, "--out", tmp_path / "o")
+    line = one_line_error(cli, "prepare", "--dataset", "isic2020", "--root", isic2020_dir, "--out", tmp_path / "o")
     assert "missing required column 'image_name'" in line
     assert not (tmp_path / "o" / "metadata.csv").exists()
 
@@ -187,26 +179,26 @@ def test_cli_csv_missing_column(cli, isic2020_dir, tmp_path):
 def test_cli_unwritable_output(cli, folder_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    line = _one_line_error(cli, "prepare", "--dataset", "folder", "--root", folder_dir, "--out", blocker / "sub")
+    line = one_line_error(cli, "prepare", "--dataset", "folder", "--root", folder_dir, "--out", blocker / "sub")
     assert "cannot write to output folder" in line
 
 
 def test_cli_output_inside_input(cli, folder_dir):
-    line = _one_line_error(cli, "prepare", "--dataset", "folder", "--root", folder_dir, "--out", folder_dir / "p")
+    line = one_line_error(cli, "prepare", "--dataset", "folder", "--root", folder_dir, "--out", folder_dir / "p")
     assert "inside the dataset folder" in line
 
 
 def test_cli_bad_config_names_the_key(cli, tmp_path):
     config = tmp_path / "prep.yaml"
     config.write_text("dataset: sample\npreprocess:\n  image_sise: 64\n")
-    line = _one_line_error(cli, "prepare", "--config", config, "--out", tmp_path / "o")
+    line = one_line_error(cli, "prepare", "--config", config, "--out", tmp_path / "o")
     assert "preprocess.image_sise: unknown key" in line
     config.write_text("dataset: sample\nsplit:\n  val: 0.6\n  test: 0.5\n")
-    assert "val + test must be below 1" in _one_line_error(cli, "prepare", "--config", config, "--out", tmp_path / "o")
+    assert "val + test must be below 1" in one_line_error(cli, "prepare", "--config", config, "--out", tmp_path / "o")
 
 
 def test_cli_unknown_dataset_kind(cli, tmp_path):
-    line = _one_line_error(cli, "prepare", "--dataset", "imagenet", "--out", tmp_path / "o")
+    line = one_line_error(cli, "prepare", "--dataset", "imagenet", "--out", tmp_path / "o")
     assert "dataset" in line
 
 
@@ -214,7 +206,7 @@ def test_cli_single_class_dataset(cli, folder_dir, tmp_path):
     import shutil
 
     shutil.rmtree(folder_dir / "malignant")
-    assert "two classes" in _one_line_error(cli, "prepare", "--dataset", "folder", "--root", folder_dir,
+    assert "two classes" in one_line_error(cli, "prepare", "--dataset", "folder", "--root", folder_dir,
                                             "--out", tmp_path / "o")
 
 

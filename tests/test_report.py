@@ -23,7 +23,7 @@ from dermsynth.evaluate.stats import RunPredictions, compare, summarize
 from dermsynth.report import build_report, verdict
 from dermsynth.report.results import headline, paired_differences
 
-from .conftest import lesion_image
+from .conftest import lesion_image, one_line_error
 
 CLASSES = ["benign", "malignant"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,27 +344,19 @@ def test_unfinished_validation_shows_curves_without_a_verdict(tmp_path):
     assert "has not finished" in md_path.read_text(encoding="utf-8")
 
 
-def _one_line_error(cli, *args) -> str:
-    code, _, stderr = cli(*args)
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
 
 def test_cli_missing_run_folder(cli, tmp_path):
-    assert "run folder not found" in _one_line_error(cli, "report", tmp_path / "nope")
+    assert "run folder not found" in one_line_error(cli, "report", tmp_path / "nope")
 
 
 def test_cli_run_folder_is_a_file(cli, tmp_path):
     (tmp_path / "report.html").write_text("x")
-    assert "not a folder" in _one_line_error(cli, "report", tmp_path / "report.html")
+    assert "not a folder" in one_line_error(cli, "report", tmp_path / "report.html")
 
 
 def test_cli_run_folder_without_stage_output(cli, tmp_path):
     (tmp_path / "empty" / "notes").mkdir(parents=True)
-    assert "no stage output found" in _one_line_error(cli, "report", tmp_path / "empty")
+    assert "no stage output found" in one_line_error(cli, "report", tmp_path / "empty")
     assert not (tmp_path / "empty" / "report.html").exists()
 
 
@@ -373,7 +365,7 @@ def test_cli_corrupt_stage_file(cli, tmp_path):
     write_prepared(run, originals=False)
     (run / "audit").mkdir()
     (run / "audit" / "audit.json").write_text("{not json")
-    assert "audit.json: not valid JSON" in _one_line_error(cli, "report", run)
+    assert "audit.json: not valid JSON" in one_line_error(cli, "report", run)
 
 
 def test_build_report_raises_user_error(tmp_path):

@@ -23,7 +23,7 @@ from dermsynth.evaluate.datasets import check_disjoint
 from dermsynth.evaluate.regimes import apportion, compose, parse_regime, round_half_up, synthetic_counts
 from dermsynth.evaluate.validate import validate
 
-from .conftest import lesion_image, save_jpeg
+from .conftest import lesion_image, one_line_error, save_jpeg
 
 TINY_CNN = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
 TINY_TRAIN = {"epochs": 2, "batch_size": 16, "precision": "fp32"}
@@ -270,26 +270,19 @@ def test_limited_data_subsample(prep, syn, tmp_path):
 # --------------------------------------------------------------------------- CLI and configs
 
 
-def _one_line_error(cli, *args) -> str:
-    code, _, stderr = cli(*args)
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
-
 
 def test_cli_user_mistakes_are_one_line_errors(cli, prep, syn, tmp_path):
     out = tmp_path / "o"
-    assert "prepared dataset not found" in _one_line_error(cli, "validate", "--real", tmp_path / "nope", "--out", out)
-    assert "hybrid:2" in _one_line_error(cli, "validate", "--real", prep, "--out", out, "--regimes", "real,hybrid:2")
-    assert "model must be cnn, vit" in _one_line_error(cli, "validate", "--real", prep, "--out", out, "--model",
+    assert "prepared dataset not found" in one_line_error(cli, "validate", "--real", tmp_path / "nope", "--out", out)
+    assert "hybrid:2" in one_line_error(cli, "validate", "--real", prep, "--out", out, "--regimes", "real,hybrid:2")
+    assert "model must be cnn, vit" in one_line_error(cli, "validate", "--real", prep, "--out", out, "--model",
                                                        "no-such-model", "--regimes", "real")
     bad = make_synthetic(tmp_path / "bad", per_class=1, classes=["melanoma"])
-    assert "not a class of the real data" in _one_line_error(cli, "validate", "--real", prep, "--out", out,
+    assert "not a class of the real data" in one_line_error(cli, "validate", "--real", prep, "--out", out,
                                                              "--synthetic", bad)
     yaml_file = tmp_path / "v.yaml"
     yaml_file.write_text("real: x\nseeds: 0\n")
-    assert "seeds" in _one_line_error(cli, "validate", "--real", prep, "--out", out, "--config", yaml_file)
+    assert "seeds" in one_line_error(cli, "validate", "--real", prep, "--out", out, "--config", yaml_file)
 
 
 def test_cli_runs_from_a_yaml_config(cli, prep, syn, tmp_path):
