@@ -82,7 +82,7 @@ class PlainLoop:
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad()
-        return float(loss)
+        return loss.item()
 
 
 def steps_per_second(loop, steps: int) -> float:
