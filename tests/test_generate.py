@@ -167,7 +167,7 @@ def test_cli_user_errors(model, prepared, tmp_path, capsys, case):
         "missing-prep": (["--balance", str(tmp_path / "nope")], "prepared dataset not found"),
         "incomplete-prep": (["--balance", str(tmp_path)], "not a complete prepared dataset"),
         "scheduler": (["--per-class", "1", "--scheduler", "plms"], "unknown scheduler"),
-        "changed-settings": (["--per-class", "1", "--guidance", "3"], "other settings (guidance_scale)"),
+        "changed-settings": (["--per-class", "1", "--guidance", "1.5"], "other settings (guidance_scale)"),
     }[case]
     (tmp_path / "file").write_text("a file, not a folder", encoding="utf-8")
     if case == "changed-settings":

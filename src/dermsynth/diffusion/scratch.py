@@ -89,7 +89,10 @@ class TrainConfig(StrictModel):
     samples_per_class: int = Field(8, ge=1, le=64, description="Images per class in each sample grid.")
     sample_scheduler: str = Field("dpm++", description="Sampler for grids and the default of `generate`.")
     sample_steps: int = Field(20, ge=1, le=1000, description="Sampling steps for grids and the `generate` default.")
-    guidance_scale: float = Field(2.0, ge=0.0, description="Classifier-free guidance for grids and `generate`.")
+    guidance_scale: float = Field(
+        3.0, ge=0.0, description="Classifier-free guidance for grids and the `generate` default (3 measured the "
+        "lowest FD-cls of 1-3 on both the embedded sample and HAM10000; bench/RESULTS.md).",
+    )
     log_every: int = Field(25, ge=1, description="Record the loss every N steps (train_log.csv).")
     seed: int = Field(0, description="Seed of initialisation, batches, noise and augmentation.")
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), or a torch device name.")
