@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dermsynth.data.images import ImageReadError, list_images, load_rgb
+from dermsynth.data.images import ImageReadError, list_images
 from dermsynth.diffusion.schedulers import make_scheduler
 from dermsynth.errors import DermsynthError
 from dermsynth.utils import pick_device, sha256_file
@@ -95,15 +95,12 @@ def metadata_prompts(prepared: str | Path, classes: list[str]) -> dict[str, list
 
 
 def _square(path: Path, size: int) -> np.ndarray:
+    from dermsynth.evaluate.transforms import load_image
+
     try:
-        rgb = load_rgb(path, min_side=size)
+        return load_image(path, size)
     except ImageReadError as exc:
         raise DermsynthError(f"init image {exc}") from None
-    h, w = rgb.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    image = Image.fromarray(rgb[top:top + side, left:left + side]).resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image)
 
 
 def inpaint_mask(rgb: np.ndarray, source: ImageSource, path: Path) -> np.ndarray:
