@@ -99,6 +99,13 @@ validate:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("args", [("prepare", "--no-such-option"), ("no-such-command",), ("run",)])
+def test_usage_errors_exit_2_without_traceback(cli, args):
+    code, _, stderr = cli(*args)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and "Error" in stderr and "Usage:" in stderr
+
+
 def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_STUDY)
@@ -145,12 +152,14 @@ finetune:
   base: {base}
   resolution: 64
   instance_labels: [malignant]
-  class_labels: [benign]
-  num_class_images: 4
+  num_class_images: 2           # made by the base model
   train_batch_size: 2
   max_train_steps: 3
   mixed_precision: "no"
-  validation_prompts: []
+  validation_prompts: [dermoscopy image of a skin lesion]
+  validation_steps: 3
+  validation_inference_steps: 2
+  sample: {{steps: 2}}
 generate: {{per_class: 2, steps: 2}}
 """
     config.write_text(study)
@@ -161,6 +170,13 @@ generate: {{per_class: 2, steps: 2}}
     info = json.loads((out / "model" / "dermsynth_model.json").read_text())
     assert info["family"] == "stable-diffusion-lora"
     assert len((out / "synthetic" / "manifest.csv").read_text().splitlines()) == 1 + 2 * len(info["classes"])
+    assert info["dreambooth"]["generated_class_images"] == 2 and len(info["base_sha256"]) == 64
+    # The report describes the fine-tune: method, prompts, class images, validation images, base model hash.
+    html = (out / "report.html").read_text()
+    for text in ("Stable Diffusion fine-tuned (DreamBooth with LoRA)", "LoRA adapter (rank 8, alpha 8)",
+                 "Prior-preservation class images", "Validation images during fine-tuning", "finetune: done",
+                 info["dreambooth"]["instance_prompt"], info["base_sha256"]):
+        assert text in html, text
     # Another training budget: the old model folder is replaced, not resumed or refused.
     config.write_text(study.replace("max_train_steps: 3", "max_train_steps: 4"))
     code, stdout, stderr = cli("run", config, "--out", out)

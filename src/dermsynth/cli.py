@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 a user mistake (one line on stderr), 1 anything else.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -414,12 +415,23 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click's usage errors are shown by click itself in standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        usage_errors, aborts = _click_exceptions()
+        if isinstance(exc, usage_errors):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, aborts):
             sys.exit(130)
         raise
     sys.exit(0)
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and abort classes: newer typer releases vendor click as ``typer._click``."""
+    modules = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    aborts = (typer.Abort, *(m.Abort for m in modules if hasattr(m, "Abort")))
+    return tuple(m.ClickException for m in modules), aborts

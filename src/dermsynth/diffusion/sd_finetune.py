@@ -48,7 +48,7 @@ from dermsynth.diffusion.sd_data import (
     real_class_examples,
     to_pixels,
 )
-from dermsynth.diffusion.sd_models import describe_base, load_pipeline
+from dermsynth.diffusion.sd_models import base_sha256, describe_base, load_pipeline
 from dermsynth.diffusion.threads import ThreadTuner
 from dermsynth.diffusion.train_scratch import _load_square, min_snr_weight
 from dermsynth.errors import DermsynthError
@@ -610,12 +610,13 @@ class Trainer:
         info = {
             "family": family, "method": self.cfg.method, "classes": list(prompts), "prompts": prompts,
             "negative_prompts": dict.fromkeys(prompts, sample.negative_prompt),
-            "base": base, "base_kind": base_kind,
+            "base": base, "base_kind": base_kind, "base_sha256": base_sha256(self.cfg.base),
             "base_config": str(Path(self.cfg.base_config).resolve()) if self.cfg.base_config else None,
             "trust_pickle": self.cfg.trust_pickle,
             "lora": self.cfg.lora.model_dump() if self.cfg.lora_enabled else None,
             "image_size": self.cfg.resolution, "weights": weights, "weights_sha256": sha256_file(self.out / weights),
             "trained_parameters": sum(p.numel() for p in self.params), "data": data, "config": config,
+            "dreambooth": self._dreambooth_summary(),
             "steps": self.step, "seconds": round(seconds, 1), "stopped_by": stopped_by,
             "final_loss": self.losses[-1] if self.losses else None,
             "sampling": {"scheduler": sample.scheduler, "steps": sample.steps, "guidance_scale": sample.guidance_scale},
@@ -626,6 +627,20 @@ class Trainer:
         if self.accelerator.is_main_process:
             write_json_atomic(self.out / MODEL_JSON, info)
         return info
+
+    def _dreambooth_summary(self) -> dict[str, Any] | None:
+        cfg = self.cfg
+        if not cfg.dreambooth_data:
+            return None
+        prior = cfg.with_prior_preservation
+        folder = self._class_image_dir().resolve()
+        generated = [e for e in self.class_examples
+                     if e.path.parent.resolve() == folder and e.path.name.startswith("class-")]
+        return {"instance_prompt": self.prompts["instance"], "class_prompt": self.prompts["class"] if prior else None,
+                "instance_label": self.examples[0].label if self.examples else None,
+                "prior_preservation": prior, "prior_loss_weight": cfg.prior_loss_weight if prior else None,
+                "class_images": len(self.class_examples),
+                "class_images_dir": str(folder) if prior else None, "generated_class_images": len(generated)}
 
     def _save_lora(self) -> str:
         from diffusers import StableDiffusionPipeline

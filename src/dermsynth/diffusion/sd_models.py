@@ -47,6 +47,27 @@ def describe_base(base: str | Path) -> str:
     raise DermsynthError(f"base model not found: {base} (a diffusers folder, a .safetensors file or a hub id)")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def base_sha256(base: str | Path) -> str | None:
+    """sha256 of a local base model's weights, for provenance: the file itself for a single file; for a diffusers
+    folder, the sha256 of the sorted list of (relative path, sha256) of every weight file. None for a hub id (its
+    files live in the hub cache, named by revision)."""
+    from dermsynth.utils import sha256_file
+
+    path = Path(base)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+    listing = "\n".join(f"{f.relative_to(path).as_posix()} {sha256_file(f)}" for f in files)
+    import hashlib
+
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
 @contextlib.contextmanager
 def hub_access(allowed: bool) -> Iterator[None]:
     """Lift HF_HUB_OFFLINE for the duration of an explicitly requested hub download."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.errors import DermsynthError
 from dermsynth.report import figures
 from dermsynth.report.format import finite, fmt, pct, table
@@ -38,6 +39,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 NOT_RUN_HINT = {
     "prepare": "dermsynth prepare --dataset ... --out RUN/prepared",
     "train": "dermsynth train --data RUN/prepared --out RUN/model",
+    "finetune": "dermsynth finetune --method lora --base BASE --data RUN/prepared --out RUN/model",
     "generate": "dermsynth generate --model RUN/model --out RUN/synthetic --per-class N",
     "audit": "dermsynth audit --real RUN/prepared --synthetic RUN/synthetic --out RUN/audit",
     "validate": "dermsynth validate --real RUN/prepared --synthetic RUN/synthetic --out RUN",
@@ -106,10 +108,13 @@ def overview_section(run: RunFolder) -> Section:
     stages = []
     for stage, (folder, _) in STAGES.items():
         marker = run.json(folder, ".stage.json") or {}
-        stages.append({"name": stage, "folder": folder, "ran": run.stage_ran(stage),
-                       "finished": marker.get("finished_utc", ""), "hint": NOT_RUN_HINT[stage]})
+        name = stage
+        if stage == "train" and ("finetune" in config or is_finetuned(run, run.json(folder, MODEL_JSON) or {})):
+            name = "finetune"
+        stages.append({"key": stage, "name": name, "folder": folder, "ran": run.stage_ran(stage),
+                       "finished": marker.get("finished_utc", ""), "hint": NOT_RUN_HINT[name]})
     return {"name": config.get("name") or run.root.resolve().name, "root": str(run.root),
-            "stages": stages, "by_name": {s["name"]: s for s in stages},
+            "stages": stages, "by_name": {s["key"]: s for s in stages},
             "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -263,6 +268,23 @@ def training_section(run: RunFolder) -> Section | None:
     if info is None and log is None:
         return None
     info = info or {}
+    tuned = is_finetuned(run, info)
+    section = {"finetuned": tuned, "unfinished": not run.path("model", "dermsynth_model.json").is_file(),
+               "curve": figure(figures.training_curve(log) if log is not None and len(log) else None,
+                               "Training loss per step.", "training loss curve"),
+               "prompts": None, "class_images": None, "note": None}
+    section.update(finetune_details(run, info) if tuned else scratch_details(run, info))
+    return section
+
+
+def is_finetuned(run: RunFolder, info: dict[str, Any]) -> bool:
+    """A Stable Diffusion fine-tune (finished: by its model JSON; running: by its config in the run's YAML)."""
+    if info:
+        return str(info.get("family", "")).startswith("stable-diffusion")
+    return "finetune" in (_yaml(run.text("config.resolved.yaml")) or {})
+
+
+def scratch_details(run: RunFolder, info: dict[str, Any]) -> Section:
     facts = [("family", info.get("family", "n/a")), ("preset", info.get("preset", "n/a")),
              ("classes", ", ".join(info.get("classes", []))), ("image size", info.get("image_size", "n/a")),
              ("parameters", f"{info['parameters']:,}" if "parameters" in info else "n/a"),
@@ -281,10 +303,83 @@ def training_section(run: RunFolder) -> Section | None:
         samples.append(figure(figures.embed_png_file(final), f"Samples of the finished model "
                               f"({info.get('steps', '?')} steps; one row per class, same seeds as above).",
                               "final training samples"))
-    return {"facts": table(["", ""], facts), "unfinished": not info,
-            "curve": figure(figures.training_curve(log) if log is not None and len(log) else None,
-                            "Training loss per step.", "training loss curve"),
+    return {"title": "Diffusion model trained from scratch", "facts": table(["", ""], facts),
             "samples": [s for s in samples if s]}
+
+
+METHODS = {"dreambooth": "DreamBooth", "lora": "DreamBooth with LoRA", "captions": "caption fine-tuning"}
+
+
+def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> Section:
+    """Stable Diffusion fine-tuning: base model, method, prompts, prior-preservation images, validation images."""
+    config = info.get("config") or (_yaml(run.text("config.resolved.yaml")) or {}).get("finetune") or {}
+    method = config.get("method", info.get("method", "dreambooth"))
+    lora, booth, data = info.get("lora"), info.get("dreambooth") or {}, info.get("data", {})
+    weights = "full UNet" + (" and text encoder" if config.get("train_text_encoder") else "")
+    if lora:
+        rank = lora.get("rank", "?")
+        weights = f"LoRA adapter (rank {rank}, alpha {lora.get('alpha') or rank})"
+    facts = [("method", METHODS.get(method, method)),
+             ("base model", f"{info.get('base', config.get('base', 'n/a'))} ({info.get('base_kind', 'n/a')})"),
+             ("trained weights", weights),
+             ("trained parameters", f"{info['trained_parameters']:,}" if "trained_parameters" in info else "n/a"),
+             ("resolution", f"{config.get('resolution', info.get('image_size', 'n/a'))} px"),
+             ("training images", data.get("images", "n/a"))]
+    if booth:
+        prior = (f"yes: {booth.get('class_images', 0)} class images ({booth.get('generated_class_images', 0)} made "
+                 f"by the base model), loss weight {booth.get('prior_loss_weight')}")
+        facts.append(("prior preservation", prior if booth.get("prior_preservation") else "no"))
+    facts += [("learning rate", fmt(config.get("learning_rate"), 6) if config.get("learning_rate") else "default"),
+              ("batch × accumulation", f"{config.get('train_batch_size', '?')} × "
+                                       f"{config.get('gradient_accumulation_steps', '?')}"),
+              ("mixed precision", config.get("mixed_precision", "n/a")), ("EMA", "yes" if info.get("ema") else "no"),
+              ("steps", info.get("steps", "n/a")), ("stopped by", info.get("stopped_by", "n/a")),
+              ("training time", f"{info['seconds']:.0f} s" if finite(info.get("seconds")) else "n/a"),
+              ("final loss", fmt(info.get("final_loss"), 4)), ("device", info.get("device", "n/a"))]
+    prompts = [(label, prompt) for label, prompt in (info.get("prompts") or {}).items()]
+    if booth:
+        prompts = [("instance prompt", booth.get("instance_prompt", ""))] + (
+            [("class prompt", booth["class_prompt"])] if booth.get("class_prompt") else []) + [
+            (f"generate: {label}", prompt) for label, prompt in prompts]
+    return {"title": f"Stable Diffusion fine-tuned ({METHODS.get(method, method)})",
+            "facts": table(["", ""], facts), "prompts": table(["", "prompt"], prompts),
+            "samples": [f for f in [_validation_figure(run, columns)] if f],
+            "class_images": _class_images_figure(run, booth, columns),
+            "note": "Fine-tuning changes how the base model draws these prompts; the validation images below use the "
+                    "same seeds at every step, so differences between rows come from training alone."}
+
+
+def _validation_figure(run: RunFolder, columns: int, most_steps: int = 4) -> dict[str, str] | None:
+    """Validation images: one row per (step, prompt), same seeds each step; at most ``most_steps`` steps shown."""
+    steps = sorted(p for p in run.path("model", "validation").glob("step-*") if p.is_dir())
+    if len(steps) > most_steps:  # first, last and evenly spaced between
+        picks = np.linspace(0, len(steps) - 1, most_steps).round().astype(int)
+        steps = [steps[i] for i in sorted(set(picks))]
+    rows = []
+    for folder in steps:
+        prompts = RunFolder(folder).json("prompts.json") or []
+        for p, prompt in enumerate(prompts):
+            tiles = _tiles(folder, sorted(folder.glob(f"prompt{p:02d}-*.png"))[:columns])
+            if tiles:
+                rows.append((f"step {_step_of(folder)}: “{_short(prompt)}”", tiles))
+    if not rows:
+        return None
+    return figure(figures.labelled_grids(rows, columns), "Validation images during fine-tuning (same seeds at every "
+                  "step).", "validation images at several fine-tuning steps")
+
+
+def _class_images_figure(run: RunFolder, booth: dict[str, Any], columns: int) -> dict[str, str] | None:
+    folder = booth.get("class_images_dir")
+    if not folder or not Path(folder).is_dir():
+        return None
+    paths = sorted(Path(folder).glob("*.png"))[:columns]
+    tiles = _tiles(Path(folder), paths)
+    if not tiles:
+        return None
+    label = f"class prompt: “{_short(booth.get('class_prompt', ''))}”"
+    return figure(figures.labelled_grids([(label, tiles)], columns),
+                  "Prior-preservation class images (made by the base model before fine-tuning, unless given): what "
+                  "the base model draws for the class prompt.", "prior preservation class images")
 
 
 def _step_of(path: Path) -> str:
@@ -549,6 +644,9 @@ def provenance_section(run: RunFolder) -> Section:
         first, count = config.get("first_seed", 0), config.get("seeds", 0)
         seeds.append(("classifier runs", ", ".join(str(s) for s in range(first, first + count)) or "n/a"))
     hashes = []
+    if model and model.get("base"):
+        hashes.append(("base model", model["base"]))
+        hashes.append(("base model weights (sha256)", model.get("base_sha256") or "n/a (hub id: see its revision)"))
     if model:
         hashes.append(("diffusion model weights (sha256)", model.get("weights_sha256", "n/a")))
     if manifest is not None and "model_sha256" in manifest:
