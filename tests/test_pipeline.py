@@ -98,6 +98,17 @@ validate:
 """
 
 
+def test_too_few_synthetic_images_for_a_regime_fail_before_training(tmp_path, cli):
+    config = tmp_path / "short.yaml"
+    config.write_text(TINY_STUDY.replace("regimes: [real, hybrid:0.5]", "regimes: [real, synthetic]"))
+    out = tmp_path / "run"
+    code, _, stderr = cli("run", config, "--out", out)
+    message = stderr.strip().splitlines()[-1]  # after prepare's progress lines
+    assert code == 2 and message.startswith("error: ") and "Traceback" not in stderr
+    assert "validate.regimes: synthetic takes" in message and "generate.per_class is 40" in message
+    assert (out / "prepared" / "metadata.csv").is_file() and not (out / "model").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args", [("prepare", "--no-such-option"), ("no-such-command",), ("run",)])
 def test_usage_errors_exit_2_without_traceback(cli, args):

@@ -226,6 +226,8 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
         if _marker_hash(folder) == digest:
             console.print(f"[{index}/{len(stages)}] {stage.name}: up to date, skipped")
             outcomes.append(StageOutcome(stage.name, "skipped", 0.0, folder))
+            if stage.name == "prepare":
+                check_synthetic_supply(config, folder)
             continue
         console.print(f"[{index}/{len(stages)}] {stage.name} ...")
         _start_stage(folder, digest, stage.fresh_on_change)
@@ -235,9 +237,35 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
         (folder / RUNNING).unlink(missing_ok=True)
         console.print(f"[{index}/{len(stages)}] {stage.name}: done in {seconds:.0f} s")
         outcomes.append(StageOutcome(stage.name, "ran", seconds, folder))
+        if stage.name == "prepare":
+            check_synthetic_supply(config, folder)
     if config.report:
         _report(out)
     return outcomes
+
+
+def check_synthetic_supply(config: RunConfig, prepared: Path) -> None:
+    """Fail before training when `generate` will make fewer images than a validation regime takes from a class."""
+    from dermsynth.data.dataset import load_prepared
+    from dermsynth.evaluate.regimes import parse_regime, synthetic_counts
+
+    stage, plan = config.validate_, config.generate
+    # A from-scratch model makes every prepared class; a fine-tuned one only the classes it was given.
+    if stage is None or plan is None or plan.balance or stage.extra_synthetic or not config.train:
+        return
+    data = load_prepared(prepared)
+    train = data.split("train")
+    real = [int((train["label"] == label).sum()) for label in data.classes]
+    if stage.real_per_class:
+        real = [min(n, stage.real_per_class) for n in real]
+    for text in stage.regimes:
+        needed = synthetic_counts(parse_regime(text), real, stage.class_mix)
+        short = [(label, n) for label, n in zip(data.classes, needed, strict=True) if n > plan.per_class]
+        if short:
+            label, n = short[0]
+            raise DermsynthError(f"validate.regimes: {text} takes {n} synthetic {label!r} images but "
+                                 f"generate.per_class is {plan.per_class}; raise generate.per_class to at least "
+                                 f"{max(n for _, n in short)} or drop the regime")
 
 
 def _report(out: Path) -> None:
