@@ -231,7 +231,7 @@ def write_validation(run: Path) -> None:
 
 
 def write_provenance(run: Path) -> None:
-    (run / "config.resolved.yaml").write_text("name: tiny study\nprepare:\n  dataset: isic2020\n")
+    (run / "config.resolved.yaml").write_text("name: tiny study\nprepare:\n  dataset: isic2020\nfinetune: null\n")
     _json(run / "versions.json", {"python": "3.11", "dermsynth": "0.1.0", "torch": "2.13.0", "peft": None})
 
 
@@ -301,6 +301,8 @@ def test_full_report_sections(full_run):
     assert "CC BY-NC 4.0" in html and "isic2020" in html
     assert "ab" * 32 in html and "synthetic images made by this run&#39;s model" in html
     assert "tiny study" in html
+    assert "train: done" in html and "finetune: done" not in html  # trained from scratch (config has finetune: null)
+    assert "Diffusion model trained from scratch" in html
 
 
 def test_summary_markdown_has_the_table_and_verdict(full_run):

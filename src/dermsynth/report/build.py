@@ -109,7 +109,7 @@ def overview_section(run: RunFolder) -> Section:
     for stage, (folder, _) in STAGES.items():
         marker = run.json(folder, ".stage.json") or {}
         name = stage
-        if stage == "train" and ("finetune" in config or is_finetuned(run, run.json(folder, MODEL_JSON) or {})):
+        if stage == "train" and is_finetuned(run, run.json(folder, MODEL_JSON) or {}):
             name = "finetune"
         stages.append({"key": stage, "name": name, "folder": folder, "ran": run.stage_ran(stage),
                        "finished": marker.get("finished_utc", ""), "hint": NOT_RUN_HINT[name]})
@@ -281,7 +281,7 @@ def is_finetuned(run: RunFolder, info: dict[str, Any]) -> bool:
     """A Stable Diffusion fine-tune (finished: by its model JSON; running: by its config in the run's YAML)."""
     if info:
         return str(info.get("family", "")).startswith("stable-diffusion")
-    return "finetune" in (_yaml(run.text("config.resolved.yaml")) or {})
+    return bool((_yaml(run.text("config.resolved.yaml")) or {}).get("finetune"))
 
 
 def scratch_details(run: RunFolder, info: dict[str, Any]) -> Section:
