@@ -150,7 +150,7 @@ def test_shipped_study_configs_are_valid():
     assert demo_config().prepare.dataset == "sample"
 
 
-def test_study_with_stable_diffusion_finetune_and_settings_change(tmp_path, cli):
+def test_study_with_stable_diffusion_finetune_and_settings_change(tmp_path, cli, monkeypatch):
     from dermsynth.diffusion.sd_models import build_tiny_pipeline
 
     base = tmp_path / "tiny-sd"
@@ -188,6 +188,12 @@ generate: {{per_class: 2, steps: 2}}
                  "Prior-preservation class images", "Validation images during fine-tuning", "finetune: done",
                  info["dreambooth"]["instance_prompt"], info["base_sha256"]):
         assert text in html, text
+    monkeypatch.chdir(tmp_path)  # the same report from a relative run folder
+    from dermsynth.report import build_report
+
+    build_report("run")
+    html = (out / "report.html").read_text()
+    assert "Validation images during fine-tuning" in html and "Prior-preservation class images" in html
     # Another training budget: the old model folder is replaced, not resumed or refused.
     config.write_text(study.replace("max_train_steps: 3", "max_train_steps: 4"))
     code, stdout, stderr = cli("run", config, "--out", out)

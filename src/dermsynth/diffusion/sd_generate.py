@@ -12,6 +12,8 @@ mask, so the skin around it is exactly the real one.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +149,8 @@ class StableDiffusionGenerator:
         if info["family"] == "stable-diffusion-lora":
             pipe = load_pipeline(info["base"], config=info.get("base_config"), trust_pickle=info.get("trust_pickle",
                                                                                                        False))
-            pipe.load_lora_weights(str(folder))
+            with _lora_warnings_off():  # "no LoRA keys for CLIPTextModel": expected for a UNet-only adapter
+                pipe.load_lora_weights(str(folder))
         else:
             pipe = load_pipeline(folder)
         pipe.to(pick_device(device))
@@ -206,3 +209,15 @@ def inpaint(pipe: Any, prompts: list[str], seeds: list[int], images: list[np.nda
     original = np.stack(images).astype(np.float32) / 255.0
     keep = ~np.stack(masks)[..., None]
     return np.where(keep, original, out)
+
+
+@contextlib.contextmanager
+def _lora_warnings_off() -> Iterator[None]:
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)

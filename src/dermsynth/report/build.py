@@ -329,7 +329,7 @@ def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> 
         prior = (f"yes: {booth.get('class_images', 0)} class images ({booth.get('generated_class_images', 0)} made "
                  f"by the base model), loss weight {booth.get('prior_loss_weight')}")
         facts.append(("prior preservation", prior if booth.get("prior_preservation") else "no"))
-    facts += [("learning rate", fmt(config.get("learning_rate"), 6) if config.get("learning_rate") else "default"),
+    facts += [("learning rate", _finetune_lr(config)),
               ("batch × accumulation", f"{config.get('train_batch_size', '?')} × "
                                        f"{config.get('gradient_accumulation_steps', '?')}"),
               ("mixed precision", config.get("mixed_precision", "n/a")), ("EMA", "yes" if info.get("ema") else "no"),
@@ -349,6 +349,18 @@ def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> 
                     "same seeds at every step, so differences between rows come from training alone."}
 
 
+def _finetune_lr(config: dict[str, Any]) -> str:
+    """The peak learning rate used (the config leaves it null for the method's default)."""
+    from pydantic import ValidationError
+
+    from dermsynth.diffusion.sd_config import FinetuneConfig
+
+    try:
+        return f"{FinetuneConfig.model_validate(config).lr:g}"
+    except ValidationError:
+        return str(config.get("learning_rate") or "n/a")
+
+
 def _validation_figure(run: RunFolder, columns: int, most_steps: int = 4) -> dict[str, str] | None:
     """Validation images: one row per (step, prompt), same seeds each step; at most ``most_steps`` steps shown."""
     steps = sorted(p for p in run.path("model", "validation").glob("step-*") if p.is_dir())
@@ -359,7 +371,7 @@ def _validation_figure(run: RunFolder, columns: int, most_steps: int = 4) -> dic
     for folder in steps:
         prompts = RunFolder(folder).json("prompts.json") or []
         for p, prompt in enumerate(prompts):
-            tiles = _tiles(folder, sorted(folder.glob(f"prompt{p:02d}-*.png"))[:columns])
+            tiles = _tiles(folder, sorted(f.name for f in folder.glob(f"prompt{p:02d}-*.png"))[:columns])
             if tiles:
                 rows.append((f"step {_step_of(folder)}: “{_short(prompt)}”", tiles))
     if not rows:
@@ -372,7 +384,7 @@ def _class_images_figure(run: RunFolder, booth: dict[str, Any], columns: int) ->
     folder = booth.get("class_images_dir")
     if not folder or not Path(folder).is_dir():
         return None
-    paths = sorted(Path(folder).glob("*.png"))[:columns]
+    paths = sorted(p.name for p in Path(folder).glob("*.png"))[:columns]
     tiles = _tiles(Path(folder), paths)
     if not tiles:
         return None
