@@ -117,6 +117,22 @@ def test_usage_errors_exit_2_without_traceback(cli, args):
     assert "Traceback" not in stderr and "Error" in stderr and "Usage:" in stderr
 
 
+COMMANDS = ["prepare", "info", "train", "generate", "finetune", "audit", "validate", "run", "demo", "report"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_text_keeps_its_defaults(cli, command, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "240")  # one line per option
+    code, stdout, _ = cli(command, "--help")
+    assert code == 0 and "Usage:" in stdout
+    # Rich markup swallows "[default: x]" in help strings and leaves "text ." behind.
+    assert not re.search(r"[\w)] \.(\s|│)", stdout), stdout
+    if command == "prepare":
+        assert "(default: 256)" in stdout and "(default: off)" in stdout
+
+
 def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_STUDY)

@@ -52,18 +52,18 @@ def prepare(
     csv: Annotated[Path | None, typer.Option(help="Metadata CSV, when not in its usual place under --root.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with prepare settings (options override it).")] = None,
     label_scheme: Annotated[str | None, typer.Option(help="binary (benign/malignant) or diagnosis.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Side of the square output images [default: 256].")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Side of the square output images (default: 256).")] = None,
     hair_removal: Annotated[bool | None, typer.Option("--hair-removal/--no-hair-removal",
-                                                      help="DullRazor-style hair removal [default: on].")] = None,
+                                                      help="DullRazor-style hair removal (default: on).")] = None,
     center: Annotated[bool | None, typer.Option("--center/--no-center",
-                                                help="Crop around the segmented lesion [default: on].")] = None,
+                                                help="Crop around the segmented lesion (default: on).")] = None,
     color_constancy: Annotated[bool | None, typer.Option("--color-constancy/--no-color-constancy",
-                                                         help="Shades-of-grey colour constancy [off].")] = None,
-    val: Annotated[float | None, typer.Option(help="Validation fraction [default: 0.15].")] = None,
-    test: Annotated[float | None, typer.Option(help="Test fraction [default: 0.15].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Split seed [default: 0].")] = None,
+                                                         help="Shades-of-grey colour balance (default: off).")] = None,
+    val: Annotated[float | None, typer.Option(help="Validation fraction (default: 0.15).")] = None,
+    test: Annotated[float | None, typer.Option(help="Test fraction (default: 0.15).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (default: 0).")] = None,
     max_images: Annotated[int | None, typer.Option(help="Keep at most N images (stratified), for quick runs.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes for preprocessing [default: 2].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes for preprocessing (default: 2).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Read a dataset, split it by patient, preprocess images, write metadata.csv + images + prepare.json."""
@@ -172,8 +172,8 @@ def generate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     prompt: Annotated[list[str] | None, typer.Option(
-        help="CLASS=PROMPT for text-to-image models; repeat per class [default: the model's].")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt [default: the model's].")] = None,
+        help="CLASS=PROMPT for text-to-image models; repeat per class (default: the model's).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt (default: the model's).")] = None,
     prompts_from: Annotated[Path | None, typer.Option(
         help="A prepared dataset: each image takes the next metadata prompt of its class (train split).")] = None,
     init_images: Annotated[Path | None, typer.Option(
@@ -274,10 +274,10 @@ def audit(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for audit.json, flagged.csv, figures.")],
     config: Annotated[Path | None, typer.Option(help="YAML with audit settings (options override it).")] = None,
     features: Annotated[str | None, typer.Option(
-        help="classifier (trained here on real train) | classifier:PATH | hf:ID_OR_PATH [default: classifier].")
+        help="classifier (trained here on real train) | classifier:PATH | hf:ID_OR_PATH (default: classifier).")
     ] = None,
-    image_size: Annotated[int | None, typer.Option(help="Compare images at this size [default: 64].")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Cap per image set [default: 5000].")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Compare images at this size (default: 64).")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Cap per image set (default: 5000).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -307,7 +307,7 @@ def audit(
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="A study YAML (see configs/).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<config name>].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<config name>).")] = None,
 ) -> None:
     """Run a whole study from one YAML; finished stages are skipped, interrupted ones resume."""
     from dermsynth.pipeline import load_run_config, run_pipeline
