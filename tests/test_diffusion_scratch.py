@@ -166,6 +166,11 @@ def test_interrupted_run_resumes_to_the_same_model(prepared, tmp_path):
     a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(interrupted / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # The loss record continues where it stopped: same log and final (smoothed) loss as the uninterrupted run.
+    assert read_model_info(interrupted)["final_loss"] == pytest.approx(read_model_info(straight)["final_loss"],
+                                                                        rel=1e-5)
+    log_a, log_b = (pd.read_csv(folder / "train_log.csv") for folder in (straight, interrupted))
+    assert np.allclose(log_a["loss"], log_b["loss"], rtol=1e-5)
 
 
 def test_resume_extends_a_finished_run_and_refuses_changed_settings(prepared, tmp_path):

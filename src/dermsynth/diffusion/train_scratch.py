@@ -281,6 +281,7 @@ class Trainer:
         self.cursor = 0
         self.step = 0
         self.seconds_before = 0.0
+        self.smoothed_loss: float | None = None  # EMA of the loss; checkpointed, so a resumed run logs the same
         self.log: list[dict[str, float]] = []
 
     # ----- run
@@ -294,7 +295,6 @@ class Trainer:
         def elapsed() -> float:
             return self.seconds_before + time.monotonic() - started
 
-        smoothed = None
         stopped_by = "max_steps"
         with self._progress_bar() as (bar, task):
             while self.step < self.cfg.max_steps:
@@ -302,7 +302,8 @@ class Trainer:
                     stopped_by = "max_minutes"
                     break
                 loss = self.threads.run(self.train_step)
-                smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
+                smoothed = loss if self.smoothed_loss is None else 0.98 * self.smoothed_loss + 0.02 * loss
+                self.smoothed_loss = smoothed
                 self.step += 1
                 if self.step % self.cfg.log_every == 0:
                     self.log.append({"step": self.step, "loss": smoothed, "lr": self.lr_scheduler.get_last_lr()[0],
@@ -319,7 +320,7 @@ class Trainer:
         seconds = elapsed()
         if latest_checkpoint_step(self.out) != self.step:
             self._save_checkpoint(seconds)
-        info = self._save_model(seconds, stopped_by, smoothed)
+        info = self._save_model(seconds, stopped_by, self.smoothed_loss)
         return TrainResult(out=self.out, steps=self.step, seconds=seconds, skipped=False, info=info)
 
     @contextlib.contextmanager
@@ -389,6 +390,7 @@ class Trainer:
         ema_scalars = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
         write_json_atomic(tmp / "state.json", {
             "step": self.step, "seconds": seconds, "cursor": self.cursor, "ema": ema_scalars,
+            "smoothed_loss": self.smoothed_loss,
             "config": self.cfg.model_dump(mode="json"), "data_sha256": self.data.summary["sha256"], "log": self.log,
         })
         shutil.rmtree(final, ignore_errors=True)
@@ -416,6 +418,7 @@ class Trainer:
         self.order = training["order"].to(self.device)
         self.cursor, self.step, self.seconds_before = state["cursor"], state["step"], state["seconds"]
         self.log = state["log"]
+        self.smoothed_loss = state.get("smoothed_loss")
 
     def _write_log(self) -> None:
         if self.log:
