@@ -283,13 +283,16 @@ def test_cli_user_mistakes_are_one_line_errors(cli, prep, syn, tmp_path):
     yaml_file = tmp_path / "v.yaml"
     yaml_file.write_text("real: x\nseeds: 0\n")
     assert "seeds" in one_line_error(cli, "validate", "--real", prep, "--out", out, "--config", yaml_file)
+    assert "--real PREPARED_FOLDER" in one_line_error(cli, "validate", "--out", out)
+
 
 
 def test_cli_runs_from_a_yaml_config(cli, prep, syn, tmp_path):
     yaml_file = tmp_path / "v.yaml"
-    yaml_file.write_text(yaml.safe_dump({"architecture": TINY_CNN, "train": TINY_TRAIN, "bootstrap": 100,
-                                                 "threads": 1}))
-    code, stdout, stderr = cli("validate", "--real", prep, "--synthetic", syn, "--out", tmp_path / "o", "--config",
+    yaml_file.write_text(yaml.safe_dump({"real": str(prep), "architecture": TINY_CNN, "train": TINY_TRAIN,
+                                         "bootstrap": 100, "threads": 1}))
+    # the real data from the YAML (as in configs/validate-*.yaml), no --real
+    code, stdout, stderr = cli("validate", "--synthetic", syn, "--out", tmp_path / "o", "--config",
                                yaml_file, "--regimes", "real,hybrid:0.25", "--seeds", "1", "--quiet")
     assert code == 0, stderr
     assert "hybrid:0.25" in stdout and "2 run(s) trained" in stdout

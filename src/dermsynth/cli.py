@@ -338,8 +338,9 @@ def _finish_run(outcomes) -> None:
 
 @app.command()
 def validate(
-    real: Annotated[Path, typer.Option("--real", help="Prepared dataset (real train/val/test splits).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (runs go to OUT/validation/).")],
+    real: Annotated[Path | None, typer.Option(
+        "--real", help="Prepared dataset (real train/val/test splits); or `real:` in --config.")] = None,
     synthetic: Annotated[list[Path] | None, typer.Option(
         "--synthetic", help="Synthetic folder of class sub-folders; repeat for several.")] = None,
     regimes: Annotated[str | None, typer.Option(
@@ -379,6 +380,8 @@ def validate(
         _set(overrides, key, value)
     data = read_yaml(config) if config else {}
     _merge(data, overrides)
+    if data.get("real") is None:
+        raise DermsynthError("no real data: give --real PREPARED_FOLDER (or `real:` in --config)")
     cfg = validate_config(ValidateConfig, data, source=str(config) if config else "options")
     result = run_validate(cfg, out, progress=not quiet)
     typer.echo((result.out / "summary.md").read_text(encoding="utf-8"))
