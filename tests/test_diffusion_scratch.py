@@ -183,6 +183,23 @@ def test_resume_extends_a_finished_run_and_refuses_changed_settings(prepared, tm
     assert train(prepared, out, config=TINY | {"max_steps": 10}, resume=True, progress=False).steps == 10
 
 
+def test_real_per_class_trains_on_the_sample_validate_uses(prepared, tmp_path):
+    from dermsynth.data.dataset import load_prepared
+    from dermsynth.diffusion.train_scratch import load_training_data
+    from dermsynth.evaluate.datasets import real_frame, subsample_per_class
+
+    dataset = load_prepared(prepared)
+    data = load_training_data(dataset, 16, progress=False, per_class=3, subsample_seed=1)
+    chosen = subsample_per_class(real_frame(dataset, "train"), 3, 1, dataset.classes)  # what validate trains on
+    assert sorted(data.image_ids) == sorted(chosen["image_id"]) and len(data.image_ids) == 3 * len(dataset.classes)
+    other = load_training_data(dataset, 16, progress=False, per_class=3, subsample_seed=2)
+    assert sorted(other.image_ids) != sorted(data.image_ids)
+    result = train(prepared, tmp_path / "m", config=TINY | {"max_steps": 2}, real_per_class=3, progress=False)
+    assert result.info["data"]["counts"] == dict.fromkeys(dataset.classes, 3)
+    with pytest.raises(DermsynthError, match="real_per_class=1000"):
+        train(prepared, tmp_path / "m2", config=TINY, real_per_class=1000, progress=False)
+
+
 def test_max_minutes_stops_training(prepared, tmp_path):
     result = train(prepared, tmp_path / "m", config=TINY | {"max_steps": 10_000, "max_minutes": 0.02},
                    progress=False)

@@ -139,6 +139,9 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimisation steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed (default: 0).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps (default: auto).")] = None,
+    real_per_class: Annotated[int | None, typer.Option(
+        help="Train on this many images per class: the sample `validate --real-per-class` uses (same seed 0), so "
+             "generator and classifier see the same real images.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -146,7 +149,7 @@ def train(
     from dermsynth.diffusion.train_scratch import train as run_train
 
     result = run_train(data, out, preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
-                       device=device, resume=resume, progress=not quiet)
+                       device=device, real_per_class=real_per_class, resume=resume, progress=not quiet)
     info = result.info
     if result.skipped:
         typer.echo(f"{out}: already trained with these settings ({info['steps']} steps); nothing to do")

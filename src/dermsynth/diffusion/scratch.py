@@ -95,6 +95,11 @@ class TrainConfig(StrictModel):
     )
     log_every: int = Field(25, ge=1, description="Record the loss every N steps (train_log.csv).")
     seed: int = Field(0, description="Seed of initialisation, batches, noise and augmentation.")
+    real_per_class: int | None = Field(
+        None, ge=1, description="Train on this many training images per class only: the same sample that "
+        "`validate` takes with the same real_per_class and subsample_seed, so that generator and classifier see "
+        "the same real images (null = the whole train split).")
+    subsample_seed: int = Field(0, description="Seed of the real_per_class sample (as validate's subsample_seed).")
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), or a torch device name.")
     threads: int | None = Field(
         None, ge=1, description="CPU threads; None = switch between 1 and all cores, whichever measures faster "

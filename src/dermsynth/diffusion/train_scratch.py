@@ -86,6 +86,7 @@ class TrainingData:
     targets: torch.Tensor  # int64 (N,)
     classes: list[str]
     summary: dict[str, Any]
+    image_ids: list[str]
 
 
 def train(
@@ -98,6 +99,7 @@ def train(
     max_steps: int | None = None,
     seed: int | None = None,
     device: str | None = None,
+    real_per_class: int | None = None,
     resume: bool = False,
     progress: bool = True,
     callback: StepCallback | None = None,
@@ -110,13 +112,15 @@ def train(
     """
     if isinstance(config, TrainConfig):
         config = config.model_dump(mode="json")
-    cfg = resolve_train_config(preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed, device=device)
+    cfg = resolve_train_config(preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed, device=device,
+                               real_per_class=real_per_class)
     check_scheduler_name(cfg.sample_scheduler)
     dataset = load_prepared(data)
     out = Path(out)
     existing = _existing_state(out, resume)
     ensure_writable_dir(out)
-    training_data = load_training_data(dataset, cfg.model.image_size, progress)
+    training_data = load_training_data(dataset, cfg.model.image_size, progress, per_class=cfg.real_per_class,
+                                       subsample_seed=cfg.subsample_seed)
     if existing == "finished" and _finished_matches(out, cfg, training_data.summary):
         info = json.loads((out / MODEL_JSON).read_text(encoding="utf-8"))
         return TrainResult(out=out, steps=info["steps"], seconds=info["seconds"], skipped=True, info=info)
@@ -154,12 +158,17 @@ def _learning_config(cfg: TrainConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- data
 
 
-def load_training_data(dataset: PreparedDataset, size: int, progress: bool = True, split: str = "train"
-                       ) -> TrainingData:
-    """A split (the train split, for training), decoded once and kept in memory as uint8 at ``size``."""
+def load_training_data(dataset: PreparedDataset, size: int, progress: bool = True, split: str = "train",
+                       per_class: int | None = None, subsample_seed: int = 0) -> TrainingData:
+    """A split (the train split, for training), decoded once and kept in memory as uint8 at ``size``; with
+    ``per_class``, the same per-class sample that `validate` draws with that real_per_class and subsample_seed."""
+    from dermsynth.evaluate.datasets import subsample_per_class
+
     frame = dataset.split(split)
     if frame.empty:
         raise DermsynthError(f"{dataset.root}: the {split} split is empty")
+    if per_class is not None:
+        frame = subsample_per_class(frame, per_class, subsample_seed, dataset.classes)
     paths = dataset.paths(frame)
     arrays = [_load_square(path, size) for path in track(paths, len(paths), "load images", enabled=progress)]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -173,10 +182,12 @@ def load_training_data(dataset: PreparedDataset, size: int, progress: bool = Tru
         "prepared": str(dataset.root.resolve()),
         "split": split,
         "images": len(frame),
+        "real_per_class": per_class, "subsample_seed": subsample_seed if per_class is not None else None,
         "counts": {label: int(counts.get(label, 0)) for label in classes},
         "sha256": stable_hash(list(zip(frame["image_id"], frame["label"], file_hashes, strict=True))),
     }
-    return TrainingData(images=images, targets=targets, classes=classes, summary=summary)
+    return TrainingData(images=images, targets=targets, classes=classes, summary=summary,
+                        image_ids=frame["image_id"].astype(str).tolist())
 
 
 def _load_square(path: Path, size: int) -> np.ndarray:
