@@ -105,8 +105,13 @@ def test_too_few_synthetic_images_for_a_regime_fail_before_training(tmp_path, cl
     code, _, stderr = cli("run", config, "--out", out)
     message = stderr.strip().splitlines()[-1]  # after prepare's progress lines
     assert code == 2 and message.startswith("error: ") and "Traceback" not in stderr
-    assert "validate.regimes: synthetic takes" in message and "generate.per_class is 40" in message
+    assert "validate.regimes: synthetic takes" in message and "generate.per_class (40 for" in message
     assert (out / "prepared" / "metadata.csv").is_file() and not (out / "model").exists()
+    # balance fills only the smaller class: the synthetic regime lacks images of the larger one
+    config.write_text(TINY_STUDY.replace("regimes: [real, hybrid:0.5]", "regimes: [real, synthetic]")
+                      .replace("  per_class: 40\n", "  balance: true\n"))
+    code, _, stderr = cli("run", config, "--out", out)
+    assert code == 2 and "generate.balance fills the smaller classes only" in stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow

@@ -247,24 +247,27 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
 def check_synthetic_supply(config: RunConfig, prepared: Path) -> None:
     """Fail before training when `generate` will make fewer images than a validation regime takes from a class."""
     from dermsynth.data.dataset import load_prepared
+    from dermsynth.diffusion.generate import make_plan
     from dermsynth.evaluate.regimes import parse_regime, synthetic_counts
 
     stage, plan = config.validate_, config.generate
     # A from-scratch model makes every prepared class; a fine-tuned one only the classes it was given.
-    if stage is None or plan is None or plan.balance or stage.extra_synthetic or not config.train:
+    if stage is None or plan is None or stage.extra_synthetic or not config.train:
         return
     data = load_prepared(prepared)
+    made = make_plan(data.classes, None if plan.balance else plan.per_class, prepared if plan.balance else None, None)
+    source = "generate.balance fills the smaller classes only" if plan.balance else "generate.per_class"
     train = data.split("train")
     real = [int((train["label"] == label).sum()) for label in data.classes]
     if stage.real_per_class:
         real = [min(n, stage.real_per_class) for n in real]
     for text in stage.regimes:
         needed = synthetic_counts(parse_regime(text), real, stage.class_mix)
-        short = [(label, n) for label, n in zip(data.classes, needed, strict=True) if n > plan.per_class]
+        short = [(label, n) for label, n in zip(data.classes, needed, strict=True) if n > made[label]]
         if short:
             label, n = short[0]
-            raise DermsynthError(f"validate.regimes: {text} takes {n} synthetic {label!r} images but "
-                                 f"generate.per_class is {plan.per_class}; raise generate.per_class to at least "
+            raise DermsynthError(f"validate.regimes: {text} takes {n} synthetic {label!r} images but {source} "
+                                 f"({made[label]} for {label!r}); set generate.per_class to at least "
                                  f"{max(n for _, n in short)} or drop the regime")
 
 
