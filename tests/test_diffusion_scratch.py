@@ -184,9 +184,9 @@ def test_resume_extends_a_finished_run_and_refuses_changed_settings(prepared, tm
 
 
 def test_real_per_class_trains_on_the_sample_validate_uses(prepared, tmp_path):
-    from dermsynth.data.dataset import load_prepared
+    from dermsynth.data.dataset import load_prepared, subsample_per_class
     from dermsynth.diffusion.train_scratch import load_training_data
-    from dermsynth.evaluate.datasets import real_frame, subsample_per_class
+    from dermsynth.evaluate.datasets import real_frame
 
     dataset = load_prepared(prepared)
     data = load_training_data(dataset, 16, progress=False, per_class=3, subsample_seed=1)

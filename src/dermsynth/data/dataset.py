@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dermsynth.data.schema import CANONICAL_COLUMNS, SPLITS
@@ -51,3 +52,15 @@ def load_prepared(root: str | Path) -> PreparedDataset:
     if missing:
         raise DermsynthError(f"{metadata_path}: missing column(s) {missing}")
     return PreparedDataset(root=root, metadata=metadata, summary=summary)
+
+
+def subsample_per_class(frame: pd.DataFrame, per_class: int, seed: int, classes: list[str]) -> pd.DataFrame:
+    """``per_class`` random training images of every class (the limited-data setting)."""
+    parts = []
+    for target, name in enumerate(classes):
+        rows = frame[frame["target"] == target]
+        if len(rows) < per_class:
+            raise DermsynthError(f"real_per_class={per_class}, but class {name!r} has only {len(rows)} training "
+                                 "images")
+        parts.append(rows.sample(n=per_class, random_state=np.random.RandomState(seed)))
+    return pd.concat(parts).sort_values("image_id").reset_index(drop=True)

@@ -12,8 +12,6 @@ mask, so the skin around it is exactly the real one.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,12 +142,12 @@ class StableDiffusionGenerator:
 
     @classmethod
     def from_folder(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> StableDiffusionGenerator:
-        from dermsynth.diffusion.sd_models import load_pipeline
+        from dermsynth.diffusion.sd_models import load_pipeline, quiet_loading
 
         if info["family"] == "stable-diffusion-lora":
             pipe = load_pipeline(info["base"], config=info.get("base_config"), trust_pickle=info.get("trust_pickle",
                                                                                                        False))
-            with _lora_warnings_off():  # "no LoRA keys for CLIPTextModel": expected for a UNet-only adapter
+            with quiet_loading():
                 pipe.load_lora_weights(str(folder))
         else:
             pipe = load_pipeline(folder)
@@ -209,15 +207,3 @@ def inpaint(pipe: Any, prompts: list[str], seeds: list[int], images: list[np.nda
     original = np.stack(images).astype(np.float32) / 255.0
     keep = ~np.stack(masks)[..., None]
     return np.where(keep, original, out)
-
-
-@contextlib.contextmanager
-def _lora_warnings_off() -> Iterator[None]:
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)

@@ -13,6 +13,7 @@ A base model is one of:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -63,8 +64,6 @@ def base_sha256(base: str | Path) -> str | None:
         return None
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
     listing = "\n".join(f"{f.relative_to(path).as_posix()} {sha256_file(f)}" for f in files)
-    import hashlib
-
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
@@ -132,16 +131,20 @@ def _from_hub(repo_id: str, common: dict[str, Any]):
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """No "Loading pipeline components" / "Loading weights" bars on stderr (errors stay one line)."""
+    """No "Loading pipeline components" / "Loading weights" bars and no diffusers warnings on stderr while loading
+    (e.g. "no LoRA keys for CLIPTextModel", expected for a UNet-only adapter); errors still raise."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     states = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
+    level = diffusers_logging.get_verbosity()
     for module, _ in states:
         module.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
     try:
         yield
     finally:
+        diffusers_logging.set_verbosity(level)
         for module, enabled in states:
             if enabled:
                 module.enable_progress_bar()

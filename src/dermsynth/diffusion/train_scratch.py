@@ -39,7 +39,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.data.images import ImageReadError, load_rgb
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.grid import image_grid
@@ -162,8 +162,6 @@ def load_training_data(dataset: PreparedDataset, size: int, progress: bool = Tru
                        per_class: int | None = None, subsample_seed: int = 0) -> TrainingData:
     """A split (the train split, for training), decoded once and kept in memory as uint8 at ``size``; with
     ``per_class``, the same per-class sample that `validate` draws with that real_per_class and subsample_seed."""
-    from dermsynth.evaluate.datasets import subsample_per_class
-
     frame = dataset.split(split)
     if frame.empty:
         raise DermsynthError(f"{dataset.root}: the {split} split is empty")

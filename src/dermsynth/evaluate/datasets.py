@@ -71,18 +71,6 @@ def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
                     f"{len(shared_images)} image(s) (e.g. {example}); re-run 'dermsynth prepare' to split by patient")
 
 
-def subsample_per_class(frame: pd.DataFrame, per_class: int, seed: int, classes: list[str]) -> pd.DataFrame:
-    """``per_class`` random training images of every class (the limited-data setting)."""
-    parts = []
-    for target, name in enumerate(classes):
-        rows = frame[frame["target"] == target]
-        if len(rows) < per_class:
-            raise DermsynthError(f"real_per_class={per_class}, but class {name!r} has only {len(rows)} training "
-                                 "images")
-        parts.append(rows.sample(n=per_class, random_state=np.random.RandomState(seed)))
-    return pd.concat(parts).sort_values("image_id").reset_index(drop=True)
-
-
 def synthetic_frame(folder: str | Path, classes: list[str]) -> pd.DataFrame:
     """A folder of class sub-folders (``SYN/images/<class>/`` as written by `generate`, or ``SYN/<class>/``)."""
     folder = Path(folder)

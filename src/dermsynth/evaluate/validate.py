@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from dermsynth.config import validate_config
-from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.evaluate.datasets import (
@@ -41,7 +41,6 @@ from dermsynth.evaluate.datasets import (
     check_disjoint,
     check_no_copies,
     real_frame,
-    subsample_per_class,
     synthetic_frame,
 )
 from dermsynth.evaluate.metrics import METRICS, youden_threshold

@@ -264,16 +264,15 @@ def _example(run: RunFolder, row: pd.Series) -> dict[str, Any] | None:
 
 
 def training_section(run: RunFolder) -> Section | None:
-    info, log = run.json("model", "dermsynth_model.json"), run.csv("model", "train_log.csv")
+    info, log = run.json("model", MODEL_JSON), run.csv("model", "train_log.csv")
     if info is None and log is None:
         return None
-    info = info or {}
-    tuned = is_finetuned(run, info)
-    section = {"finetuned": tuned, "unfinished": not run.path("model", "dermsynth_model.json").is_file(),
+    section = {"unfinished": info is None,
                "curve": figure(figures.training_curve(log) if log is not None and len(log) else None,
                                "Training loss per step.", "training loss curve"),
                "prompts": None, "class_images": None, "note": None}
-    section.update(finetune_details(run, info) if tuned else scratch_details(run, info))
+    info = info or {}
+    section.update(finetune_details(run, info) if is_finetuned(run, info) else scratch_details(run, info))
     return section
 
 
