@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -128,7 +129,6 @@ def test_audit_end_to_end_flags_injected_copies(sample_prep, tmp_path, cli):
                                "--config", config, "--quiet")
     assert code == 0, stderr
     report = json.loads((tmp_path / "a" / "audit.json").read_text())
-    import pandas as pd
 
     nearest = pd.read_csv(tmp_path / "a" / "nearest.csv")
     nearest["name"] = nearest["path"].map(lambda p: p.rsplit("/", 1)[-1].removesuffix(".png"))
@@ -143,6 +143,26 @@ def test_audit_end_to_end_flags_injected_copies(sample_prep, tmp_path, cli):
     assert set(report["fidelity"]["per_class"]) == {"benign", "malignant"}
     assert (tmp_path / "a" / "top_pairs.png").is_file() and (tmp_path / "a" / "similarity.png").is_file()
     assert "FID" in stdout
+    for name in ("benign", "malignant"):
+        assert 0 <= report["c2st"]["per_class"][name]["synthetic_vs_real"]["auroc"] <= 1
+        assert report["domain_gap"]["per_class"][name]["summary"].startswith(f"synthetic {name}")
+
+
+def test_audit_says_how_a_darkened_folder_differs(sample_prep, tmp_path):
+    """A "synthetic" folder of darkened held-out real images: C2ST tells them apart, L* ranks first."""
+    synthetic = tmp_path / "syn" / "images"
+    for row in pd.concat([sample_prep.split("val"), sample_prep.split("test")]).itertuples():
+        (synthetic / row.label).mkdir(parents=True, exist_ok=True)
+        image = load_rgb(sample_prep.root / row.path).astype(np.float32) * 0.7
+        Image.fromarray(image.astype(np.uint8)).save(synthetic / row.label / f"{row.image_id}.png")
+    report = audit(sample_prep.root, tmp_path / "syn", tmp_path / "a", AuditConfig(
+        classifier_epochs=1, positive_controls=0, kid_subsets=2, c2st_epochs=6), progress=False)
+    benign = report["domain_gap"]["per_class"]["benign"]
+    assert benign["rows"][0]["statistic"].endswith("L_mean")
+    assert "L*" in benign["summary"]
+    assert report["c2st"]["per_class"]["benign"]["synthetic_vs_real"]["auroc"] >= 0.9
+    reference = report["c2st"]["per_class"]["benign"]["real_held_out_vs_real"]
+    assert reference["ci_low"] <= 0.5 + 0.1 and reference["auroc"] < 0.75
 
 
 def test_audit_partial_inputs_are_marked_not_fatal(sample_prep, tmp_path):

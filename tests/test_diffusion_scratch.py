@@ -211,6 +211,47 @@ def test_min_snr_weighting_trains(prepared, tmp_path):
     assert np.isfinite(result.info["final_loss"])
 
 
+EDM_BALANCED = TINY | {"noise": {"parameterization": "edm"}, "class_balanced": True, "max_steps": 8}
+
+
+def test_edm_model_trains_resumes_exactly_and_samples_with_edm_schedulers(prepared, tmp_path):
+    straight = tmp_path / "straight"
+    train(prepared, straight, config=EDM_BALANCED, progress=False)
+    config = json.loads((straight / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "EDMDPMSolverMultistepScheduler" and config["sigma_data"] == 0.5
+
+    def crash_at_step_6(step: int, loss: float) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(prepared, resumed, config=EDM_BALANCED, progress=False, callback=crash_at_step_6)
+    train(prepared, resumed, config=EDM_BALANCED, resume=True, progress=False)
+    from safetensors.torch import load_file
+
+    a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    generator = load_generator(straight)
+    for scheduler in ("dpm++", "euler"):
+        images = generator(["malignant", "benign"], [1, 2], steps=3, scheduler=scheduler, guidance_scale=2.0)
+        assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+    with pytest.raises(DermsynthError, match="does not sample EDM models"):
+        generator(["benign"], [1], steps=3, scheduler="ddim", guidance_scale=2.0)
+
+
+def test_class_balanced_batches_draw_every_class_equally(prepared):
+    from dermsynth.data.dataset import load_prepared
+    from dermsynth.diffusion.train_scratch import Trainer, load_training_data
+
+    data = load_training_data(load_prepared(prepared), 16, progress=False)  # 10 benign, 6 malignant
+    trainer = Trainer(resolve_train_config("cpu-fast", TINY | {"class_balanced": True}), data, Path("/nonexistent"))
+    labels = torch.cat([trainer._next_batch()[1] for _ in range(60)])  # 480 draws
+    assert abs(float(labels.float().mean()) - 0.5) < 0.07  # plain shuffling would give 6/16 = 0.375
+
+
 # --------------------------------------------------------------------------- the command line
 
 

@@ -174,6 +174,16 @@ def write_audit(run: Path) -> None:
                          "nearest_similarity_median": {"synthetic_pixel": 0.5, "held_out_real_pixel": 0.45}},
         "diversity": {label: {"synthetic_mean_pairwise_cosine": 0.8, "real_train_mean_pairwise_cosine": 0.6}
                       for label in CLASSES},
+        "c2st": {"method": "small CNN, 5-fold", "image_size": 32, "per_class": {
+            "benign": {"synthetic_vs_real": {"auroc": 0.912, "ci_low": 0.88, "ci_high": 0.94, "n_per_set": 8},
+                       "real_held_out_vs_real": {"auroc": 0.517, "ci_low": 0.41, "ci_high": 0.62, "n_per_set": 8}},
+            "malignant": {"synthetic_vs_real": {"auroc": float("nan"), "ci_low": float("nan"),
+                                                "ci_high": float("nan"), "n_per_set": 1},
+                          "real_held_out_vs_real": {"auroc": float("nan"), "n_per_set": 1}}}},
+        "domain_gap": {"method": "Cohen's d and KS", "image_size": 32, "per_class": {
+            "benign": {"summary": "synthetic benign: sharpness 0.40× real", "material": ["sharpness"],
+                       "rows": [{"statistic": "sharpness", "real_mean": 0.5, "synthetic_mean": 0.2,
+                                 "std_diff": -1.9, "ks": 0.7}]}}},
         "partial": True, "notes": ["class 'malignant' has no images in the real train set"],
         "settings": {"seed": 0}, "real": "prepared", "synthetic": "synthetic", "seconds": 1.0})
 
@@ -298,6 +308,9 @@ def test_full_report_sections(full_run):
     assert "hair removed" in html or "processed" in html
     assert "FID ↓" in html and "real test vs real train (reference)" in html and "8 vs 8" in html
     assert "<strong>1 of 16</strong>" in html and "92 %" in html  # flagged, positive-control detection
+    assert "0.912 [0.880, 0.940] (n = 8 per set)" in html and "0.517" in html  # C2ST beside its real reference
+    assert "n/a (too few images)" in html
+    assert "synthetic benign: sharpness 0.40× real" in html and "-1.90" in html  # domain gap, in words
     assert "CC BY-NC 4.0" in html and "isic2020" in html
     assert "ab" * 32 in html and "synthetic images made by this run&#39;s model" in html
     assert "tiny study" in html
@@ -312,6 +325,8 @@ def test_summary_markdown_has_the_table_and_verdict(full_run):
     assert "**Verdict.** hybrid:0.5 − real, accuracy" in text and "**Verdict.** hybrid:0.5 − real, AUROC" in text
     assert "| hybrid:0.5 − real | accuracy |" in text
     assert "CC BY-NC 4.0" in text
+    assert "C2ST AUROC" in text and "| benign | 0.912 [0.880, 0.940]" in text
+    assert "- synthetic benign: sharpness 0.40× real" in text
 
 
 def test_prepared_only_says_what_was_not_run(tmp_path, cli):

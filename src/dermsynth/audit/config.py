@@ -24,5 +24,19 @@ class AuditConfig(StrictModel):
     classifier_epochs: int = Field(8, ge=1, le=200, description="Epochs of the default feature CNN.")
     positive_controls: int = Field(
         50, ge=0, le=1000, description="Training images copied with light transforms to check the detector each run.")
+    c2st: bool = Field(
+        True, description="Classifier two-sample test per class: can a small CNN tell synthetic from real training "
+        "images (AUROC, 0.5 = indistinguishable), beside real held-out vs real training images.")
+    c2st_folds: int = Field(5, ge=2, le=20, description="C2ST cross-validation folds.")
+    c2st_epochs: int = Field(10, ge=1, le=200, description="C2ST classifier epochs per fold.")
+    c2st_max_per_set: int | None = Field(
+        1000, ge=2, description="C2ST: at most this many images per set and class (balanced, seeded sample).")
+    domain_gap: bool = Field(
+        True, description="Interpretable image statistics (lesion area, colour, sharpness, ...) per class, "
+        "real vs synthetic, ranked by standardised difference.")
+    compare_size: int | None = Field(
+        None, ge=16, le=1024, description="Side at which C2ST and domain-gap statistics compare images; null = "
+        "the smaller of image_size and the synthetic images' own size, so a low-resolution generator is judged "
+        "on its content, not on the blur of upsampling (its FID is still computed at image_size).")
     seed: int = Field(0, description="Seed of subsampling, KID subsets, the feature CNN and the controls.")
     device: str = Field("auto", description="auto, cpu, cuda, mps.")

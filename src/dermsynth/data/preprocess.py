@@ -92,15 +92,32 @@ def remove_hair(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
     if min(h, w) < 8 or strength <= 0:
         return rgb.copy()
     rgb = np.ascontiguousarray(rgb)
-    k = _odd(0.035 * min(h, w))
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    blackhat = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, _ellipse(k))
-    mask = _hair_shaped((blackhat > HAIR_THRESHOLD / strength).astype(np.uint8), k)
+    k = _hair_kernel(h, w)
+    mask = hair_mask(rgb, strength).astype(np.uint8)
     if not mask.any():
         return rgb.copy()
     # Grow the mask by a pixel: hair edges are blended with skin and would leave dark fringes.
     mask = cv2.dilate(mask, _ellipse(3))
     return cv2.inpaint(rgb, mask, max(1, k // 4), cv2.INPAINT_TELEA)
+
+
+def hair_mask(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """Boolean mask of the pixels :func:`remove_hair` detects as hair (before it grows the mask for inpainting).
+
+    Public so that the amount of hair can be measured as a statistic with exactly the removal's detector.
+    """
+    h, w = rgb.shape[:2]
+    if min(h, w) < 8 or strength <= 0:
+        return np.zeros((h, w), bool)
+    k = _hair_kernel(h, w)
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    blackhat = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, _ellipse(k))
+    return _hair_shaped((blackhat > HAIR_THRESHOLD / strength).astype(np.uint8), k).astype(bool)
+
+
+def _hair_kernel(h: int, w: int) -> int:
+    """Black-hat kernel side: ~3.5% of the short side, wider than a hair, narrower than a lesion."""
+    return _odd(0.035 * min(h, w))
 
 
 def _hair_shaped(mask: np.ndarray, k: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from dermsynth.config import StrictModel, read_yaml, validate_config
 from dermsynth.errors import DermsynthError
 
 if TYPE_CHECKING:
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
 PresetName = Literal["cpu-fast", "gpu"]
 
@@ -48,6 +48,15 @@ class UNetConfig(StrictModel):
 
 
 class NoiseConfig(StrictModel):
+    parameterization: Literal["ddpm", "edm"] = Field(
+        "ddpm", description="ddpm: a discrete noise schedule (beta_schedule, prediction_type); edm: Karras et al. "
+        "2022 preconditioning with log-normal noise levels (sigma_data, p_mean, p_std), sampled with diffusers' "
+        "EDM schedulers.")
+    sigma_data: float = Field(0.5, gt=0, description="edm: standard deviation of the data (images in [-1, 1]).")
+    p_mean: float = Field(-1.2, description="edm: mean of log(sigma) during training.")
+    p_std: float = Field(1.2, gt=0, description="edm: standard deviation of log(sigma) during training.")
+    sigma_min: float = Field(0.002, gt=0, description="edm: smallest noise level when sampling.")
+    sigma_max: float = Field(80.0, gt=0, description="edm: largest noise level when sampling.")
     num_train_timesteps: int = Field(1000, ge=10, description="Diffusion steps of the training noise schedule.")
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = Field(
         "squaredcos_cap_v2", description="Noise schedule; the cosine schedule keeps colour at low resolution."
@@ -76,6 +85,9 @@ class TrainConfig(StrictModel):
     )
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="Highest EMA decay, reached after the warmup.")
     ema_power: float = Field(0.75, gt=0, description="EMA warmup power: decay = 1 - (1 + step) ** -power.")
+    class_balanced: bool = Field(
+        False, description="Draw every class equally often in each batch (with replacement), so a minority class "
+        "is trained as much as the majority; off = plain shuffled epochs.")
     flips: bool = Field(True, description="Random horizontal/vertical flips (dermoscopy has no canonical orientation).")
     transpose: bool = Field(True, description="Random transposition; with flips this covers all 8 square symmetries.")
     mixed_precision: Literal["auto", "bf16", "no"] = Field(
@@ -180,9 +192,15 @@ def build_unet(config: UNetConfig, num_classes: int) -> UNet2DModel:
     )
 
 
-def build_noise_scheduler(config: NoiseConfig) -> DDPMScheduler:
-    from diffusers import DDPMScheduler
+def build_noise_scheduler(config: NoiseConfig) -> Any:
+    """The training noise schedule, saved as the model's ``scheduler/`` (diffusers reads it back)."""
+    from diffusers import DDPMScheduler, EDMDPMSolverMultistepScheduler
 
+    if config.parameterization == "edm":
+        return EDMDPMSolverMultistepScheduler(
+            sigma_min=config.sigma_min, sigma_max=config.sigma_max, sigma_data=config.sigma_data,
+            num_train_timesteps=config.num_train_timesteps, prediction_type="epsilon",
+        )
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,

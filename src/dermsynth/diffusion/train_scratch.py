@@ -222,14 +222,16 @@ def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, trans
 
 def diffusion_loss(
     unet: UNet2DModel,
-    noise_scheduler: DDPMScheduler,
+    noise_scheduler: Any,
     clean: torch.Tensor,
     labels: torch.Tensor,
     generator: torch.Generator,
     cfg: TrainConfig,
     bf16: bool,
 ) -> torch.Tensor:
-    """Noise ``clean`` at random timesteps and regress the configured target (optionally Min-SNR weighted)."""
+    """Noise ``clean`` at random noise levels and regress the configured target (optionally Min-SNR weighted)."""
+    if cfg.noise.parameterization == "edm":
+        return edm_loss(unet, clean, labels, generator, cfg, bf16)
     batch = clean.shape[0]
     noise = torch.randn(clean.shape, generator=generator, device=clean.device)
     timesteps = torch.randint(0, cfg.noise.num_train_timesteps, (batch,), generator=generator, device=clean.device)
@@ -237,13 +239,39 @@ def diffusion_loss(
     target = {"epsilon": noise, "sample": clean}.get(cfg.noise.prediction_type)
     if target is None:
         target = noise_scheduler.get_velocity(clean, noise, timesteps)
-    autocast = torch.autocast(clean.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast:
+    with _autocast(clean.device, bf16):
         prediction = unet(noisy, timesteps, class_labels=labels).sample
     per_image = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma is not None:
         per_image = per_image * min_snr_weight(noise_scheduler, timesteps, cfg.min_snr_gamma, cfg.noise.prediction_type)
     return per_image.mean()
+
+
+def edm_loss(unet: UNet2DModel, clean: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+             cfg: TrainConfig, bf16: bool) -> torch.Tensor:
+    """EDM (Karras et al. 2022): log-normal sigma, preconditioned network F, D = c_skip x + c_out F.
+
+    The EDM loss weight lambda(sigma) = 1 / c_out^2 turns ||D - x||^2 into ||F - (x - c_skip x_noisy) / c_out||^2,
+    a unit-weight regression whose target has unit variance at every noise level. The network sees
+    c_in x_noisy and the timestep c_noise = log(sigma) / 4, as diffusers' EDM schedulers feed it when sampling.
+    """
+    noise_cfg = cfg.noise
+    shape = (clean.shape[0], 1, 1, 1)
+    log_sigma = noise_cfg.p_mean + noise_cfg.p_std * torch.randn(shape, generator=generator, device=clean.device)
+    sigma = log_sigma.exp()
+    noisy = clean + sigma * torch.randn(clean.shape, generator=generator, device=clean.device)
+    sd2 = noise_cfg.sigma_data ** 2
+    c_skip = sd2 / (sigma**2 + sd2)
+    c_out = sigma * noise_cfg.sigma_data / (sigma**2 + sd2).sqrt()
+    c_in = 1 / (sigma**2 + sd2).sqrt()
+    target = (clean - c_skip * noisy) / c_out
+    with _autocast(clean.device, bf16):
+        prediction = unet(c_in * noisy, (log_sigma / 4).flatten(), class_labels=labels).sample
+    return F.mse_loss(prediction.float(), target)
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, prediction: str):
@@ -287,6 +315,8 @@ class Trainer:
         self.images = data.images.to(self.device)
         self.targets = data.targets.to(self.device)
         self.order = torch.randperm(len(self.images), generator=self.generator, device=self.device)
+        counts = torch.bincount(self.targets, minlength=len(data.classes)).float()
+        self.balance_weights = (1.0 / counts.clamp(min=1))[self.targets]  # every class drawn equally often
         self.cursor = 0
         self.step = 0
         self.seconds_before = 0.0
@@ -342,6 +372,9 @@ class Trainer:
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         size = min(self.cfg.batch_size, len(self.images))
+        if self.cfg.class_balanced:
+            index = torch.multinomial(self.balance_weights, size, replacement=True, generator=self.generator)
+            return self.images[index], self.targets[index]
         if self.cursor + size > len(self.order):
             self.order = torch.randperm(len(self.images), generator=self.generator, device=self.device)
             self.cursor = 0

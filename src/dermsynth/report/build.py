@@ -585,6 +585,7 @@ def audit_section(run: RunFolder) -> Section | None:
                            [(k, fmt(v.get("synthetic_mean_pairwise_cosine")), fmt(v.get("real_train_mean_pairwise_"
                                                                                          "cosine")))
                             for k, v in (report.get("diversity") or {}).items()]),
+        **_differences(report),
         "memorization": _memorization(run, memo, report.get("counts", {}).get("synthetic")),
         "notes": report.get("notes", []),
         "partial": report.get("partial", False),
@@ -594,6 +595,34 @@ def audit_section(run: RunFolder) -> Section | None:
         "histogram": figure(figures.embed_png_file(run.path("audit", "similarity.png")),
                             "Similarity to the nearest training image: synthetic vs held-out real images.",
                             "similarity histograms"),
+    }
+
+
+def _differences(report: dict[str, Any]) -> dict[str, Any]:
+    """C2ST per class beside its real-vs-real reference, and the ranked domain-gap statistics in words."""
+    c2st, gap = report.get("c2st") or {}, report.get("domain_gap") or {}
+
+    def auroc(result: dict[str, Any] | None) -> str:
+        if not result or not finite(result.get("auroc")):
+            return "n/a (too few images)"
+        return f"{result['auroc']:.3f} [{fmt(result.get('ci_low'))}, {fmt(result.get('ci_high'))}] (n = " \
+               f"{result.get('n_per_set')} per set)"
+
+    c2st_rows = [(name, auroc(entry.get("synthetic_vs_real")), auroc(entry.get("real_held_out_vs_real")))
+                 for name, entry in (c2st.get("per_class") or {}).items()]
+    gap_tables = []
+    for name, entry in (gap.get("per_class") or {}).items():
+        rows = [(r["statistic"], fmt(r.get("real_mean")), fmt(r.get("synthetic_mean")), fmt(r.get("std_diff"), 2),
+                 fmt(r.get("ks"), 2), "yes" if r["statistic"] in entry.get("material", []) else "")
+                for r in entry.get("rows", [])[:8]]
+        gap_tables.append({"name": name, "summary": entry.get("summary", ""),
+                           "table": table(["statistic", "real", "synthetic", "std. difference", "KS", "material"],
+                                          rows)})
+    return {
+        "c2st": table(["class", "C2ST AUROC synthetic vs real train", "real held-out vs real train (reference)"],
+                      c2st_rows) if c2st_rows else None,
+        "c2st_method": c2st.get("method", ""), "compare_size": c2st.get("image_size") or gap.get("image_size"),
+        "domain_gap": gap_tables, "domain_gap_method": gap.get("method", ""),
     }
 
 

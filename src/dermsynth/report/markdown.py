@@ -55,6 +55,10 @@ def _audit(section: dict[str, Any] | None) -> list[str]:
     memo = section["memorization"]
     return ["## Fidelity and memorization", "",
             f"Feature space: {section['feature_space'].get('name', 'n/a')}.", "", *md_table(section["fidelity"]),
+            *(["Real-vs-synthetic classifier test (C2ST AUROC, 0.5 = indistinguishable):", "",
+               *md_table(section["c2st"])] if section.get("c2st") else []),
+            *[f"- {g['summary']}" for g in section.get("domain_gap", [])],
+            *([""] if section.get("domain_gap") else []),
             f"Memorization: {memo['flagged']} of {memo['total']} synthetic images flagged as near-copies of a "
             f"training image ({memo['rate']}); held-out real images: {memo['held_out_rate']}; positive controls "
             f"detected: {memo['detection']}.", ""]
