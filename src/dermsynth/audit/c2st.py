@@ -8,6 +8,14 @@ separable) with a stratified bootstrap percentile interval. No pretrained weight
 Inputs are scaled with fixed constants (x / 127.5 - 1), never with per-set statistics, and the only augmentation
 is the 8 symmetries of the square (flips, quarter turns), drawn identically for both sets: colour, sharpness and
 texture differences, which the test exists to detect, are left intact.
+
+The classifier is a purpose-built 4-block CNN (98 k parameters), not the validation stage's ``cnn`` preset
+(ResNet, 1.2 M): on 2 x 278 real sample images at 32 px (5 folds, 10 epochs, one CPU thread) it took 5.5 s
+(bf16) / 7.8 s (fp32) against 13-15 s for the preset, and it is more sensitive, because its first convolution
+works at full resolution where the preset's 7x7 stride-2 stem and max-pool discard fine detail: Gaussian blur
+sigma 0.6 gave AUROC 0.94 against 0.68-0.70, red x 0.95 gave 0.62 against 0.56-0.57, with equal results on strong
+shifts (blur sigma 1.5: 1.00, red x 0.8: 0.96) and on random halves of one real set (0.48-0.53). The
+convolutions run under bf16 autocast where the CPU/GPU supports it natively (~1.4x faster on CPU, same AUROCs).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from dermsynth.evaluate.transforms import augment
 LR = 2e-3
 WEIGHT_DECAY = 0.05
 WIDTHS = (16, 32, 64, 128)
+MIN_SIDE = 8  # three 2x2 poolings
 
 
 @dataclass
@@ -47,7 +56,7 @@ class C2STResult:
         return out
 
 
-def _small_cnn(channels: int) -> nn.Module:
+def _small_cnn(channels: int) -> nn.Sequential:
     """Four 3x3 conv blocks (BatchNorm, ReLU, 2x2 max-pool after the first three), global average pool, one logit.
 
     The first convolution sees full-resolution pixels, so blur and fine texture remain visible to it.
@@ -63,41 +72,21 @@ def _small_cnn(channels: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-class _Preset(nn.Module):
-    """The validation stage's ``cnn`` preset with a single output."""
-
-    def __init__(self, image_size: int):
-        super().__init__()
-        from dermsynth.evaluate.classifiers import build_classifier
-
-        self.net = build_classifier("cnn", ["a"], image_size=image_size).model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values=x).logits
-
-
-_ARCH = "small"
-_BF16: bool | None = None
-
-
 def _bf16(device: str) -> bool:
     """bf16 autocast where the hardware runs it natively (the rule of ``dermsynth.diffusion.sampling.use_bf16``,
     restated here so that this module does not import the diffusion stack)."""
-    if _BF16 is not None:
-        return _BF16
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.cuda.is_bf16_supported()
     return kind == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
 
 
-def _logits(model: nn.Module, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+def _logits(model: nn.Sequential, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The convolutions under bf16 autocast when ``bf16``; the linear head always in fp32 (no bf16-rounded scores,
+    which would create ties in the AUROC)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        return model(x).squeeze(1).float()
-
-
-def _build(channels: int, image_size: int) -> nn.Module:
-    return _small_cnn(channels) if _ARCH == "small" else _Preset(image_size)
+        features = model[:-1](x)
+    return model[-1](features.float()).squeeze(1)
 
 
 def _scale(x: torch.Tensor) -> torch.Tensor:
@@ -111,11 +100,11 @@ def _as_input(images: np.ndarray, device: str) -> torch.Tensor:
 
 
 def _train(images: np.ndarray, labels: np.ndarray, epochs: int, batch_size: int, seed: int, device: str
-           ) -> nn.Module:
+           ) -> nn.Sequential:
     """A fresh CNN fitted to predict ``labels`` (0 = A, 1 = B); AdamW with linear warmup and decay."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _build(images.shape[3], images.shape[1]).to(device)
+        model = _small_cnn(images.shape[3]).to(device)
     generator = torch.Generator().manual_seed(seed)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
@@ -143,7 +132,7 @@ def _train(images: np.ndarray, labels: np.ndarray, epochs: int, batch_size: int,
     return model.eval()
 
 
-def _score(model: nn.Module, images: np.ndarray, batch_size: int, device: str) -> np.ndarray:
+def _score(model: nn.Sequential, images: np.ndarray, batch_size: int, device: str) -> np.ndarray:
     out, bf16 = [], _bf16(device)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -182,6 +171,8 @@ def _check(a: np.ndarray, b: np.ndarray, folds: int) -> None:
             raise ValueError(f"c2st: {name} must be uint8 NHWC images, got {x.dtype} of shape {x.shape}")
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(f"c2st: image shapes differ: {a.shape[1:]} vs {b.shape[1:]}")
+    if min(a.shape[1:3]) < MIN_SIDE:
+        raise ValueError(f"c2st: images must be at least {MIN_SIDE} px on each side, got {a.shape[1:3]}")
     if folds < 2:
         raise ValueError(f"c2st: folds must be at least 2, got {folds}")
 
@@ -195,10 +186,13 @@ def c2st(a: np.ndarray, b: np.ndarray, *, folds: int = 5, epochs: int = 10, max_
     cross-validation (shuffled, seeded) trains a fresh small CNN per fold for ``epochs`` epochs and scores the
     held-out fold. ``auroc`` is the AUROC of the pooled out-of-fold scores (label 1 = set ``b``), with a
     stratified bootstrap percentile interval at ``confidence``. When n < ``folds`` (each held-out fold needs at
-    least one image of each set) the AUROC and its interval are NaN and no model is trained. Results are
-    reproducible for a fixed seed on the CPU.
+    least one image of each set) the AUROC and its interval are NaN and no model is trained, so that callers
+    can report "too few images". ``seed`` fixes the subsample, the folds, every model's initialisation,
+    batch order and augmentation, and the bootstrap: results are identical for a fixed seed on a given CPU.
+    ``n_boot`` = 0 skips the bootstrap (NaN interval).
     """
     _check(a, b, folds)
+    seed %= 2**32  # numpy and scikit-learn take seeds in [0, 2**32); the audit's seed may be any int
     n = min(len(a), len(b), max_per_set if max_per_set is not None else math.inf)
     if n < folds:
         return C2STResult(math.nan, math.nan, math.nan, [], int(n), folds)
@@ -210,7 +204,8 @@ def c2st(a: np.ndarray, b: np.ndarray, *, folds: int = 5, epochs: int = 10, max_
     fold_aurocs = []
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (train, test) in enumerate(split.split(images, labels)):
-        model = _train(images[train], labels[train], epochs, batch_size, seed * 1000 + fold, device)
+        fold_seed = int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+        model = _train(images[train], labels[train], epochs, batch_size, fold_seed, device)
         scores[test] = _score(model, images[test], batch_size * 4, device)
         fold_aurocs.append(float(roc_auc_score(labels[test], scores[test])))
     low, high = _bootstrap_ci(scores, labels, n_boot, confidence, seed)
