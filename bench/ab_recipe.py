@@ -19,6 +19,7 @@ import json
 import math
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ import yaml
 
 from dermsynth.audit.config import AuditConfig
 from dermsynth.audit.run import audit
+from dermsynth.config import PrepareConfig
 from dermsynth.data.dataset import load_prepared
+from dermsynth.data.prepare import prepare
 from dermsynth.diffusion.generate import generate
 from dermsynth.diffusion.scratch import resolve_train_config
 from dermsynth.diffusion.train_scratch import Trainer, load_training_data, train
@@ -99,8 +102,8 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepared", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--prepared", type=Path, help="a prepared dataset (--smoke: the embedded sample)")
+    parser.add_argument("--out", type=Path, help="results folder (--smoke: a temporary folder)")
     parser.add_argument("--variants", type=Path, default=Path(__file__).with_name("recipes.yaml"))
     parser.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     parser.add_argument("--budget-seconds", type=float, default=330.0, help="training wall-clock per variant")
@@ -117,6 +120,12 @@ def main() -> None:
     if args.smoke:
         args.per_class, args.audit_epochs, args.budget_seconds = 8, 1, 2.0
         variants = {name: _tiny(v) for name, v in list(variants.items())[:2]}
+        args.out = args.out or Path(tempfile.mkdtemp(prefix="ab-recipe-"))
+        if args.prepared is None:
+            args.prepared = args.out / "prep"
+            prepare(PrepareConfig(dataset="sample", preprocess={"image_size": 32}), args.prepared, progress=False)
+    elif args.prepared is None or args.out is None:
+        parser.error("--prepared and --out are required (except with --smoke)")
     args.out.mkdir(parents=True, exist_ok=True)
     rates_path = args.out / "rates.json"
     rates = json.loads(rates_path.read_text()) if rates_path.is_file() else {}

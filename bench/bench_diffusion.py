@@ -54,7 +54,7 @@ def make_trainer(cfg, images: int = 512) -> Trainer:
     data = TrainingData(
         images=torch.randint(0, 256, (images, 3, size, size), dtype=torch.uint8, generator=generator),
         targets=torch.randint(0, 2, (images,), generator=generator),
-        classes=["benign", "malignant"], summary={"sha256": "bench"},
+        classes=["benign", "malignant"], summary={"sha256": "bench"}, image_ids=[str(i) for i in range(images)],
     )
     return Trainer(cfg, data, Path("/nonexistent"))
 
@@ -99,8 +99,8 @@ def unet_train_flops(cfg) -> int:
     return counter.get_total_flops()
 
 
-def bench_training(rounds: int, steps: int) -> dict:
-    cfg = resolve_train_config("cpu-fast")
+def bench_training(rounds: int, steps: int, overrides: dict | None = None) -> dict:
+    cfg = resolve_train_config("cpu-fast", overrides or None)
     ours = make_trainer(cfg)
     plain = PlainLoop(cfg, ours.images, ours.targets)
     threads = torch.get_num_threads()
@@ -169,7 +169,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="images per sampling run")
     parser.add_argument("--threads", type=int, help="fix torch's thread count (default: torch's choice)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--recipe", help="a variant of bench/recipes.yaml instead of the cpu-fast preset")
+    parser.add_argument("--smoke", action="store_true", help="one tiny round: checks that the script runs")
     args = parser.parse_args()
+    overrides = {}
+    if args.recipe:
+        import yaml
+
+        overrides = yaml.safe_load(Path(__file__).with_name("recipes.yaml").read_text())[args.recipe]
+    if args.smoke:
+        args.rounds, args.steps = 1, 1
+        overrides = overrides | {"model": {"block_out_channels": [16, 32], "attention_levels": [1],
+                                           "attention_head_dim": 16, "layers_per_block": 1}, "batch_size": 4}
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -177,7 +188,8 @@ def main() -> None:
               "load_average_before": os.getloadavg()}
     report["matmul_gflops"] = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     print("matmul peak GFLOP/s:", {k: round(v) for k, v in report["matmul_gflops"].items()}, flush=True)
-    training = bench_training(args.rounds, args.steps)
+    training = bench_training(args.rounds, args.steps, overrides)
+    training["recipe"] = args.recipe or "cpu-fast preset"
     peak = report["matmul_gflops"]
     training["fraction_of_peak"] = {
         "ours": training["achieved_gflops"]["ours"] / peak["bf16" if training["ours_bf16"] else "fp32"],
