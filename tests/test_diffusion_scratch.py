@@ -248,6 +248,15 @@ def test_edm_model_trains_resumes_exactly_and_samples_with_edm_schedulers(prepar
         generator(["benign"], [1], steps=3, scheduler="ddim", guidance_scale=2.0)
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ({"min_snr_gamma": 5.0}, "min_snr_gamma weights a discrete schedule"),
+    ({"sample_scheduler": "ddim"}, "sample_scheduler 'ddim' does not sample EDM models"),
+])
+def test_edm_settings_that_do_not_apply_are_refused_up_front(override, message):
+    with pytest.raises(DermsynthError, match=message):
+        resolve_train_config("cpu-fast", EDM_BALANCED | override)
+
+
 def test_class_balanced_batches_draw_every_class_equally(prepared):
     from dermsynth.data.dataset import load_prepared
     from dermsynth.diffusion.train_scratch import Trainer, load_training_data

@@ -31,6 +31,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from dermsynth.evaluate.transforms import augment
+from dermsynth.utils import native_bf16
 
 LR = 2e-3
 WEIGHT_DECAY = 0.05
@@ -72,15 +73,6 @@ def _small_cnn(channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _bf16(device: str) -> bool:
-    """bf16 autocast where the hardware runs it natively (the rule of ``dermsynth.diffusion.sampling.use_bf16``,
-    restated here so that this module does not import the diffusion stack)."""
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return kind == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-
-
 def _logits(model: nn.Sequential, x: torch.Tensor, bf16: bool) -> torch.Tensor:
     """The convolutions under bf16 autocast when ``bf16``; the linear head always in fp32 (no bf16-rounded scores,
     which would create ties in the AUROC)."""
@@ -115,7 +107,7 @@ def _train(images: np.ndarray, labels: np.ndarray, epochs: int, batch_size: int,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
     targets = torch.from_numpy(labels.astype(np.float32)).to(device)
-    bf16 = _bf16(device)
+    bf16 = native_bf16(device)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
@@ -133,7 +125,7 @@ def _train(images: np.ndarray, labels: np.ndarray, epochs: int, batch_size: int,
 
 
 def _score(model: nn.Sequential, images: np.ndarray, batch_size: int, device: str) -> np.ndarray:
-    out, bf16 = [], _bf16(device)
+    out, bf16 = [], native_bf16(device)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             out.append(_logits(model, _as_input(images[start:start + batch_size], device), bf16).cpu())

@@ -93,12 +93,11 @@ class PixelDiffusionPipeline:
 
 
 def use_bf16(mixed_precision: str, device: torch.device) -> bool:
+    from dermsynth.utils import native_bf16
+
     if mixed_precision != "auto":
         return mixed_precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # CPUs with native bf16 (AVX512-BF16/AMX) run bf16 autocast ~1.5x faster; others would be slower.
-    return device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return device.type in ("cuda", "cpu") and native_bf16(str(device))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -121,6 +121,19 @@ class TrainConfig(StrictModel):
         "(on a busy machine one thread can be 10x faster). Fix it for bitwise-reproducible runs.",
     )
 
+    @model_validator(mode="after")
+    def _fits_the_parameterization(self) -> TrainConfig:
+        if self.noise.parameterization != "edm":
+            return self
+        from dermsynth.diffusion.schedulers import EDM_SCHEDULERS
+
+        if self.min_snr_gamma is not None:
+            raise ValueError("min_snr_gamma weights a discrete schedule; EDM has its own loss weighting (set null)")
+        if self.sample_scheduler not in EDM_SCHEDULERS:
+            raise ValueError(f"sample_scheduler {self.sample_scheduler!r} does not sample EDM models; choose one of "
+                             f"{', '.join(EDM_SCHEDULERS)}")
+        return self
+
 
 # Fields that may change between a run and its resumption: budgets and reporting, not what is learned.
 RESUMABLE_FIELDS = {
