@@ -59,6 +59,8 @@ def prepare(
                                                 help="Crop around the segmented lesion (default: on).")] = None,
     color_constancy: Annotated[bool | None, typer.Option("--color-constancy/--no-color-constancy",
                                                          help="Shades-of-grey colour balance (default: off).")] = None,
+    min_source_side: Annotated[int | None, typer.Option(
+        help="Skip source images whose short side is below this (default: 32 px).")] = None,
     val: Annotated[float | None, typer.Option(help="Validation fraction (default: 0.15).")] = None,
     test: Annotated[float | None, typer.Option(help="Test fraction (default: 0.15).")] = None,
     seed: Annotated[int | None, typer.Option(help="Split seed (default: 0).")] = None,
@@ -74,7 +76,8 @@ def prepare(
     for key, value in {
         "dataset": dataset, "root": root, "csv": csv, "label_scheme": label_scheme, "max_images": max_images,
         "workers": workers, "preprocess.image_size": image_size, "preprocess.hair_removal": hair_removal,
-        "preprocess.center": center, "preprocess.color_constancy": color_constancy, "split.val": val,
+        "preprocess.center": center, "preprocess.color_constancy": color_constancy,
+        "preprocess.min_source_side": min_source_side, "split.val": val,
         "split.test": test, "split.seed": seed,
     }.items():
         _set(overrides, key, value)

@@ -44,6 +44,9 @@ class PreprocessConfig(StrictModel):
         2.0, ge=1.0, le=8.0,
         description="Large JPEGs are decoded at reduced size, keeping the short side >= draft_factor * image_size.",
     )
+    min_source_side: int = Field(
+        32, ge=1, description="Source images whose short side is below this many pixels are skipped (counted as "
+        "'too small'): a thumbnail or an icon is not a lesion image.")
     image_format: Literal["png", "jpg"] = Field("png", description="Format of the processed images (png is lossless).")
     segmentation_channel: Literal["blue", "grey", "lab_l", "lab_lb", "pca"] = Field(
         "blue",

@@ -122,8 +122,16 @@ class StageOutcome:
     folder: Path
 
 
+STAGE_KEYS = ("prepare", "train", "finetune", "generate", "audit", "validate")
+
+
 def load_run_config(path: str | Path) -> RunConfig:
-    return validate_config(RunConfig, read_yaml(path), source=str(path))
+    """A run config; one that names no stage is refused (running the defaults would not be what was asked)."""
+    raw = read_yaml(path)
+    if not any(key in (raw or {}) for key in STAGE_KEYS):
+        raise DermsynthError(f"{path}: the config names no stages; add at least one of {', '.join(STAGE_KEYS)} "
+                             "(see configs/demo.yaml)")
+    return validate_config(RunConfig, raw, source=str(path))
 
 
 def build_stages(config: RunConfig, out: Path) -> list[Stage]:

@@ -67,6 +67,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def relative_path(path: str | Path, folder: str | Path) -> str:
+    """``path`` relative to ``folder``, POSIX-style: artifacts that are shared name no machine path."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

@@ -136,6 +136,9 @@ def _process_one(task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
     except ImageReadError as exc:
         return {"image_id": image_id, "error": exc.reason, "detail": exc.detail}
     height, width = rgb.shape[:2]
+    if min(height, width) < cfg.min_source_side:
+        return {"image_id": image_id, "error": "too small",
+                "detail": f"{width}x{height} px, below min_source_side {cfg.min_source_side}"}
     result = process_image(rgb, cfg)
     with atomic_path(target) as tmp:
         save_image(result.image, tmp)

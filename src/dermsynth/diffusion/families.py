@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from safetensors import SafetensorError
 
 from dermsynth.errors import DermsynthError
 
@@ -68,4 +69,10 @@ def load_generator(folder: str | Path, info: dict[str, Any] | None = None, devic
     info = info or read_model_info(folder)
     module_name, class_name = FAMILIES[info["family"]].split(":")
     adapter = getattr(importlib.import_module(module_name), class_name)
-    return adapter.from_folder(Path(folder), info, device)
+    try:
+        return adapter.from_folder(Path(folder), info, device)
+    except (SafetensorError, OSError, EOFError, RuntimeError, ValueError, KeyError) as exc:
+        # Truncated or hand-edited weights or configs: name the folder and the cure, not a traceback.
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise DermsynthError(f"{folder}: the model's weights or configs cannot be read ({detail}); retrain it, or "
+                             "copy the model folder again") from None

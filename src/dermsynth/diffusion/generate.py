@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +34,14 @@ from dermsynth.diffusion.sampling import to_uint8
 from dermsynth.diffusion.schedulers import check_scheduler_name
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import make_progress
-from dermsynth.utils import atomic_path, ensure_writable_dir, stable_hash, write_csv_atomic, write_json_atomic
+from dermsynth.utils import (
+    atomic_path,
+    ensure_writable_dir,
+    relative_path,
+    stable_hash,
+    write_csv_atomic,
+    write_json_atomic,
+)
 
 SEED_STRIDE = 1_000_000
 MANIFEST_COLUMNS = [
@@ -56,6 +64,18 @@ class Item:
     index: int
     seed: int
     image_id: str
+
+
+def _check_options(steps: int, guidance: float, batch_size: int, strength: float | None) -> None:
+    """Explicit values are validated, never replaced: one line naming the option."""
+    if steps < 1:
+        raise DermsynthError(f"--steps must be >= 1 (got {steps})")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise DermsynthError(f"--guidance must be a finite number >= 0 (got {guidance})")
+    if batch_size < 1:
+        raise DermsynthError(f"--batch-size must be >= 1 (got {batch_size})")
+    if strength is not None and not (math.isfinite(strength) and 0 < strength <= 1):
+        raise DermsynthError(f"--strength must lie in (0, 1] (got {strength})")
 
 
 def generate(
@@ -96,19 +116,18 @@ def generate(
     sampling = info.get("sampling", {})
     settings = {
         "scheduler": check_scheduler_name(scheduler or sampling.get("scheduler", "dpm++")),
-        "steps": steps or sampling.get("steps", 20),
+        "steps": steps if steps is not None else sampling.get("steps", 20),
         "guidance_scale": float(guidance if guidance is not None else sampling.get("guidance_scale", 1.0)),
         "seed": seed,
     }
-    if settings["steps"] < 1 or settings["guidance_scale"] < 0 or batch_size < 1:
-        raise DermsynthError("steps and batch size must be >= 1 and guidance >= 0")
+    _check_options(settings["steps"], settings["guidance_scale"], batch_size, strength)
     ensure_writable_dir(out / "images")
     generator = load_generator(model, info, device)
-    settings |= {"model": str(model.resolve()), "model_sha256": generator.sha256, "family": generator.family,
+    settings |= {"model": relative_path(model, out), "model_sha256": generator.sha256, "family": generator.family,
                  "precision": generator.precision}
-    settings |= _text_image_options(generator, prompts, negative_prompt, init_images, strength, mask_from)
+    settings |= _text_image_options(generator, prompts, negative_prompt, init_images, strength, mask_from, out)
     if prompts_from is not None:
-        settings |= _metadata_prompts(generator, prompts_from)
+        settings |= _metadata_prompts(generator, prompts_from, out)
     state = _FolderState.open(out, settings, info["classes"])
     write_json_atomic(out / "generate.json", _summary(state, plan, settings, "running", started, batch_size))
 
@@ -126,7 +145,8 @@ def generate(
 
 
 def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | None, negative_prompt: str | None,
-                        init_images: str | Path | None, strength: float, mask_from: str | None) -> dict[str, Any]:
+                        init_images: str | Path | None, strength: float, mask_from: str | None,
+                        out: Path) -> dict[str, Any]:
     """Apply prompt overrides and image-to-image / inpainting to a text-to-image generator; the settings they add
     (none when unused, so plain runs keep their settings and resume as before)."""
     if prompts is None and negative_prompt is None and init_images is None and mask_from is None:
@@ -152,17 +172,18 @@ def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | Non
         from dermsynth.diffusion.sd_generate import image_source
 
         generator.source = image_source(init_images, generator.classes, strength, mask_from)
-        added |= {"init_images": str(Path(init_images).resolve()), "strength": strength, "mask_from": mask_from}
+        added |= {"init_images": relative_path(init_images, out), "strength": strength,
+                  "mask_from": mask_from if mask_from in (None, "lesion") else relative_path(mask_from, out)}
     return added
 
 
-def _metadata_prompts(generator: ImageGenerator, prepared: str | Path) -> dict[str, Any]:
+def _metadata_prompts(generator: ImageGenerator, prepared: str | Path, out: Path) -> dict[str, Any]:
     if not hasattr(generator, "item_prompts"):
         raise DermsynthError(f"model family {generator.family!r} takes no prompts (only Stable Diffusion models do)")
     from dermsynth.diffusion.sd_generate import metadata_prompts
 
     generator.item_prompts = metadata_prompts(prepared, generator.classes)
-    return {"prompts_from": str(Path(prepared).resolve())}
+    return {"prompts_from": relative_path(prepared, out)}
 
 
 # --------------------------------------------------------------------------- the plan

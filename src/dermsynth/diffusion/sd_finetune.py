@@ -55,6 +55,7 @@ from dermsynth.errors import DermsynthError
 from dermsynth.utils import (
     atomic_path,
     ensure_writable_dir,
+    relative_path,
     sha256_file,
     stable_hash,
     write_csv_atomic,
@@ -225,7 +226,7 @@ class Trainer:
         def digest(examples: list[Example]) -> str:
             return stable_hash([(str(e.path.name), e.prompt, e.label, sha256_file(e.path)) for e in examples])
 
-        return {"prepared": str(self.dataset.root.resolve()) if self.dataset else None,
+        return {"prepared": relative_path(self.dataset.root, self.out) if self.dataset else None,
                 "images": len(self.examples), "class_images": len(self.class_examples),
                 "labels": {k: int(v) for k, v in pd.Series([e.label for e in self.examples]).value_counts().items()},
                 "sha256": digest(self.examples + self.class_examples)}
@@ -598,7 +599,8 @@ class Trainer:
             self.ema.copy_to(self.params)
         prompts = self.class_prompts()
         base_kind = describe_base(self.cfg.base)
-        base = self.cfg.base if base_kind == "hub" else str(Path(self.cfg.base).resolve())
+        # Local bases are recorded relative to the model folder (resolved against it when loading).
+        base = self.cfg.base if base_kind == "hub" else relative_path(self.cfg.base, self.out)
         if self.cfg.lora_enabled:
             family, weights = "stable-diffusion-lora", self._save_lora()
         else:
@@ -611,7 +613,7 @@ class Trainer:
             "family": family, "method": self.cfg.method, "classes": list(prompts), "prompts": prompts,
             "negative_prompts": dict.fromkeys(prompts, sample.negative_prompt),
             "base": base, "base_kind": base_kind, "base_sha256": base_sha256(self.cfg.base),
-            "base_config": str(Path(self.cfg.base_config).resolve()) if self.cfg.base_config else None,
+            "base_config": relative_path(self.cfg.base_config, self.out) if self.cfg.base_config else None,
             "trust_pickle": self.cfg.trust_pickle,
             "lora": self.cfg.lora.model_dump() if self.cfg.lora_enabled else None,
             "image_size": self.cfg.resolution, "weights": weights, "weights_sha256": sha256_file(self.out / weights),

@@ -145,8 +145,11 @@ class StableDiffusionGenerator:
         from dermsynth.diffusion.sd_models import load_pipeline, quiet_loading
 
         if info["family"] == "stable-diffusion-lora":
-            pipe = load_pipeline(info["base"], config=info.get("base_config"), trust_pickle=info.get("trust_pickle",
-                                                                                                       False))
+            base, config = info["base"], info.get("base_config")
+            if info.get("base_kind") != "hub":  # recorded relative to the model folder
+                base = str(folder / base)
+            pipe = load_pipeline(base, config=str(folder / config) if config else None,
+                                 trust_pickle=info.get("trust_pickle", False))
             with quiet_loading():
                 pipe.load_lora_weights(str(folder))
         else:

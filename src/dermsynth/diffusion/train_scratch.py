@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
@@ -54,11 +56,12 @@ from dermsynth.diffusion.scratch import (
 )
 from dermsynth.diffusion.threads import ThreadTuner
 from dermsynth.errors import DermsynthError
-from dermsynth.progress import make_progress, track
+from dermsynth.progress import console, make_progress, track
 from dermsynth.utils import (
     atomic_path,
     ensure_writable_dir,
     pick_device,
+    relative_path,
     sha256_file,
     stable_hash,
     write_csv_atomic,
@@ -326,8 +329,8 @@ class Trainer:
     # ----- run
 
     def run(self, resume: bool) -> TrainResult:
-        if resume and (latest := latest_checkpoint(self.out)) is not None:
-            self._load_checkpoint(latest)
+        if resume:
+            self._resume_from_newest_intact()
         started = time.monotonic()
         budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes else math.inf
 
@@ -440,7 +443,22 @@ class Trainer:
         for old in list_checkpoints(self.out)[:-self.cfg.checkpoints_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _load_checkpoint(self, folder: Path) -> None:
+    def _resume_from_newest_intact(self) -> None:
+        """Load the newest checkpoint that reads back whole; corrupt ones are skipped, said, and left on disk."""
+        for folder in reversed(list_checkpoints(self.out)):
+            try:
+                checkpoint = self._read_checkpoint(folder)
+            except CORRUPT_CHECKPOINT_ERRORS as exc:
+                console.print(f"[yellow]skipped corrupt checkpoint {folder.name} ({type(exc).__name__}); "
+                              "trying an older one[/yellow]")
+                continue
+            self._apply_checkpoint(checkpoint)
+            console.print(f"resumed from {folder.name}")
+            return
+
+    def _read_checkpoint(self, folder: Path) -> dict[str, Any]:
+        """Everything a checkpoint holds, read and checked before any of it is applied (a corrupt file raises
+        one of CORRUPT_CHECKPOINT_ERRORS and leaves the trainer untouched)."""
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         if state["data_sha256"] != self.data.summary["sha256"]:
             raise DermsynthError(f"cannot resume {folder}: the prepared training data changed since that run")
@@ -448,11 +466,18 @@ class Trainer:
         changed = [k for k, v in _learning_config(self.cfg).items() if saved.get(k) != v]
         if changed:
             raise DermsynthError(f"cannot resume {folder}: setting(s) {', '.join(changed)} differ from that run")
-        self.unet.load_state_dict(load_file(folder / "unet.safetensors", device=str(self.device)))
+        unet = load_file(folder / "unet.safetensors", device=str(self.device))
         ema_weights = load_file(folder / "ema.safetensors", device=str(self.device))
-        shadow = [ema_weights[name] for name, _ in self.unet.named_parameters()]
-        self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
+        names = [name for name, _ in self.unet.named_parameters()]
+        if set(unet) != set(self.unet.state_dict()) or not set(names) <= set(ema_weights):
+            raise KeyError("weights do not match the model")
         training = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=True)
+        return {"state": state, "unet": unet, "shadow": [ema_weights[name] for name in names], "training": training}
+
+    def _apply_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state, training = checkpoint["state"], checkpoint["training"]
+        self.unet.load_state_dict(checkpoint["unet"])
+        self.ema.load_state_dict({**state["ema"], "shadow_params": checkpoint["shadow"]})
         self.optimizer.load_state_dict(training["optimizer"])
         self.lr_scheduler.load_state_dict(training["lr_scheduler"])
         self.generator.set_state(training["generator"].cpu())
@@ -482,7 +507,7 @@ class Trainer:
             "weights": "ema",
             "weights_sha256": sha256_file(self.out / UNET_FOLDER / "diffusion_pytorch_model.safetensors"),
             "parameters": sum(p.numel() for p in self.unet.parameters()),
-            "data": self.data.summary,
+            "data": {**self.data.summary, "prepared": relative_path(self.data.summary["prepared"], self.out)},
             "preset": self.preset,
             "config": self.cfg.model_dump(mode="json"),
             "steps": self.step,
@@ -516,6 +541,11 @@ def _versions() -> dict[str, str]:
     from dermsynth import __version__
 
     return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+# What a truncated, hand-edited or half-written checkpoint raises when read back.
+CORRUPT_CHECKPOINT_ERRORS = (SafetensorError, OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError,
+                             pickle.UnpicklingError)
 
 
 def list_checkpoints(out: str | Path) -> list[Path]:
