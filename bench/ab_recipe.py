@@ -36,6 +36,7 @@ from dermsynth.config import PrepareConfig
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.prepare import prepare
 from dermsynth.diffusion.generate import generate
+from dermsynth.diffusion.qc import QCLimits
 from dermsynth.diffusion.scratch import resolve_train_config
 from dermsynth.diffusion.train_scratch import Trainer, load_training_data, train
 
@@ -63,7 +64,10 @@ def run_variant(name: str, overrides: dict[str, Any], steps: int, args: argparse
     started = time.monotonic()
     result = train(args.prepared, folder / "model", "cpu-fast", settings, resume=True, progress=not args.quiet)
     train_seconds = result.seconds
-    generate(folder / "model", folder / "synthetic", per_class=args.per_class, seed=0, progress=not args.quiet)
+    # --smoke trains a few steps only: its samples are noise, which QC would (rightly) refuse.
+    qc = QCLimits(min_std=0.0, max_saturated=1.0) if args.smoke else QCLimits()
+    generate(folder / "model", folder / "synthetic", per_class=args.per_class, seed=0, progress=not args.quiet,
+             qc_limits=qc)
     report = audit(args.prepared, folder / "synthetic", folder / "audit",
                    AuditConfig(classifier_epochs=args.audit_epochs), progress=not args.quiet)
     return summarize(name, steps, train_seconds, time.monotonic() - started, report)
