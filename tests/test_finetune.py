@@ -342,8 +342,8 @@ def test_generate_prompt_options_need_a_text_to_image_model(cli, tmp_path):
     from dermsynth.diffusion.generate import _text_image_options
 
     with pytest.raises(DermsynthError, match="takes no prompts"):
-        _text_image_options(SimpleNamespace(family="scratch"), None, None, tmp_path, 0.5, None)
-    assert _text_image_options(SimpleNamespace(family="scratch"), None, None, None, 0.6, None) == {}
+        _text_image_options(SimpleNamespace(family="scratch"), None, None, tmp_path, 0.5, None, tmp_path)
+    assert _text_image_options(SimpleNamespace(family="scratch"), None, None, None, 0.6, None, tmp_path) == {}
     code, _, stderr = cli("generate", "--model", tmp_path, "--out", tmp_path / "s", "--per-class", 1,
                           "--prompt", "nonsense")
     assert code == 2 and "CLASS=PROMPT" in stderr
