@@ -14,22 +14,11 @@ from PIL import Image
 
 from dermsynth.diffusion.generate import generate
 from dermsynth.diffusion.train_scratch import list_checkpoints, train
-from tests.test_diffusion_scratch import TINY, assert_one_line_error, make_prepared, one_thread, run_cli
+from tests.test_diffusion_scratch import TINY, assert_one_line_error, one_thread, run_cli
+from tests.test_generate import model, prepared
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-__all__ = ["one_thread"]  # the autouse fixture applies to this module too
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return make_prepared(tmp_path_factory.mktemp("prep"))
-
-
-@pytest.fixture(scope="module")
-def model(prepared, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("model") / "m"
-    train(prepared, out, config=TINY, progress=False)
-    return out
+__all__ = ["model", "one_thread", "prepared"]  # fixtures shared with test_generate (module-scoped: one per module)
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

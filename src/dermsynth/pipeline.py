@@ -128,7 +128,7 @@ STAGE_KEYS = ("prepare", "train", "finetune", "generate", "audit", "validate")
 def load_run_config(path: str | Path) -> RunConfig:
     """A run config; one that names no stage is refused (running the defaults would not be what was asked)."""
     raw = read_yaml(path)
-    if not any(key in (raw or {}) for key in STAGE_KEYS):
+    if not any(key in raw for key in STAGE_KEYS):
         raise DermsynthError(f"{path}: the config names no stages; add at least one of {', '.join(STAGE_KEYS)} "
                              "(see configs/demo.yaml)")
     return validate_config(RunConfig, raw, source=str(path))

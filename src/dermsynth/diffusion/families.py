@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from safetensors import SafetensorError
 
-from dermsynth.errors import DermsynthError
+from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 
 MODEL_JSON = "dermsynth_model.json"
 
@@ -71,7 +70,7 @@ def load_generator(folder: str | Path, info: dict[str, Any] | None = None, devic
     adapter = getattr(importlib.import_module(module_name), class_name)
     try:
         return adapter.from_folder(Path(folder), info, device)
-    except (SafetensorError, OSError, EOFError, RuntimeError, ValueError, KeyError) as exc:
+    except UNREADABLE_ARTIFACT_ERRORS as exc:
         # Truncated or hand-edited weights or configs: name the folder and the cure, not a traceback.
         detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise DermsynthError(f"{folder}: the model's weights or configs cannot be read ({detail}); retrain it, or "

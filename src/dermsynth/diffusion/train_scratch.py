@@ -20,7 +20,6 @@ import copy
 import json
 import math
 import os
-import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -38,7 +37,6 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
@@ -55,7 +53,7 @@ from dermsynth.diffusion.scratch import (
     resolve_train_config,
 )
 from dermsynth.diffusion.threads import ThreadTuner
-from dermsynth.errors import DermsynthError
+from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.progress import console, make_progress, track
 from dermsynth.utils import (
     atomic_path,
@@ -448,17 +446,19 @@ class Trainer:
         for folder in reversed(list_checkpoints(self.out)):
             try:
                 checkpoint = self._read_checkpoint(folder)
-            except CORRUPT_CHECKPOINT_ERRORS as exc:
+            except UNREADABLE_ARTIFACT_ERRORS as exc:
                 console.print(f"[yellow]skipped corrupt checkpoint {folder.name} ({type(exc).__name__}); "
                               "trying an older one[/yellow]")
                 continue
             self._apply_checkpoint(checkpoint)
             console.print(f"resumed from {folder.name}")
             return
+        if list_checkpoints(self.out):
+            console.print("[yellow]no intact checkpoint: training starts from step 0[/yellow]")
 
     def _read_checkpoint(self, folder: Path) -> dict[str, Any]:
         """Everything a checkpoint holds, read and checked before any of it is applied (a corrupt file raises
-        one of CORRUPT_CHECKPOINT_ERRORS and leaves the trainer untouched)."""
+        one of UNREADABLE_ARTIFACT_ERRORS and leaves the trainer untouched)."""
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         if state["data_sha256"] != self.data.summary["sha256"]:
             raise DermsynthError(f"cannot resume {folder}: the prepared training data changed since that run")
@@ -541,11 +541,6 @@ def _versions() -> dict[str, str]:
     from dermsynth import __version__
 
     return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
-
-
-# What a truncated, hand-edited or half-written checkpoint raises when read back.
-CORRUPT_CHECKPOINT_ERRORS = (SafetensorError, OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError,
-                             pickle.UnpicklingError)
 
 
 def list_checkpoints(out: str | Path) -> list[Path]:
