@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +28,12 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ham10000")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--smoke", action="store_true", help="24 stand-in images at 32 px: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        from smoke_data import ham_like
+
+        args.data, args.n, args.size = ham_like(Path(tempfile.mkdtemp(prefix="bench-audit-")), n=24), 24, 32
     files = sorted((args.data / "images").glob("*.jpg"))[: args.n]
     if not files:
         print(f"no images under {args.data / 'images'}", file=sys.stderr)

@@ -115,8 +115,8 @@ def throughput(args: argparse.Namespace) -> dict:
 
 def sweep(args: argparse.Namespace) -> dict:
     """Validation AUROC per learning rate (best epoch), real images only."""
-    from dermsynth.data.dataset import load_prepared
-    from dermsynth.evaluate.datasets import ImageBank, real_frame, subsample_per_class
+    from dermsynth.data.dataset import load_prepared, subsample_per_class
+    from dermsynth.evaluate.datasets import ImageBank, real_frame
     from dermsynth.evaluate.train_classifier import fit
 
     prepared = load_prepared(args.real)
@@ -158,7 +158,7 @@ def main() -> None:
     tp.add_argument("--repeats", type=int, default=3)
     tp.add_argument("--precision", default="bf16,fp32")
     sw = sub.add_parser("sweep")
-    sw.add_argument("--real", required=True)
+    sw.add_argument("--real", help="a prepared dataset (--smoke: the embedded sample)")
     sw.add_argument("--model", default="cnn")
     sw.add_argument("--per-class", type=int, default=500)
     sw.add_argument("--lrs", default="3e-4,1e-3,3e-3")
@@ -167,7 +167,17 @@ def main() -> None:
     sw.add_argument("--val-max", type=int, default=600)
     for p in (tp, sw):
         p.add_argument("--out", type=Path, help="Write the results as JSON here.")
+        p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     args = parser.parse_args()
+    if args.smoke and args.mode == "throughput":
+        args.size, args.batch, args.steps, args.warmup, args.repeats = 32, 4, 2, 1, 1
+    elif args.smoke:
+        from smoke_data import sample_prepared
+
+        args.real = str(sample_prepared(Path(tempfile.mkdtemp(prefix="bench-sweep-")) / "prep"))
+        args.per_class, args.lrs, args.epochs, args.val_max = 8, "1e-3", 1, 16
+    elif args.mode == "sweep" and not args.real:
+        parser.error("sweep needs --real (except with --smoke)")
     started = time.perf_counter()
     result = throughput(args) if args.mode == "throughput" else sweep(args)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)

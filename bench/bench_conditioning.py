@@ -113,8 +113,8 @@ def save_comparison_grid(path: Path, classes: list[str], real_x: torch.Tensor, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--real", required=True, help="prepared dataset the models were trained on")
-    parser.add_argument("--model", action="append", required=True, help="model folder (repeatable)")
+    parser.add_argument("--real", help="prepared dataset the models were trained on")
+    parser.add_argument("--model", action="append", help="model folder (repeatable)")
     parser.add_argument("--per-class", type=int, default=64)
     parser.add_argument("--guidance", default="1,2,3", help="comma-separated guidance scales")
     parser.add_argument("--scheduler", default=None)
@@ -126,7 +126,20 @@ def main() -> None:
                         "= first --guidance value) to this PNG")
     parser.add_argument("--threads", type=int, help="fix torch's thread count (1 on a busy machine)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="the embedded sample and a model trained for 4 steps: "
+                        "checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+
+        from smoke_data import sample_prepared, tiny_scratch_model
+
+        work = Path(tempfile.mkdtemp(prefix="bench-conditioning-"))
+        args.real = sample_prepared(work / "prep")
+        args.model = [tiny_scratch_model(args.real, work / "model")]
+        args.per_class, args.guidance, args.epochs, args.classifiers, args.steps = 2, "1", 1, 1, 2
+    elif not args.real or not args.model:
+        parser.error("--real and --model are required (except with --smoke)")
     if args.threads:
         torch.set_num_threads(args.threads)
 

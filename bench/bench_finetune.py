@@ -119,7 +119,10 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="32 px, 1+1 images, 2 rounds: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.size, args.batch, args.rounds = 32, 1, 2
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

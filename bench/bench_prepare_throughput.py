@@ -149,7 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=3.0, help="noise sigma added to the large JPEGs")
     parser.add_argument("--cache", type=Path, help="keep the large JPEGs here (reused on the next run)")
     parser.add_argument("--encode", action="store_true", help="also encode the output PNG (in memory)")
+    parser.add_argument("--smoke", action="store_true", help="8 small and 2 large stand-in images, one pass, "
+                        "one worker: checks that it runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        from smoke_data import ham_like
+
+        args.data = ham_like(Path(tempfile.mkdtemp(prefix="bench-prepare-")), n=8)
+        args.n_small, args.n_large, args.repeat, args.workers, args.image_size = 8, 2, 1, [1], 64
 
     cfg = PreprocessConfig(image_size=args.image_size, draft_factor=args.draft_factor)
     images = args.data / "images"

@@ -117,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="images in the sample")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (over the sorted image ids)")
     parser.add_argument("--variants", default="all", help="'all', 'default', or comma-separated row numbers")
+    parser.add_argument("--smoke", action="store_true", help="12 stand-in images, two variants: checks that it runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        import tempfile
+
+        from smoke_data import ham_like
+
+        args.data, args.n, args.variants = ham_like(Path(tempfile.mkdtemp(prefix="bench-seg-")), n=12), 12, "0,7"
 
     images, masks = args.data / "images", args.data / "masks"
     if not images.is_dir() or not masks.is_dir():

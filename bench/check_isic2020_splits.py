@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +28,13 @@ def main() -> int:
     parser.add_argument("--val", type=float, default=0.15)
     parser.add_argument("--test", type=float, default=0.15)
     parser.add_argument("--seeds", type=int, default=3, help="check this many split seeds")
+    parser.add_argument("--smoke", action="store_true", help="a stand-in CSV of 3,000 images: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        from smoke_data import isic2020_csv
+
+        args.csv = isic2020_csv(Path(tempfile.mkdtemp(prefix="isic-splits-")) / "ISIC_2020_Training_GroundTruth_v2.csv")
+        args.seeds = 1
     if not args.csv.is_file():
         print(f"ISIC 2020 CSV not found: {args.csv}", file=sys.stderr)
         return 2

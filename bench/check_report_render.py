@@ -156,15 +156,31 @@ def check(report: Path, require_results: bool, window: str, timeout: float, save
         shutil.rmtree(user_dir, ignore_errors=True)
 
 
+def _smoke_report() -> Path:
+    from smoke_data import sample_prepared
+
+    from dermsynth.report.build import build_report
+
+    run = Path(tempfile.mkdtemp(prefix="report-render-"))
+    sample_prepared(run / "prepared")
+    return build_report(run)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", type=Path, help="report.html to render")
+    parser.add_argument("report", type=Path, nargs="?", help="report.html to render")
     parser.add_argument("--require-results", action="store_true", help="fail without Table 1 and a verdict")
     parser.add_argument("--window-size", default="1280,4000", help="Chromium window (screenshot) size W,H")
     parser.add_argument("--timeout", type=float, default=180, help="seconds per Chromium call")
     parser.add_argument("--save", type=Path, help="also save a downscaled screenshot here (< 500 KB)")
     parser.add_argument("--save-width", type=int, default=720, help="width of the saved screenshot")
+    parser.add_argument("--smoke", action="store_true", help="render the report of a run folder that holds only a "
+                        "prepared sample: checks that it runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.report = _smoke_report()
+    elif args.report is None:
+        parser.error("give a report.html (or --smoke)")
     if not Path(CHROMIUM).exists():
         print(json.dumps({"problems": [f"{CHROMIUM} not found (apt-get install chromium)"]}))
         return 1

@@ -30,6 +30,23 @@ SKIPPED = {".stage.json", "versions.json", "train_log.csv"}  # wall-time logs, n
 SKIPPED_DIRS = {"checkpoints", "cache", "logs"}
 
 
+# --smoke: two stages only, one trial: checks that the script runs.
+SMOKE_STUDY = """
+name: kill-resume smoke
+prepare: {dataset: sample, max_images: 40, preprocess: {image_size: 32}}
+train:
+  settings:
+    max_steps: 6
+    max_minutes: null
+    model: {image_size: 16, block_out_channels: [16, 32], attention_levels: [], attention_head_dim: 16,
+            norm_num_groups: 8}
+    sample_every: 6
+    checkpoint_every: 3
+    samples_per_class: 1
+    threads: 1
+"""
+
+
 def run(config: Path, out: Path, kill_after: float | None = None) -> float:
     started = time.time()
     process = subprocess.Popen([sys.executable, "-m", "dermsynth", "run", str(config), "--out", str(out)],
@@ -110,7 +127,14 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dermsynth-kill-resume"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare-only", action="store_true", help="compare the trial folders already in --work")
+    parser.add_argument("--smoke", action="store_true", help="one trial of a two-stage study: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+
+        args.trials, args.work = 1, Path(tempfile.mkdtemp(prefix="kill-resume-"))
+        args.config = args.work / "smoke.yaml"
+        args.config.write_text(SMOKE_STUDY)
     if args.compare_only:
         return compare_existing(args.work)
     args.work.mkdir(parents=True, exist_ok=True)

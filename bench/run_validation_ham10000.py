@@ -28,8 +28,8 @@ from PIL import Image
 
 import dermsynth
 from dermsynth.config import PrepareConfig, PreprocessConfig
-from dermsynth.data.dataset import load_prepared
-from dermsynth.evaluate.datasets import real_frame, subsample_per_class
+from dermsynth.data.dataset import load_prepared, subsample_per_class
+from dermsynth.evaluate.datasets import real_frame
 from dermsynth.evaluate.transforms import load_image
 
 
@@ -79,12 +79,23 @@ def main() -> None:
     parser.add_argument("--regimes", default="real,hybrid:0.5,synthetic")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="stand-in HAM10000 data, 4 per class, 1 epoch, "
+                        "1 seed: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+
+        from smoke_data import ham_like
+
+        args.work = Path(tempfile.mkdtemp(prefix="val-ham-"))
+        args.ham = ham_like(args.work / "ham", n=160)
+        args.per_class, args.epochs, args.seeds, args.regimes = "4", "1", 1, "real,hybrid:0.5"
     started = time.monotonic()
     prep = args.prep or args.work / "prep"
     if args.prep is None:
         dermsynth.prepare(PrepareConfig(dataset="ham10000", root=args.ham, preprocess=PreprocessConfig(image_size=64),
-                                        workers=2), prep, progress=False)
+                                        # the smoke stand-ins all look alike: as near-duplicates they would merge
+                                        workers=2, group_duplicates=not args.smoke), prep, progress=False)
     results = {"load_at_start": os.getloadavg(), "settings": {}}
     budgets = [int(n) for n in args.per_class.split(",")]
     epochs = [int(e) for e in args.epochs.split(",")]

@@ -109,6 +109,8 @@ class FinetuneConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Steps between rows of train_log.csv.")
     seed: int = Field(0, description="Seed of data order, noise and LoRA initialisation.")
     device: str = Field("auto", description="auto, cpu, cuda, mps (under `accelerate launch`, accelerate decides).")
+    threads: int | None = Field(None, ge=1, description="CPU threads; None = switch between 1 and all cores, "
+                                                        "whichever measures faster (the schedule is checkpointed).")
     sample: SampleSettings = Field(default_factory=SampleSettings)
 
     @field_validator("resolution")

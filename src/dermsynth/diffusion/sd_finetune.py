@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +34,13 @@ import torch.nn.functional as F
 import yaml
 
 from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.diffusion.checkpoints import (
+    latest_checkpoint_step,
+    list_checkpoints,
+    read_newest_intact,
+    save_checkpoint,
+    step_name,
+)
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_data import (
@@ -51,7 +56,8 @@ from dermsynth.diffusion.sd_data import (
 from dermsynth.diffusion.sd_models import base_sha256, describe_base, load_pipeline
 from dermsynth.diffusion.threads import ThreadTuner
 from dermsynth.diffusion.train_scratch import _load_square, min_snr_weight
-from dermsynth.errors import DermsynthError
+from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
+from dermsynth.progress import console
 from dermsynth.utils import (
     atomic_path,
     ensure_writable_dir,
@@ -63,13 +69,12 @@ from dermsynth.utils import (
     write_text_atomic,
 )
 
-CHECKPOINTS = "checkpoints"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 StepCallback = Callable[[int, float], None]
 # Settings that may change when resuming (budget and monitoring); everything else must match the checkpoint.
 RESUMABLE = {"max_train_steps", "num_train_epochs", "max_minutes", "validation_prompts", "validation_steps",
              "num_validation_images", "validation_inference_steps", "checkpointing_steps",
-             "checkpoints_total_limit", "log_every", "device", "sample", "class_prompts"}
+             "checkpoints_total_limit", "log_every", "device", "threads", "sample", "class_prompts"}
 
 
 @dataclass
@@ -107,7 +112,8 @@ def finetune(
     return trainer.run(checkpoint)
 
 
-def _resume_point(out: Path, resume: str | None) -> Path | None:
+def _resume_point(out: Path, resume: str | None) -> Path | str | None:
+    """None (start afresh), "latest" (the newest intact checkpoint in ``out``) or one checkpoint folder."""
     if (out / MODEL_JSON).is_file():
         raise DermsynthError(f"{out} already holds a finished model; choose another --out")
     if resume is None:
@@ -115,20 +121,12 @@ def _resume_point(out: Path, resume: str | None) -> Path | None:
             raise DermsynthError(f"{out} holds an unfinished run; pass --resume latest to continue it, "
                                  "or choose another --out")
         return None
-    if resume != "latest":
-        folder = Path(resume)
-        if not (folder / "state.json").is_file():
-            raise DermsynthError(f"--resume {resume}: not a checkpoint folder (no state.json)")
-        return folder
-    checkpoints = list_checkpoints(out)
-    return checkpoints[-1] if checkpoints else None  # nothing saved yet: start afresh
-
-
-def list_checkpoints(out: str | Path) -> list[Path]:
-    root = Path(out) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+    if resume == "latest":
+        return resume
+    folder = Path(resume)
+    if not (folder / "state.json").is_file():
+        raise DermsynthError(f"--resume {resume}: not a checkpoint folder (no state.json)")
+    return folder
 
 
 # --------------------------------------------------------------------------- the run
@@ -156,7 +154,7 @@ class Trainer:
         self.pipe = load_pipeline(cfg.base, config=cfg.base_config, trust_pickle=cfg.trust_pickle)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         # On a CPU, pick 1 or all threads by measured step time (other processes may compete for the cores).
-        self.threads = ThreadTuner(None if self.device.type == "cpu" else torch.get_num_threads(), every=10)
+        self.threads = ThreadTuner(cfg.threads if self.device.type == "cpu" else torch.get_num_threads(), every=10)
         self.step = 0
         self.seconds_before = 0.0
         self.log: list[dict[str, Any]] = []
@@ -328,7 +326,7 @@ class Trainer:
             return self._encode(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self.embedding_cache]
         if missing:
-            with torch.no_grad():
+            with torch.no_grad(), self.threads.pinned():
                 for prompt, embedding in zip(missing, self._encode(missing), strict=True):
                     self.embedding_cache[prompt] = embedding
         return torch.stack([self.embedding_cache[p] for p in prompts])
@@ -367,7 +365,8 @@ class Trainer:
             for key, example in zip(keys, examples, strict=True):
                 if key not in self.latent_cache:
                     pixels = self._pixels([example], [key[1]])
-                    self.latent_cache[key] = self.vae.encode(pixels).latent_dist.parameters[0]
+                    with self.threads.pinned():
+                        self.latent_cache[key] = self.vae.encode(pixels).latent_dist.parameters[0]
             parameters = torch.stack([self.latent_cache[key] for key in keys])
         posterior = DiagonalGaussianDistribution(parameters.float())
         return posterior.sample(generator=self.generator) * self.vae.config.scaling_factor
@@ -423,7 +422,7 @@ class Trainer:
 
     # ----- the loop
 
-    def run(self, checkpoint: Path | None) -> FinetuneResult:
+    def run(self, checkpoint: Path | str | None) -> FinetuneResult:
         resumed_from = None
         if self.cfg.dreambooth_data and self.cfg.with_prior_preservation:
             self._complete_class_images()
@@ -431,8 +430,7 @@ class Trainer:
         self._setup_optimisation()
         data = self.data_summary()
         if checkpoint is not None:
-            self.load_checkpoint(checkpoint, data)
-            resumed_from = self.step
+            resumed_from = self.resume(checkpoint, data)
         started = time.monotonic()
         budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes else math.inf
         stopped_by = "max_train_steps" if self.total_steps == self.cfg.max_train_steps else "num_train_epochs"
@@ -447,7 +445,7 @@ class Trainer:
                 self._after_step(loss, self.seconds_before + time.monotonic() - started, data)
                 advance(loss)
         seconds = self.seconds_before + time.monotonic() - started
-        if not list_checkpoints(self.out) or list_checkpoints(self.out)[-1].name != _step_name(self.step):
+        if latest_checkpoint_step(self.out) != self.step:
             self.save_checkpoint(seconds, data)
         info = self.save_model(seconds, stopped_by, data)
         return FinetuneResult(out=self.out, steps=self.step, resumed_from=resumed_from, info=info,
@@ -489,7 +487,7 @@ class Trainer:
         # autocast: with mixed precision the frozen parts hold fp16/bf16 weights, the trained ones fp32
         with self._ema_weights(), self.accelerator.autocast():
             pipe = self.inference_pipeline()
-            folder = self.out / "validation" / _step_name(self.step)
+            folder = self.out / "validation" / step_name(self.step)
             folder.mkdir(parents=True, exist_ok=True)
             for p, prompt in enumerate(cfg.validation_prompts):
                 seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
@@ -530,34 +528,49 @@ class Trainer:
         return state
 
     def save_checkpoint(self, seconds: float, data: dict[str, Any]) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.out, self.step, lambda folder: self._write_checkpoint(folder, seconds, data),
+                            self.cfg.checkpoints_total_limit)
+
+    def _write_checkpoint(self, folder: Path, seconds: float, data: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
-        root = self.out / CHECKPOINTS
-        final, tmp = root / _step_name(self.step), root / f".{_step_name(self.step)}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(self.trained_state(), str(tmp / "weights.safetensors"))
+        save_file(self.trained_state(), str(folder / "weights.safetensors"))
         if self.ema is not None:
             shadow = {f"{i}": p.contiguous() for i, p in enumerate(self.ema.shadow_params)}
-            save_file(shadow, str(tmp / "ema.safetensors"))
+            save_file(shadow, str(folder / "ema.safetensors"))
         torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                     "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()},
-                   tmp / "training_state.pt")
+                   folder / "training_state.pt")
         ema_scalars = ({k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
                        if self.ema is not None else None)
-        write_json_atomic(tmp / "state.json", {"step": self.step, "seconds": seconds, "log": self.log,
-                                               "config": self.cfg.model_dump(mode="json"), "ema": ema_scalars,
-                                               "data_sha256": data["sha256"]})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        limit = self.cfg.checkpoints_total_limit
-        for old in list_checkpoints(self.out)[:-limit] if limit else []:
-            shutil.rmtree(old, ignore_errors=True)
+        write_json_atomic(folder / "state.json", {"step": self.step, "seconds": seconds, "log": self.log,
+                                                  "config": self.cfg.model_dump(mode="json"), "ema": ema_scalars,
+                                                  "threads": self.threads.state_dict(),
+                                                  "data_sha256": data["sha256"]})
 
-    def load_checkpoint(self, folder: Path, data: dict[str, Any]) -> None:
+    def resume(self, checkpoint: Path | str, data: dict[str, Any]) -> int:
+        """Continue from ``checkpoint`` ("latest": the newest intact one); returns the step resumed from."""
+        if checkpoint == "latest":
+            found = read_newest_intact(self.out, lambda folder: self.read_checkpoint(folder, data))
+            if found is None:
+                return 0
+            folder, saved = found
+        else:
+            folder = Path(checkpoint)
+            try:
+                saved = self.read_checkpoint(folder, data)
+            except UNREADABLE_ARTIFACT_ERRORS as exc:
+                raise DermsynthError(f"--resume {folder}: damaged checkpoint ({type(exc).__name__}); "
+                                     "pass --resume latest to use the newest intact one") from None
+        self.apply_checkpoint(saved)
+        if self.accelerator.is_main_process:
+            console.print(f"resumed from {folder.name}")
+        return self.step
+
+    def read_checkpoint(self, folder: Path, data: dict[str, Any]) -> dict[str, Any]:
+        """Everything ``folder`` holds, read and checked before any of it is applied."""
         from safetensors.torch import load_file
 
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -568,20 +581,30 @@ class Trainer:
         if changed:
             raise DermsynthError(f"cannot resume {folder}: setting(s) {', '.join(changed)} differ from that run")
         weights = load_file(str(folder / "weights.safetensors"), device=str(self.device))
+        per_module = []
         for prefix, module in zip(("unet.", "text_encoder."), self.trained_modules(), strict=False):
             own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            missing = set(own) - {n for n, _ in self.accelerator.unwrap_model(module).named_parameters()}
-            if missing:
+            if set(own) - {n for n, _ in self.accelerator.unwrap_model(module).named_parameters()}:
                 raise DermsynthError(f"cannot resume {folder}: its weights do not fit this model")
-            self.accelerator.unwrap_model(module).load_state_dict(own, strict=False)
+            per_module.append((module, own))
         training = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=True)
+        shadow = None
+        if self.ema is not None:
+            shadow_file = load_file(str(folder / "ema.safetensors"), device=str(self.device))
+            shadow = [shadow_file[f"{i}"] for i in range(len(shadow_file))]
+        return {"state": state, "weights": per_module, "training": training, "shadow": shadow}
+
+    def apply_checkpoint(self, saved: dict[str, Any]) -> None:
+        state, training = saved["state"], saved["training"]
+        for module, own in saved["weights"]:
+            self.accelerator.unwrap_model(module).load_state_dict(own, strict=False)
         self.optimizer.load_state_dict(training["optimizer"])
         self.lr_scheduler.load_state_dict(training["lr_scheduler"])
         self.generator.set_state(training["generator"].cpu())
         torch.set_rng_state(training["torch_rng"].cpu())
         if self.ema is not None:
-            shadow = load_file(str(folder / "ema.safetensors"), device=str(self.device))
-            self.ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+            self.ema.load_state_dict({**state["ema"], "shadow_params": saved["shadow"]})
+        self.threads.load_state_dict(state.get("threads"))
         self.step, self.seconds_before, self.log = state["step"], state["seconds"], state["log"]
 
     # ----- the finished model
@@ -693,10 +716,6 @@ def _lora_metadata(module: torch.nn.Module) -> dict[str, Any]:
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(image), 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _step_name(step: int) -> str:
-    return f"step-{step:06d}"
 
 
 def _versions() -> dict[str, str]:

@@ -9,12 +9,13 @@ setting by a margin, that setting is adopted. A probe that loses doubles the wai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -70,6 +71,36 @@ class ThreadTuner:
         else:
             self.every = min(2 * self.every, self.max_every)
             self.every_seconds = min(2 * self.every_seconds, 30 * self.base[1])
+        torch.set_num_threads(self.current)
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Run a block at the full thread count whatever the step uses: results that outlive the step (cached
+        latents or text embeddings) must not depend on which step first needed them."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.max_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    # Floating-point sums depend on the thread count, so an exact resume needs the tuner's schedule as well:
+    # which setting is current, and when the next probe is due.
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self.current, "every": self.every, "every_seconds": self.every_seconds,
+                "recent": list(self.recent), "steps_since_probe": self.steps_since_probe,
+                "seconds_since_probe": self.seconds_since_probe, "switches": self.switches}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue a saved schedule (a fixed count stays as configured; None, from older checkpoints: no-op)."""
+        if not state or self.fixed:
+            return
+        self.current = min(int(state["current"]), self.max_threads)
+        self.every, self.every_seconds = int(state["every"]), float(state["every_seconds"])
+        self.recent = deque((float(s) for s in state["recent"]), maxlen=self.recent.maxlen)
+        self.steps_since_probe = int(state["steps_since_probe"])
+        self.seconds_since_probe = float(state["seconds_since_probe"])
+        self.switches = int(state["switches"])
         torch.set_num_threads(self.current)
 
 

@@ -41,6 +41,12 @@ from safetensors.torch import load_file, save_file
 
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.data.images import ImageReadError, load_rgb
+from dermsynth.diffusion.checkpoints import (
+    latest_checkpoint_step,
+    list_checkpoints,
+    read_newest_intact,
+    save_checkpoint,
+)
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.grid import image_grid
 from dermsynth.diffusion.sampling import SCHEDULER_FOLDER, UNET_FOLDER, PixelDiffusionPipeline, use_bf16
@@ -53,7 +59,7 @@ from dermsynth.diffusion.scratch import (
     resolve_train_config,
 )
 from dermsynth.diffusion.threads import ThreadTuner
-from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
+from dermsynth.errors import DermsynthError
 from dermsynth.progress import console, make_progress, track
 from dermsynth.utils import (
     atomic_path,
@@ -68,7 +74,6 @@ from dermsynth.utils import (
 )
 
 FAMILY = "scratch"
-CHECKPOINTS = "checkpoints"
 StepCallback = Callable[[int, float], None]
 
 
@@ -414,47 +419,33 @@ class Trainer:
     # ----- checkpoints
 
     def _save_checkpoint(self, seconds: float) -> None:
-        root = self.out / CHECKPOINTS
-        final = root / f"step-{self.step:06d}"
-        tmp = root / f".step-{self.step:06d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        save_checkpoint(self.out, self.step, lambda folder: self._write_checkpoint(folder, seconds),
+                        self.cfg.checkpoints_total_limit)
+
+    def _write_checkpoint(self, folder: Path, seconds: float) -> None:
         names = [name for name, _ in self.unet.named_parameters()]
-        save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, tmp / "unet.safetensors")
+        save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, folder / "unet.safetensors")
         save_file({n: p.contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
-                  tmp / "ema.safetensors")
+                  folder / "ema.safetensors")
         torch.save({
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "order": self.order.cpu(),
-        }, tmp / "training_state.pt")
+        }, folder / "training_state.pt")
         ema_scalars = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
-        write_json_atomic(tmp / "state.json", {
+        write_json_atomic(folder / "state.json", {
             "step": self.step, "seconds": seconds, "cursor": self.cursor, "ema": ema_scalars,
-            "smoothed_loss": self.smoothed_loss,
+            "smoothed_loss": self.smoothed_loss, "threads": self.threads.state_dict(),
             "config": self.cfg.model_dump(mode="json"), "data_sha256": self.data.summary["sha256"], "log": self.log,
         })
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in list_checkpoints(self.out)[:-self.cfg.checkpoints_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def _resume_from_newest_intact(self) -> None:
-        """Load the newest checkpoint that reads back whole; corrupt ones are skipped, said, and left on disk."""
-        for folder in reversed(list_checkpoints(self.out)):
-            try:
-                checkpoint = self._read_checkpoint(folder)
-            except UNREADABLE_ARTIFACT_ERRORS as exc:
-                console.print(f"[yellow]skipped corrupt checkpoint {folder.name} ({type(exc).__name__}); "
-                              "trying an older one[/yellow]")
-                continue
-            self._apply_checkpoint(checkpoint)
-            console.print(f"resumed from {folder.name}")
-            return
-        if list_checkpoints(self.out):
-            console.print("[yellow]no intact checkpoint: training starts from step 0[/yellow]")
+        found = read_newest_intact(self.out, self._read_checkpoint)
+        if found is not None:
+            self._apply_checkpoint(found[1])
+            console.print(f"resumed from {found[0].name}")
 
     def _read_checkpoint(self, folder: Path) -> dict[str, Any]:
         """Everything a checkpoint holds, read and checked before any of it is applied (a corrupt file raises
@@ -486,6 +477,7 @@ class Trainer:
         self.cursor, self.step, self.seconds_before = state["cursor"], state["step"], state["seconds"]
         self.log = state["log"]
         self.smoothed_loss = state.get("smoothed_loss")
+        self.threads.load_state_dict(state.get("threads"))
 
     def _write_log(self) -> None:
         if self.log:
@@ -541,24 +533,6 @@ def _versions() -> dict[str, str]:
     from dermsynth import __version__
 
     return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
-
-
-def list_checkpoints(out: str | Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first (temporary folders of an interrupted save are ignored)."""
-    root = Path(out) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").is_file())
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(out)
-    return checkpoints[-1] if checkpoints else None
-
-
-def latest_checkpoint_step(out: str | Path) -> int | None:
-    latest = latest_checkpoint(out)
-    return int(latest.name.split("-")[1]) if latest else None
 
 
 # --------------------------------------------------------------------------- sample grids
