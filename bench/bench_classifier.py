@@ -120,7 +120,7 @@ def sweep(args: argparse.Namespace) -> dict:
     from dermsynth.evaluate.train_classifier import fit
 
     prepared = load_prepared(args.real)
-    size = int(prepared.summary["settings"]["preprocess"]["image_size"])
+    size = prepared.image_size
     train = subsample_per_class(real_frame(prepared, "train"), args.per_class, 0, prepared.classes)
     val = real_frame(prepared, "val")
     if args.val_max and len(val) > args.val_max:

@@ -49,6 +49,16 @@ def test_fid_matches_torchmetrics_and_is_zero_for_identical_sets():
     assert math.isnan(fid(real[:1], fake))
 
 
+def test_fid_with_fewer_images_than_feature_dimensions_matches_sqrtm():
+    from scipy import linalg
+
+    real, fake = _features(2, n=12, d=64), _features(3, n=12, d=64, shift=0.2)
+    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)  # both of rank 11
+    mean_term = ((real.mean(0) - fake.mean(0)) ** 2).sum()
+    reference = mean_term + np.trace(cov_r) + np.trace(cov_f) - 2 * np.trace(linalg.sqrtm(cov_r @ cov_f).real)
+    assert fid(real, fake) == pytest.approx(reference, rel=1e-4)
+
+
 def _poly_mmd_unbiased(x, y):
     d = x.shape[1]
     k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731

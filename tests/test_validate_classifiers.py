@@ -91,6 +91,37 @@ def test_training_improves_a_tiny_cnn_and_keeps_the_best_validation_epoch():
         fit(classifier, train, poisoned, settings, seed=0)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision):
+    import dermsynth.evaluate.train_classifier as training
+
+    images, targets = _images(24), np.arange(24) % 2
+    train = ImageSet(images[:16], targets[:16], [f"t{i}" for i in range(16)], np.zeros(16, bool))
+    val = ImageSet(images[16:], targets[16:], [f"v{i}" for i in range(8)], np.zeros(8, bool))
+    real_epoch, calls = training._train_epoch, []
+
+    def epoch_that_diverges_in_bf16(classifier, train, settings, *args):
+        calls.append(settings.bf16)
+        loss = real_epoch(classifier, train, settings, *args)
+        if settings.bf16 or precision == "fp32":
+            next(classifier.model.parameters()).data[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "_train_epoch", epoch_that_diverges_in_bf16)
+    torch.manual_seed(0)
+    classifier = build_classifier("cnn", ["benign", "malignant"], 16, TINY_CNN)
+    settings = resolve_settings(TrainConfig(epochs=2, batch_size=8, precision=precision), "cnn", "cpu")
+    if precision == "fp32":
+        with pytest.raises(DermsynthError, match="diverged to non-finite weights in fp32"):
+            fit(classifier, train, val, settings, seed=0)
+        return
+    with pytest.warns(UserWarning, match="trained again from the same start in fp32"):
+        result = fit(classifier, train, val, settings, seed=0)
+    assert calls == [True, False, False]  # bf16 epoch 1 diverged; both epochs again in fp32
+    assert all(torch.isfinite(p).all() for p in classifier.model.parameters())
+    assert (result.history["precision"] == "fp32 (bf16 diverged)").all()
+
+
 def test_preset_defaults_and_overrides():
     settings = resolve_settings(TrainConfig(), "pretrained", "cpu")
     assert (settings.lr, settings.batch_size, settings.weight_decay) == (2e-5, 32, 0.01)

@@ -120,13 +120,19 @@ def _print_prepare_summary(summary: dict[str, Any], out: Path) -> None:
 def info(prep: Annotated[Path, typer.Argument(help="A prepared dataset folder.")]) -> None:
     """Summarise a prepared dataset: classes, splits, grouping, skipped images."""
     from dermsynth.data.dataset import load_prepared
+    from dermsynth.data.splits import grouping_level, split_summary
 
     dataset = load_prepared(prep)
-    _print_prepare_summary(dataset.summary, prep)
-    settings = dataset.summary["settings"]
-    typer.echo(f"source: {settings['dataset']}  label scheme: {settings['label_scheme']}  "
-               f"image size: {settings['preprocess']['image_size']}")
-    typer.echo(f"grouping: {dataset.summary['grouping']}")
+    # Counts come from metadata.csv (checked on loading), so a hand-edited prepare.json cannot mislead them.
+    summary = dataset.summary
+    _print_prepare_summary({"images": len(dataset.metadata), "grouping": grouping_level(dataset.metadata),
+                            "classes": dataset.classes, "splits": split_summary(dataset.metadata),
+                            "skipped_count": summary.get("skipped_count", 0),
+                            "skipped_by_reason": summary.get("skipped_by_reason", {})}, prep)
+    settings = dataset.summary.get("settings", {})
+    typer.echo(f"source: {settings.get('dataset', '?')}  label scheme: {settings.get('label_scheme', '?')}  "
+               f"image size: {dataset.image_size}")
+    typer.echo(f"grouping: {summary.get('grouping', grouping_level(dataset.metadata))}")
 
 
 # --------------------------------------------------------------------------- train / generate

@@ -7,7 +7,6 @@ its settings and of its upstream stages' hashes. A rerun skips every stage whose
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import time
@@ -26,7 +25,7 @@ from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.progress import console
-from dermsynth.utils import ensure_writable_dir, stable_hash, write_json_atomic, write_text_atomic
+from dermsynth.utils import ensure_writable_dir, marker_hash, stable_hash, write_json_atomic, write_text_atomic
 
 MARKER = ".stage.json"
 RUNNING = ".stage-running.json"
@@ -209,13 +208,7 @@ def _validate(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) 
 
 
 def _marker_hash(folder: Path, name: str = MARKER) -> str | None:
-    marker = folder / name
-    if not marker.is_file():
-        return None
-    try:
-        return json.loads(marker.read_text()).get("hash")
-    except json.JSONDecodeError:
-        return None
+    return marker_hash(folder / name)  # damaged or missing: the stage runs again
 
 
 def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:

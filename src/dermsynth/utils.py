@@ -53,6 +53,48 @@ def write_csv_atomic(path: str | Path, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+# Reading back what a stage wrote: a truncated, hand-edited or half-copied file becomes one line naming the file and
+# what to do (``remedy``), never a traceback.
+
+
+def read_json(path: str | Path, remedy: str, expect: type = dict) -> Any:
+    """The JSON in ``path``, which must be an ``expect`` (dict by default)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DermsynthError(f"{path} is damaged ({_reason(exc)}); {remedy}") from None
+    if not isinstance(data, expect):
+        raise DermsynthError(f"{path} is damaged (a JSON {type(data).__name__}, not a {expect.__name__}); {remedy}")
+    return data
+
+
+def read_csv(path: str | Path, remedy: str, columns: list[str] | tuple[str, ...] = (), **kwargs: Any):
+    """The table in ``path`` (pandas), which must hold ``columns``."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DermsynthError(f"{path} is damaged ({_reason(exc)}); {remedy}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DermsynthError(f"{path}: missing column(s) {', '.join(missing)}; {remedy}")
+    return frame
+
+
+def marker_hash(path: str | Path) -> str | None:
+    """The ``hash`` a done-marker records; None when it is missing or damaged (the work is then redone)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data.get("hash") if isinstance(data, dict) else None
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
 def stable_hash(data: Any) -> str:
     """A short, order-stable hash of JSON-able settings (used to decide whether a cache is still valid)."""
     blob = json.dumps(data, sort_keys=True, default=str).encode()

@@ -100,7 +100,13 @@ def _cached_features(space: FeatureSpace, loaded: LoadedSet, cache: Path) -> np.
     key = hashlib.sha256(space.name.encode() + loaded.images.tobytes()).hexdigest()[:20]
     path = cache / f"{key}.npy"
     if path.is_file():
-        return np.load(path, allow_pickle=False)
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.ndim == 2 and len(cached) == len(loaded.images) and np.isfinite(cached).all():
+                return cached
+        except (OSError, ValueError, EOFError):
+            pass
+        console.print(f"[yellow]feature cache {path.name} is damaged: computing the features again[/yellow]")
     features = space(loaded.images).astype(np.float32)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,9 @@ import pandas as pd
 
 from dermsynth.data.schema import CANONICAL_COLUMNS, SPLITS
 from dermsynth.errors import DermsynthError
+from dermsynth.utils import read_csv, read_json
+
+REMEDY = "re-run 'dermsynth prepare' into a new folder"
 
 
 @dataclass
@@ -24,6 +26,14 @@ class PreparedDataset:
     def classes(self) -> list[str]:
         """Class names in target order (index = integer target)."""
         return list(self.summary["classes"])
+
+    @property
+    def image_size(self) -> int:
+        """The side of the prepared square images."""
+        try:
+            return int(self.summary["settings"]["preprocess"]["image_size"])
+        except (KeyError, TypeError, ValueError):
+            raise DermsynthError(f"{self.root / 'prepare.json'} records no preprocess.image_size; {REMEDY}") from None
 
     def split(self, name: str) -> pd.DataFrame:
         if name not in SPLITS:
@@ -46,12 +56,31 @@ def load_prepared(root: str | Path) -> PreparedDataset:
     if not summary_path.is_file() or not metadata_path.is_file():
         raise DermsynthError(f"{root} is not a complete prepared dataset (no prepare.json/metadata.csv); "
                              "run 'dermsynth prepare' into it")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    metadata = pd.read_csv(metadata_path, dtype={"image_id": str, "patient_id": str, "lesion_id": str})
-    missing = [c for c in CANONICAL_COLUMNS if c not in metadata.columns]
-    if missing:
-        raise DermsynthError(f"{metadata_path}: missing column(s) {missing}")
+    summary = read_json(summary_path, REMEDY)
+    classes = summary.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and len(set(map(str, classes))) == len(classes)):
+        raise DermsynthError(f"{summary_path} is damaged (no list of two or more class names); {REMEDY}")
+    metadata = read_csv(metadata_path, REMEDY, CANONICAL_COLUMNS,
+                        dtype={"image_id": str, "patient_id": str, "lesion_id": str, "path": str, "label": str})
+    _check_rows(metadata, [str(c) for c in classes], metadata_path)
     return PreparedDataset(root=root, metadata=metadata, summary=summary)
+
+
+def _check_rows(metadata: pd.DataFrame, classes: list[str], path: Path) -> None:
+    """Every row names an image inside the folder, a known class with its own target, and a split."""
+    def fail(mask: pd.Series, what: str) -> None:
+        if mask.any():
+            row = int(np.flatnonzero(mask.to_numpy())[0]) + 2  # 1-based, after the header line
+            raise DermsynthError(f"{path} is damaged (line {row}: {what}); {REMEDY}")
+
+    for column in ("image_id", "path", "label", "target", "split"):
+        fail(metadata[column].isna(), f"no {column}")
+    target = pd.to_numeric(metadata["target"], errors="coerce")
+    fail(target.isna() | (target % 1 != 0) | (target < 0) | (target >= len(classes)), "target is not a class index")
+    fail(metadata["label"] != target.astype(int).map(dict(enumerate(classes))), "label does not match its target")
+    fail(~metadata["split"].isin(SPLITS), f"split is not one of {', '.join(SPLITS)}")
+    fail(metadata["path"].map(lambda p: Path(p).is_absolute() or ".." in Path(p).parts), "path leaves the folder")
+    metadata["target"] = target.astype(np.int64)
 
 
 def subsample_per_class(frame: pd.DataFrame, per_class: int, seed: int, classes: list[str]) -> pd.DataFrame:

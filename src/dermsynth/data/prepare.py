@@ -7,6 +7,7 @@ Order: read metadata -> labels -> optional subsample -> decode + preprocess imag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -29,7 +30,14 @@ from dermsynth.data.schema import CANONICAL_COLUMNS
 from dermsynth.data.splits import check_disjoint, grouped_split, grouping_level, split_summary
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import track
-from dermsynth.utils import atomic_path, ensure_writable_dir, stable_hash, write_csv_atomic, write_json_atomic
+from dermsynth.utils import (
+    atomic_path,
+    ensure_writable_dir,
+    marker_hash,
+    stable_hash,
+    write_csv_atomic,
+    write_json_atomic,
+)
 
 JOURNAL = ".preprocess-journal.jsonl"
 SETTINGS_MARKER = ".settings.json"
@@ -159,20 +167,22 @@ def _init_worker() -> None:
 def _load_journal(images_dir: Path, settings_hash: str) -> dict[str, dict[str, Any]]:
     """Results of an earlier run with the same settings; anything else is invalidated."""
     marker = images_dir / SETTINGS_MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("hash") == settings_hash:
+    if marker_hash(marker) == settings_hash:
         done: dict[str, dict[str, Any]] = {}
         journal = images_dir / JOURNAL
         if journal.is_file():
-            for line in journal.read_text().splitlines():
+            for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a kill
                     continue
-                done[record["image_id"]] = record
+                if isinstance(record, dict) and isinstance(record.get("image_id"), str):
+                    done[record["image_id"]] = record
         previous = images_dir.parent / "preprocess.csv"
-        if previous.is_file():
-            for record in pd.read_csv(previous).to_dict("records"):
-                done.setdefault(record["image_id"], record)
+        with contextlib.suppress(ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            if previous.is_file():  # a cache: when damaged, its images are processed again
+                for record in pd.read_csv(previous, dtype={"image_id": str}).to_dict("records"):
+                    done.setdefault(record["image_id"], record)
         return done
     if images_dir.exists():
         import shutil

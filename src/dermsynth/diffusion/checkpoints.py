@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS
+from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.progress import console
 
 CHECKPOINTS = "checkpoints"
@@ -58,6 +58,7 @@ def read_newest_intact(out: Path, read: Callable[[Path], T]) -> tuple[Path, T] |
 
     ``read`` must only read (so a damaged file leaves the trainer untouched) and raise one of
     UNREADABLE_ARTIFACT_ERRORS for a damaged file; a DermsynthError (changed data or settings) is not a skip.
+    When every checkpoint is damaged, a DermsynthError says so.
     """
     checkpoints = list_checkpoints(out)
     for folder in reversed(checkpoints):
@@ -66,6 +67,8 @@ def read_newest_intact(out: Path, read: Callable[[Path], T]) -> tuple[Path, T] |
         except UNREADABLE_ARTIFACT_ERRORS as exc:
             console.print(f"[yellow]skipped corrupt checkpoint {folder.name} ({type(exc).__name__}); "
                           "trying an older one[/yellow]")
-    if checkpoints:
-        console.print("[yellow]no intact checkpoint: training starts from step 0[/yellow]")
+    if checkpoints:  # training afresh would prune them by name: refuse rather than lose what may be recovered
+        names = ", ".join(p.name for p in checkpoints)
+        raise DermsynthError(f"no intact checkpoint in {out / CHECKPOINTS} (damaged: {names}); move that folder "
+                             "away to train from step 0")
     return None

@@ -13,7 +13,6 @@ without its image, and a rerun of the same command makes only what is missing. I
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +32,12 @@ from dermsynth.diffusion.qc import QCLimits, qc_reason
 from dermsynth.diffusion.sampling import to_uint8
 from dermsynth.diffusion.schedulers import check_scheduler_name
 from dermsynth.errors import DermsynthError
-from dermsynth.progress import make_progress
+from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
     atomic_path,
     ensure_writable_dir,
+    read_csv,
+    read_json,
     relative_path,
     stable_hash,
     write_csv_atomic,
@@ -300,15 +301,22 @@ class _FolderState:
         _check_same_settings(root, settings)
         for stale in (root / "images").rglob(".*.tmp*"):
             stale.unlink(missing_ok=True)  # left by a killed write; the image is made again
-        rows = {}
+        rows, damaged = {}, 0
         for path in sorted((root / "images").glob("*/*.png")):
             row = _row_from_png(path)
+            if row == "damaged":  # truncated or overwritten after it was written: made again below
+                path.unlink()
+                damaged += 1
+                continue
             if row is None or row.get("label") not in classes or path.parent.name != row["label"]:
                 raise DermsynthError(f"{path} was not made by dermsynth generate with these settings; "
                                      "use an empty --out folder")
             rows[row["image_id"]] = row
+        if damaged:
+            console.print(f"[yellow]{damaged} damaged image(s) in {root} removed; they are made again[/yellow]")
         rejected_path = root / "rejected.csv"
-        rejected = (pd.read_csv(rejected_path, dtype={"image_id": str, "label": str}).to_dict("records")
+        rejected = (read_csv(rejected_path, "delete it (its images are then tried again) or use another --out",
+                             REJECTED_COLUMNS, dtype={"image_id": str, "label": str}).to_dict("records")
                     if rejected_path.is_file() else [])
         state = cls(root, rows, rejected)
         state.flush()
@@ -341,13 +349,14 @@ class _FolderState:
             write_csv_atomic(self.root / "rejected.csv", pd.DataFrame(self.rejected, columns=REJECTED_COLUMNS))
 
 
-def _row_from_png(path: Path) -> dict[str, Any] | None:
-    """The manifest row stored in a PNG's text chunks (None if it has none or is unreadable)."""
+def _row_from_png(path: Path) -> dict[str, Any] | str | None:
+    """The manifest row stored in a PNG's text chunks; None if it has none, "damaged" if its pixels do not decode."""
     try:
         with Image.open(path) as image:
             text = dict(getattr(image, "text", {}))
-    except OSError:
-        return None
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        return "damaged"
     if not all(column in text for column in MANIFEST_COLUMNS):
         return None
     row: dict[str, Any] = {column: text[column] for column in MANIFEST_COLUMNS}
@@ -361,8 +370,8 @@ def _check_same_settings(root: Path, settings: dict[str, Any]) -> None:
     if not previous.is_file():
         return
     # The model is identified by its weights' hash, so a moved model folder still resumes.
-    earlier = {k: v for k, v in json.loads(previous.read_text(encoding="utf-8")).get("settings", {}).items()
-               if k != "model"}
+    recorded = read_json(previous, "delete it to go on with the current settings, or use another --out")
+    earlier = {k: v for k, v in dict(recorded.get("settings") or {}).items() if k != "model"}
     current = {k: v for k, v in settings.items() if k != "model"}
     if stable_hash(earlier) != stable_hash(current):
         changed = sorted(k for k in current.keys() | earlier.keys() if earlier.get(k) != current.get(k))

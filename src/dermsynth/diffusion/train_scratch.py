@@ -37,6 +37,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
@@ -65,6 +66,7 @@ from dermsynth.utils import (
     atomic_path,
     ensure_writable_dir,
     pick_device,
+    read_json,
     relative_path,
     sha256_file,
     stable_hash,
@@ -74,6 +76,7 @@ from dermsynth.utils import (
 )
 
 FAMILY = "scratch"
+FINISHED_REMEDY = "choose another --out, or delete that folder to train afresh"
 StepCallback = Callable[[int, float], None]
 
 
@@ -128,7 +131,7 @@ def train(
     training_data = load_training_data(dataset, cfg.model.image_size, progress, per_class=cfg.real_per_class,
                                        subsample_seed=cfg.subsample_seed)
     if existing == "finished" and _finished_matches(out, cfg, training_data.summary):
-        info = json.loads((out / MODEL_JSON).read_text(encoding="utf-8"))
+        info = read_json(out / MODEL_JSON, FINISHED_REMEDY)
         return TrainResult(out=out, steps=info["steps"], seconds=info["seconds"], skipped=True, info=info)
     if existing == "finished":
         raise DermsynthError(f"{out} holds a model trained with other settings or data; "
@@ -150,10 +153,14 @@ def _existing_state(out: Path, resume: bool) -> str:
 
 
 def _finished_matches(out: Path, cfg: TrainConfig, data_summary: dict[str, Any]) -> bool:
-    info = json.loads((out / MODEL_JSON).read_text(encoding="utf-8"))
-    same_config = _learning_config(TrainConfig.model_validate(info["config"])) == _learning_config(cfg)
-    same_budget = (info["config"]["max_steps"], info["config"]["max_minutes"]) == (cfg.max_steps, cfg.max_minutes)
-    return same_config and same_budget and info["data"]["sha256"] == data_summary["sha256"]
+    info = read_json(out / MODEL_JSON, FINISHED_REMEDY)
+    try:
+        same_config = _learning_config(TrainConfig.model_validate(info["config"])) == _learning_config(cfg)
+        same_budget = (info["config"]["max_steps"], info["config"]["max_minutes"]) == (cfg.max_steps,
+                                                                                         cfg.max_minutes)
+        return same_config and same_budget and info["data"]["sha256"] == data_summary["sha256"]
+    except (KeyError, TypeError, ValidationError):  # hand-edited: it cannot be shown to match
+        return False
 
 
 def _learning_config(cfg: TrainConfig) -> dict[str, Any]:

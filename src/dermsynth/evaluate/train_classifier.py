@@ -8,6 +8,7 @@ only written to the history; nothing reads them back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
+from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.classifiers import Classifier, autocast, batches, predict_proba
 from dermsynth.evaluate.config import TrainConfig
 from dermsynth.evaluate.datasets import ImageSet
@@ -142,6 +144,33 @@ def fit(classifier: Classifier, train: ImageSet, val: ImageSet, settings: TrainS
     """Train ``classifier`` in place and leave it holding the weights of the best validation epoch."""
     if val.synthetic.any() or (test is not None and test.synthetic.any()):
         raise AssertionError("synthetic images must never reach validation or test")
+    initial = {k: v.detach().clone() for k, v in classifier.model.state_dict().items()}
+    try:
+        return _fit(classifier, train, val, settings, seed, device, test, on_step, on_epoch)
+    except _NonFiniteWeights:
+        if not settings.bf16:
+            raise DermsynthError("classifier training diverged to non-finite weights in fp32; lower the learning "
+                                 f"rate (train.lr, now {settings.lr:g})") from None
+    # bf16 on CPU has, rarely and not reproducibly, turned a batch's activations non-finite: start again in fp32
+    warnings.warn("bf16 training produced non-finite weights; trained again from the same start in fp32",
+                  stacklevel=2)
+    classifier.model.load_state_dict(initial)
+    result = _fit(classifier, train, val, dataclasses.replace(settings, bf16=False), seed, device, test, on_step,
+                  on_epoch)
+    result.history["precision"] = "fp32 (bf16 diverged)"
+    return result
+
+
+class _NonFiniteWeights(Exception):
+    pass
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def _fit(classifier: Classifier, train: ImageSet, val: ImageSet, settings: TrainSettings, seed: int, device: str,
+         test: ImageSet | None, on_step: Callable[[], None], on_epoch: Callable[[dict], None]) -> FitResult:
     metric = _selection_metric(settings, val)
     sign = -1.0 if metric == "loss" else 1.0
     generator = torch.Generator().manual_seed(seed)
@@ -155,6 +184,8 @@ def fit(classifier: Classifier, train: ImageSet, val: ImageSet, settings: TrainS
         tick = time.monotonic()
         train_loss = _train_epoch(classifier, train, settings, optimizer, scheduler, generator, device, on_step)
         train_seconds += time.monotonic() - tick
+        if not _finite(model):
+            raise _NonFiniteWeights
         _, val_metrics = evaluate(classifier, val, settings, device)
         score = sign * val_metrics[metric]
         if score > best_score:  # NaN never wins; ties keep the earlier epoch

@@ -127,7 +127,7 @@ def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResu
     root = ensure_writable_dir(out / "validation")
     device = pick_device(config.device)
     prepared = load_prepared(config.real)
-    size = config.image_size or int(prepared.summary["settings"]["preprocess"]["image_size"])
+    size = config.image_size or prepared.image_size
     spec = build_classifier(config.model, prepared.classes, None if _pretrained(config) else size,
                             config.architecture).spec
     data = load_data(config, prepared, spec.size, progress)
@@ -255,10 +255,15 @@ def _finished(plan: RunPlan) -> bool:
     metrics = plan.folder / "metrics.json"
     if not metrics.is_file():
         return False
+    # A damaged metrics.json or predictions.csv (hand-edited, or copied in part) means the run is trained again.
     try:
-        return json.loads(metrics.read_text(encoding="utf-8")).get("settings_hash") == plan.settings_hash
-    except ValueError:
+        recorded = json.loads(metrics.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict) or recorded.get("settings_hash") != plan.settings_hash:
+            return False
+        predictions = pd.read_csv(plan.folder / "predictions.csv", dtype={"image": str})
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return False
+    return "image" in predictions.columns and "threshold" in recorded
 
 
 def _probability_frame(ids: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -357,7 +362,11 @@ def _read_run(plan: RunPlan, data: Data) -> RunPredictions | None:
         return None
     metrics = json.loads((plan.folder / "metrics.json").read_text(encoding="utf-8"))
     predictions = pd.read_csv(plan.folder / "predictions.csv", dtype={"image": str}).set_index("image")
-    probs = predictions.loc[data.test["image_id"], data.classes].to_numpy(np.float64)
+    try:
+        probs = predictions.loc[data.test["image_id"], data.classes].to_numpy(np.float64)
+    except KeyError:
+        raise DermsynthError(f"{plan.folder / 'predictions.csv'} lacks test images or classes of this study; "
+                             "delete that run folder to train it again") from None
     return RunPredictions(plan.seed, data.test["target"].to_numpy(np.int64), probs, metrics["threshold"])
 
 

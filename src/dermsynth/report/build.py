@@ -107,7 +107,7 @@ def overview_section(run: RunFolder) -> Section:
     config = _yaml(run.text("config.resolved.yaml")) or {}
     stages = []
     for stage, (folder, _) in STAGES.items():
-        marker = run.json(folder, ".stage.json") or {}
+        marker = _marker(run.path(folder, ".stage.json"))
         name = stage
         if stage == "train" and is_finetuned(run, run.json(folder, MODEL_JSON) or {}):
             name = "finetune"
@@ -116,6 +116,15 @@ def overview_section(run: RunFolder) -> Section:
     return {"name": config.get("name") or run.root.resolve().name, "root": str(run.root),
             "stages": stages, "by_name": {s["key"]: s for s in stages},
             "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _marker(path: Path) -> dict[str, Any]:
+    """A stage's done-marker; a damaged one reads as empty (it only dates the stage)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def dataset_section(run: RunFolder) -> Section | None:
@@ -747,17 +756,30 @@ def gather(run_dir: str | Path) -> dict[str, Any]:
     if not any(run.stage_ran(stage) for stage in STAGES):
         folders = ", ".join(f"{f}/" for f, _ in STAGES.values())
         raise DermsynthError(f"{root}: no stage output found (expected one of {folders})")
-    return {
-        "overview": overview_section(run),
-        "dataset": dataset_section(run),
-        "preprocessing": preprocessing_section(run),
-        "training": training_section(run),
-        "generated": generated_section(run),
-        "comparison": comparison_section(run),
-        "validation": validation_section(run),
-        "audit": audit_section(run),
-        "provenance": provenance_section(run),
+    sections = {
+        "overview": (overview_section, None),
+        "dataset": (dataset_section, "prepare"),
+        "preprocessing": (preprocessing_section, "prepare"),
+        "training": (training_section, "train"),
+        "generated": (generated_section, "generate"),
+        "comparison": (comparison_section, "generate"),
+        "validation": (validation_section, "validate"),
+        "audit": (audit_section, "audit"),
+        "provenance": (provenance_section, None),
     }
+    return {name: _section(run, build, stage) for name, (build, stage) in sections.items()}
+
+
+def _section(run: RunFolder, build, stage: str | None) -> Section | None:
+    """One section; a stage output that lacks a field the report needs (hand-edited, or cut short) is named in one
+    line rather than a traceback."""
+    try:
+        return build(run)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        where = f"{run.root / STAGES[stage][0]}/" if stage else str(run.root)
+        raise DermsynthError(f"{where} holds a damaged or hand-edited file ({type(exc).__name__}: "
+                             f"{str(exc)[:80]}); re-run {'that stage' if stage is None else repr(stage)} "
+                             "into a clean folder, then 'dermsynth report' again") from None
 
 
 def render_html(context: dict[str, Any]) -> str:
