@@ -187,26 +187,40 @@ def _at_size(loaded: LoadedSet, size: int) -> np.ndarray:
         np.zeros((0, size, size, 3), np.uint8)
 
 
-def _two_sample_tests(real: dict[str, np.ndarray], real_targets: dict[str, np.ndarray], synthetic: np.ndarray,
-                      synthetic_targets: np.ndarray, classes: list[str], config: AuditConfig, device: str,
-                      progress: bool) -> dict[str, Any]:
-    """Per class: C2ST of synthetic vs real train, and of real held-out (val + test) vs real train as reference."""
+def _lesion_groups(frame: pd.DataFrame) -> np.ndarray:
+    """Patient, else lesion, else image of each real image (the grouping of prepare's splits)."""
+    from dermsynth.data.splits import group_keys
+
+    filled = frame.assign(**{c: frame.get(c) for c in ("patient_id", "lesion_id")})
+    return group_keys(filled).to_numpy(dtype=object)
+
+
+def _two_sample_tests(real: dict[str, np.ndarray], real_targets: dict[str, np.ndarray],
+                      real_groups: dict[str, np.ndarray], synthetic: np.ndarray, synthetic_targets: np.ndarray,
+                      classes: list[str], config: AuditConfig, device: str, progress: bool) -> dict[str, Any]:
+    """Per class: C2ST of synthetic vs real train, and of real held-out (val + test) vs real train as reference;
+    real images are grouped by patient (else lesion) across folds, synthetic images are each their own group."""
     from dermsynth.audit.c2st import c2st
 
     held_out = np.concatenate([real["val"], real["test"]])
     held_out_targets = np.concatenate([real_targets["val"], real_targets["test"]])
+    held_out_groups = np.concatenate([real_groups["val"], real_groups["test"]])
     kwargs = {"folds": config.c2st_folds, "epochs": config.c2st_epochs, "max_per_set": config.c2st_max_per_set,
               "seed": config.seed, "device": device}
     per_class = {}
     for target, name in enumerate(track(classes, len(classes), "C2ST", progress)):
-        train = real["train"][real_targets["train"] == target]
+        in_train, in_held_out = real_targets["train"] == target, held_out_targets == target
+        train, train_groups = real["train"][in_train], real_groups["train"][in_train]
         per_class[name] = {
-            "synthetic_vs_real": c2st(train, synthetic[synthetic_targets == target], **kwargs).as_dict(),
-            "real_held_out_vs_real": c2st(train, held_out[held_out_targets == target], **kwargs).as_dict(),
+            "synthetic_vs_real": c2st(train, synthetic[synthetic_targets == target], groups_a=train_groups,
+                                      **kwargs).as_dict(),
+            "real_held_out_vs_real": c2st(train, held_out[in_held_out], groups_a=train_groups,
+                                          groups_b=held_out_groups[in_held_out], **kwargs).as_dict(),
         }
     return {"method": "per class, a small CNN trained from scratch to tell the two sets apart (balanced sets, "
-                      f"{config.c2st_folds}-fold cross-validation, seed {config.seed}); pooled out-of-fold AUROC "
-                      "with a bootstrap CI. 0.5 = indistinguishable, 1 = always told apart.",
+                      f"{config.c2st_folds}-fold cross-validation with every patient or lesion in one fold, seed "
+                      f"{config.seed}); pooled out-of-fold AUROC with a bootstrap CI. 0.5 = indistinguishable, "
+                      "1 = always told apart.",
             "image_size": int(synthetic.shape[1]), "per_class": per_class}
 
 
@@ -230,7 +244,9 @@ def _difference_tests(real: dict[str, LoadedSet], synthetic: LoadedSet, classes:
     out: dict[str, Any] = {}
     if config.c2st:
         console.print(f"audit: real-vs-synthetic tests (C2ST, {size} px) ...")
-        out["c2st"] = _two_sample_tests(images, targets, syn_images, syn_targets, classes, config, device, progress)
+        groups = {k: _lesion_groups(v.frame) for k, v in real.items()}
+        out["c2st"] = _two_sample_tests(images, targets, groups, syn_images, syn_targets, classes, config, device,
+                                        progress)
     if config.domain_gap:
         console.print(f"audit: domain-gap statistics ({size} px) ...")
         out["domain_gap"] = _domain_gap(images["train"], targets["train"], syn_images, syn_targets, classes)
