@@ -210,3 +210,20 @@ def test_audit_bad_inputs_are_one_line_errors(sample_prep, tmp_path, cli):
     code, _, stderr = cli("audit", "--real", sample_prep.root, "--synthetic", tmp_path / "odd", "--out", tmp_path / "o",
                           "--features", "nonsense")
     assert code == 2
+
+
+def test_feature_network_learns_from_one_patient_grouped_half_of_train():
+    import pandas as pd
+
+    from dermsynth.audit.config import AuditConfig
+    from dermsynth.audit.run import LoadedSet, feature_training_rows
+
+    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(60)], "patient_id": [f"p{k // 3}" for k in range(60)],
+                          "lesion_id": None, "target": [(k // 3) % 2 for k in range(60)]})
+    train = LoadedSet("real train", frame, np.zeros((60, 4, 4, 3), np.uint8))
+    teach = feature_training_rows(train, AuditConfig())
+    assert 20 <= teach.sum() <= 40
+    assert not set(frame["patient_id"][teach]) & set(frame["patient_id"][~teach])  # no patient in both halves
+    assert set(frame["target"][teach]) == set(frame["target"][~teach]) == {0, 1}
+    assert feature_training_rows(train, AuditConfig(feature_split="all")).all()
+    assert feature_training_rows(train, AuditConfig(features="hf:some/model")).all()  # trained elsewhere

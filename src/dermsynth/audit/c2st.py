@@ -3,7 +3,8 @@
 Both sets are subsampled (seeded) to the same size n; a stratified k-fold split, grouped by patient or lesion
 where groups are given, trains one fresh CNN per fold to predict set membership and scores the held-out fold, so
 every image gets an out-of-fold score. The result is the AUROC of the pooled out-of-fold scores (0.5 = the
-classifier cannot tell the sets apart; 1.0 = perfectly separable) with a stratified bootstrap percentile interval. No pretrained weights are involved.
+classifier cannot tell the sets apart; 1.0 = perfectly separable) with a stratified bootstrap percentile interval.
+No pretrained weights are involved.
 
 Inputs are scaled with fixed constants (x / 127.5 - 1), never with per-set statistics, and the only augmentation
 is the 8 symmetries of the square (flips, quarter turns), drawn identically for both sets: colour, sharpness and

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from dermsynth.config import StrictModel
@@ -12,6 +14,13 @@ class AuditConfig(StrictModel):
         "classifier",
         description="Feature space: classifier (a CNN trained here on the real train split), classifier:PATH "
                     "(a saved classifier folder) or hf:ID_OR_PATH (a transformers vision backbone).")
+    feature_split: Literal["half", "all"] = Field(
+        "half",
+        description="With features: classifier, the CNN learns from one patient-grouped half of the real train split "
+                    "and FID, KID and precision/recall compare against the other half: a network trained on the "
+                    "images it later measures has memorised them, which inflates real-test-vs-train FID (on "
+                    "HAM10000 ~40 vs ~2 for synthetic) and makes the FID ratio meaningless. all: train on the whole "
+                    "split (the earlier, biased behaviour).")
     image_size: int = Field(64, ge=16, le=1024, description="All images are compared at this square size.")
     max_images: int | None = Field(
         5000, ge=2, description="Cap per image set (seeded sample) to bound time; null = all images.")

@@ -38,7 +38,7 @@ def classifier_space(path: str | Path, description: str, device: str = "cpu") ->
 
 def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray, val_images: np.ndarray,
                              val_targets: np.ndarray, classes: list[str], folder: Path, epochs: int, seed: int,
-                             device: str = "cpu") -> FeatureSpace:
+                             device: str = "cpu", note: str = "") -> FeatureSpace:
     """Train (or reuse from ``folder``) the default feature network on real images only."""
     from dermsynth.evaluate.classifiers import build_classifier, save_classifier
     from dermsynth.evaluate.config import TrainConfig
@@ -46,7 +46,7 @@ def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray
     from dermsynth.evaluate.train_classifier import fit, resolve_settings
 
     description = (f"penultimate features of a small CNN (cnn preset, {train_images.shape[1]} px) trained by the "
-                   f"audit on the real training split for {epochs} epochs, seed {seed}")
+                   f"audit on {len(train_images)} real training images for {epochs} epochs, seed {seed}{note}")
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
         classifier = build_classifier("cnn", classes, image_size=train_images.shape[1])

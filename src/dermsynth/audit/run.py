@@ -76,15 +76,36 @@ def _real_sets(prepared: PreparedDataset, config: AuditConfig, notes: list[str],
     return sets
 
 
+def feature_training_rows(train: LoadedSet, config: AuditConfig) -> np.ndarray:
+    """Which real training images teach the default feature CNN (True) and which are left to compare against.
+
+    One half of the patients (else lesions), stratified by class, when ``feature_split`` is half; all otherwise
+    (and for feature spaces trained elsewhere)."""
+    rows = np.ones(len(train.frame), dtype=bool)
+    groups = _lesion_groups(train.frame)
+    targets = train.frame["target"].to_numpy()
+    if config.features != "classifier" or config.feature_split == "all" or len(np.unique(groups)) < 4:
+        return rows
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    split = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=config.seed % 2**32)
+    _, reference = next(split.split(np.zeros(len(rows)), targets, groups))
+    rows[reference] = False
+    return rows
+
+
 def _feature_space(config: AuditConfig, real: dict[str, LoadedSet], classes: list[str], out: Path,
-                   device: str) -> FeatureSpace:
+                   device: str, teach: np.ndarray) -> FeatureSpace:
     spec = config.features
     if spec == "classifier":
         val = real["val"] if len(real["val"].frame) else real["test"]
+        train = real["train"]
+        folder = out / ("feature-classifier" if teach.all() else "feature-classifier-half")
         return trained_classifier_space(
-            real["train"].images, real["train"].frame["target"].to_numpy(), val.images,
-            val.frame["target"].to_numpy(), classes, out / "feature-classifier", config.classifier_epochs,
-            config.seed, device)
+            train.images[teach], train.frame["target"].to_numpy()[teach], val.images,
+            val.frame["target"].to_numpy(), classes, folder, config.classifier_epochs, config.seed, device,
+            "" if teach.all() else f" (one patient-grouped half of the train split; FID, KID and precision/recall "
+                                   f"compare against the other {int((~teach).sum())})")
     if spec.startswith("classifier:"):
         path = Path(spec.split(":", 1)[1])
         if not path.is_dir():
@@ -119,21 +140,23 @@ def _cached_features(space: FeatureSpace, loaded: LoadedSet, cache: Path) -> np.
 
 
 def _fidelity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[str], config: AuditConfig,
-              notes: list[str]) -> dict[str, Any]:
+              notes: list[str], teach: np.ndarray) -> dict[str, Any]:
     """Synthetic vs real train, beside real test vs real train: the same metric between two real samples.
 
     FID and precision/recall depend on sample size, so both comparisons use the same number of images (the
-    smaller of the synthetic and real test sets, randomly drawn) against the full training set.
+    smaller of the synthetic and real test sets, randomly drawn) against the same training images: those the
+    feature network did not learn from (``teach`` False), or all of them when it learnt from all.
     """
     train, reference = real["train"], real["test"]
     rng = np.random.default_rng(config.seed)
+    compared = ~teach if (~teach).any() else teach  # the train images the feature network did not learn from
 
     def pair(mask_train: np.ndarray, mask_syn: np.ndarray, mask_ref: np.ndarray) -> dict[str, Any]:
         syn_rows, ref_rows = np.flatnonzero(mask_syn), np.flatnonzero(mask_ref)
         n = min(len(syn_rows), len(ref_rows)) if len(ref_rows) else len(syn_rows)
         syn_rows = np.sort(rng.choice(syn_rows, n, replace=False))
         ref_rows = np.sort(rng.choice(ref_rows, n, replace=False)) if len(ref_rows) else ref_rows
-        base = train.features[mask_train]
+        base = train.features[mask_train & compared]
         kwargs = {"k": config.nearest_k, "kid_subsets": config.kid_subsets, "seed": config.seed}
         result = {"synthetic_vs_train": compare(base, synthetic.features[syn_rows], **kwargs),
                   "real_test_vs_train": compare(base, reference.features[ref_rows], **kwargs)}
@@ -350,14 +373,19 @@ def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: Audi
         raise DermsynthError(f"{synthetic}: none of its images could be read")
     device = pick_device(config.device)
     console.print(f"audit: features ({config.features}) ...")
-    space = _feature_space(config, real_sets, classes, out, device)
+    teach = feature_training_rows(real_sets["train"], config)
+    space = _feature_space(config, real_sets, classes, out, device, teach)
     for loaded in (*real_sets.values(), synthetic_set):
         loaded.features = _cached_features(space, loaded, out / "cache") if len(loaded.frame) else None
     for loaded in real_sets.values():
         if loaded.features is None:
             loaded.features = np.zeros((0, synthetic_set.features.shape[1]), np.float32)
     console.print("audit: fidelity and memorization ...")
-    fidelity = _fidelity(real_sets, synthetic_set, classes, config, notes)
+    fidelity = _fidelity(real_sets, synthetic_set, classes, config, notes, teach)
+    fidelity["reference"] = {
+        "train_images_compared": int((~teach).sum() or teach.sum()), "train_images_teaching_features": int(
+            teach.sum()) if config.features == "classifier" else 0,
+        "split": "patient-grouped halves of the train split" if (~teach).any() else "the whole train split"}
     memorization, nearest, held_out_pixel = _memorization(real_sets, synthetic_set, config, notes)
     nearest.insert(2, "label", [classes[t] for t in nearest.pop("label_target")])
     differences = _difference_tests(real_sets, synthetic_set, classes, config, device, progress)
