@@ -180,3 +180,16 @@ def test_hair_score_uses_the_removal_detector(halves):
     assert hair_mask(image).mean() > before + 0.02
     stats = image_statistics(np.stack([halves[0][0], image]))
     assert stats.loc[1, "hair_score"] > stats.loc[0, "hair_score"]
+
+
+def test_noise_has_no_lesion_and_real_images_do(halves, stats_a):
+    # The segmenter returns a region even in noise; only a region set off from the skin around it is a lesion.
+    rng = np.random.default_rng(0)
+    uniform = rng.integers(0, 256, (20, SIZE, SIZE, 3), dtype=np.uint8)
+    skin = np.clip(np.array([200, 150, 130]) + rng.normal(0, 25, (20, SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    for noise in (uniform, skin):
+        stats = image_statistics(noise)
+        assert stats["lesion_found"].mean() <= 0.05
+        assert stats["lesion_area_fraction"].isna().mean() >= 0.95
+    assert stats_a["lesion_found"].mean() >= 0.95
+    assert stats_a["lesion_contrast"].median() > 2 * 1.0
