@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_data import to_pixels
 from dermsynth.diffusion.sd_finetune import Trainer
 from dermsynth.diffusion.sd_models import build_tiny_pipeline, load_pipeline
-from dermsynth.diffusion.train_scratch import _load_square
 
 INSTANCE, CLASS = "dermoscopy image of a sks lesion", "dermoscopy image of a skin lesion"
 
@@ -79,7 +79,7 @@ def reference(base: Path, fixed, rank: int, size: int):
     lr_scheduler = get_scheduler("constant", optimizer, num_warmup_steps=0, num_training_steps=10_000)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     examples = fixed[0]
-    pixels = to_pixels([_load_square(e.path, size) for e in examples], None)  # decoded once, outside the step
+    pixels = to_pixels([load_training_square(e.path, size) for e in examples], None)  # decoded once, outside the step
     prompts = [e.prompt for e in examples]
     unet.train()
 

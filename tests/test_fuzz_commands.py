@@ -88,9 +88,10 @@ def truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-def edit_metadata(folder: Path, change: Callable[[pd.DataFrame], None]) -> None:
+def set_cell(folder: Path, column: str, row: int, value: Callable[[pd.DataFrame], str] | str) -> None:
+    """Hand-edit one cell of a prepared folder's metadata.csv (``value`` may be computed from the table)."""
     frame = pd.read_csv(folder / "metadata.csv", dtype=str)
-    change(frame)
+    frame.loc[row, column] = value(frame) if callable(value) else value
     frame.to_csv(folder / "metadata.csv", index=False)
 
 
@@ -139,20 +140,19 @@ def info_metadata_empty(ws, tmp) -> Case:
 
 def info_metadata_path_outside(ws, tmp) -> Case:
     prep = ws.copy("prep", tmp / "p")
-    edit_metadata(prep, lambda f: f.__setitem__("path", f["path"].where(f.index != 3, "../../etc/passwd")))
+    set_cell(prep, "path", 3, "../../etc/passwd")
     return ["info", prep], 2, "path leaves the folder", []
 
 
 def info_metadata_label_swapped(ws, tmp) -> Case:
     prep = ws.copy("prep", tmp / "p")
-    edit_metadata(prep, lambda f: f.__setitem__("label", f["label"].where(f.index != 0, "malignant" if
-                                                                          f.loc[0, "target"] == "0" else "benign")))
+    set_cell(prep, "label", 0, lambda f: "malignant" if f.loc[0, "target"] == "0" else "benign")
     return ["info", prep], 2, "label does not match its target", []
 
 
 def info_metadata_unknown_split(ws, tmp) -> Case:
     prep = ws.copy("prep", tmp / "p")
-    edit_metadata(prep, lambda f: f.__setitem__("split", f["split"].where(f.index != 1, "holdout")))
+    set_cell(prep, "split", 1, "holdout")
     return ["info", prep], 2, "split is not one of", []
 
 

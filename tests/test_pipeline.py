@@ -222,3 +222,13 @@ generate: {{per_class: 2, steps: 2}}
     assert code == 0, stderr
     assert "ran finetune, generate" in stdout and "up to date: prepare" in stdout
     assert json.loads((out / "model" / "dermsynth_model.json").read_text())["steps"] == 4
+
+
+def test_package_version_matches_pyproject():
+    import tomllib
+    from pathlib import Path
+
+    import dermsynth
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert dermsynth.__version__ == pyproject["project"]["version"]

@@ -14,8 +14,7 @@ from dermsynth.data.dataset import PreparedDataset, load_prepared
 from dermsynth.data.prepare import PrepareResult, prepare
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
-
-__version__ = "0.1.0"
+from dermsynth.version import __version__
 
 __all__ = ["DermsynthError", "PrepareConfig", "PrepareResult", "PreparedDataset", "TrainConfig", "ValidateConfig",
            "__version__", "generate", "load_prepared", "prepare", "train", "validate"]

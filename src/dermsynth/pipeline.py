@@ -24,6 +24,7 @@ from dermsynth.config import PrepareConfig, StrictModel, read_yaml, validate_con
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
+from dermsynth.layout import RUN_FOLDERS
 from dermsynth.progress import console
 from dermsynth.utils import ensure_writable_dir, marker_hash, stable_hash, write_json_atomic, write_text_atomic
 
@@ -137,25 +138,28 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
     """The configured stages in order; each reads its upstream stages' folders inside ``out``."""
     from dermsynth.data.prepare import prepare
 
-    prepared, model, synthetic = out / "prepared", out / "model", out / "synthetic"
-    stages = [Stage("prepare", "prepared", config.prepare.model_dump(mode="json"), [],
-                    lambda folder: prepare(config.prepare, folder, progress=True), fresh_on_change=False)]
+    prepared, model, synthetic = (out / RUN_FOLDERS[name] for name in ("prepare", "train", "generate"))
+
+    def stage(name: str, settings: Any, upstream: list[str], run: Callable[[Path], Any], **options: Any) -> Stage:
+        return Stage(name, RUN_FOLDERS[name], settings.model_dump(mode="json"), upstream, run, **options)
+
+    stages = [stage("prepare", config.prepare, [], lambda folder: prepare(config.prepare, folder, progress=True),
+                    fresh_on_change=False)]
     if config.train:
-        stages.append(Stage("train", "model", config.train.model_dump(mode="json"), ["prepare"],
-                            lambda folder: _train(config, prepared, folder)))
+        stages.append(stage("train", config.train, ["prepare"], lambda folder: _train(config, prepared, folder)))
     if config.finetune:
-        stages.append(Stage("finetune", "model", config.finetune.model_dump(mode="json"), ["prepare"],
+        stages.append(stage("finetune", config.finetune, ["prepare"],
                             lambda folder: _finetune(config, prepared, folder)))
     if config.generate:
         maker = "train" if config.train else "finetune"
-        stages.append(Stage("generate", "synthetic", config.generate.model_dump(mode="json"), [maker],
+        stages.append(stage("generate", config.generate, [maker],
                             lambda folder: _generate(config, model, prepared, folder)))
     if config.audit:
-        stages.append(Stage("audit", "audit", config.audit.model_dump(mode="json"), ["prepare", "generate"],
+        stages.append(stage("audit", config.audit, ["prepare", "generate"],
                             lambda folder: _audit(config, prepared, synthetic, folder)))
     if config.validate_:
         upstream = ["prepare", "generate"] if config.generate else ["prepare"]
-        stages.append(Stage("validate", "validation", config.validate_.model_dump(mode="json"), upstream,
+        stages.append(stage("validate", config.validate_, upstream,
                             lambda folder: _validate(config, prepared, synthetic, folder)))
     return stages
 

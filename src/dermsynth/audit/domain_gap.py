@@ -22,7 +22,7 @@ smaller images are upsampled (bicubic) to a 64 px short side for segmentation on
 ``SEG_LONG_SIDE`` as ``prepare`` does.
 
 Sharpness, hair and vignette depend on resolution, and the lesion fraction on framing: the caller must bring real
-and synthetic images to one common size (e.g. ``evaluate.transforms.square_resize`` to the audit size) before
+and synthetic images to one common size (e.g. ``data.images.square_resize`` to the audit size) before
 calling :func:`image_statistics` or :func:`domain_gap`; statistics of sets at different sizes are not comparable.
 """
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from dermsynth.evaluate.transforms import load_image
+from dermsynth.data.images import load_image
 from dermsynth.utils import atomic_path
 
 

@@ -50,7 +50,7 @@ def _sample(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
 
 
 def _load(name: str, frame: pd.DataFrame, size: int, notes: list[str], progress: bool) -> LoadedSet:
-    from dermsynth.evaluate.transforms import load_image
+    from dermsynth.data.images import load_image
 
     images, keep = [], []
     for i, path in enumerate(track(frame["path"], len(frame), f"load {name}", progress and len(frame) > 200)):
@@ -204,7 +204,7 @@ def _compare_size(config: AuditConfig, synthetic: LoadedSet) -> int:
 def _at_size(loaded: LoadedSet, size: int) -> np.ndarray:
     if loaded.images.shape[1] == size:
         return loaded.images
-    from dermsynth.evaluate.transforms import load_image
+    from dermsynth.data.images import load_image
 
     return np.stack([load_image(path, size) for path in loaded.frame["path"]]) if len(loaded.frame) else \
         np.zeros((0, size, size, 3), np.uint8)

@@ -96,3 +96,31 @@ def list_images(folder: str | Path) -> list[Path]:
         p for p in Path(folder).iterdir()
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
+
+
+def square_resize(array: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop an HxWx3 uint8 array to a square and resize it to ``size`` (bicubic, antialiased: PIL widens
+    the filter when shrinking). Every stage brings images to a square this one way, so a generator and the
+    classifiers and the audit that judge it see the same pixels."""
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    array = array[top:top + side, left:left + side]
+    if side == size:
+        return np.ascontiguousarray(array)
+    return np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Decode ``path`` (raises :class:`ImageReadError`) and square-resize it."""
+    return square_resize(load_rgb(path, min_side=size), size)
+
+
+def load_training_square(path: str | Path, size: int) -> np.ndarray:
+    """:func:`load_image` for a generator's training images: an unreadable one is a one-line error."""
+    from dermsynth.errors import DermsynthError
+
+    try:
+        return load_image(path, size)
+    except ImageReadError as exc:
+        raise DermsynthError(f"training image {exc}; re-run 'dermsynth prepare'") from None

@@ -251,7 +251,7 @@ def _reason_counts(skipped: list[dict[str, str]]) -> dict[str, int]:
 def _summary(
     config: PrepareConfig, notes: dict[str, Any], metadata: pd.DataFrame, skipped: list[dict[str, str]], started: float
 ) -> dict[str, Any]:
-    from dermsynth import __version__
+    from dermsynth.version import __version__
 
     labels = class_order(metadata["label"].unique())
     return {

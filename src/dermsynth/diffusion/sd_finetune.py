@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import yaml
 
 from dermsynth.data.dataset import PreparedDataset, load_prepared
+from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.checkpoints import (
     latest_checkpoint_step,
     list_checkpoints,
@@ -42,6 +43,7 @@ from dermsynth.diffusion.checkpoints import (
     step_name,
 )
 from dermsynth.diffusion.families import MODEL_JSON
+from dermsynth.diffusion.objectives import min_snr_weight
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_data import (
     BatchOrder,
@@ -55,7 +57,6 @@ from dermsynth.diffusion.sd_data import (
 )
 from dermsynth.diffusion.sd_models import base_sha256, describe_base, load_pipeline
 from dermsynth.diffusion.threads import ThreadTuner
-from dermsynth.diffusion.train_scratch import _load_square, min_snr_weight
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.progress import console
 from dermsynth.utils import (
@@ -349,7 +350,7 @@ class Trainer:
         return chosen, flips, n_instance
 
     def _pixels(self, examples: list[Example], flips: list[tuple[bool, bool]]) -> torch.Tensor:
-        images = [_load_square(e.path, self.cfg.resolution) for e in examples]
+        images = [load_training_square(e.path, self.cfg.resolution) for e in examples]
         return to_pixels(images, torch.tensor(flips, dtype=torch.bool)).to(self.device, self.weight_dtype)
 
     @torch.no_grad()
@@ -641,6 +642,7 @@ class Trainer:
             "lora": self.cfg.lora.model_dump() if self.cfg.lora_enabled else None,
             "image_size": self.cfg.resolution, "weights": weights, "weights_sha256": sha256_file(self.out / weights),
             "trained_parameters": sum(p.numel() for p in self.params), "data": data, "config": config,
+            "learning_rate": self.cfg.lr,  # resolved: the config leaves it null for the method's default
             "dreambooth": self._dreambooth_summary(),
             "steps": self.step, "seconds": round(seconds, 1), "stopped_by": stopped_by,
             "final_loss": self.losses[-1] if self.losses else None,
@@ -722,7 +724,7 @@ def _versions() -> dict[str, str]:
     import diffusers
     import peft
 
-    from dermsynth import __version__
+    from dermsynth.version import __version__
 
     return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "peft": peft.__version__}

@@ -95,7 +95,7 @@ def metadata_prompts(prepared: str | Path, classes: list[str]) -> dict[str, list
 
 
 def _square(path: Path, size: int) -> np.ndarray:
-    from dermsynth.evaluate.transforms import load_image
+    from dermsynth.data.images import load_image
 
     try:
         return load_image(path, size)

@@ -31,17 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import yaml
-from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from PIL import Image
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
-from dermsynth.data.images import ImageReadError, load_rgb
+from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.checkpoints import (
     latest_checkpoint_step,
     list_checkpoints,
@@ -50,6 +47,7 @@ from dermsynth.diffusion.checkpoints import (
 )
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.grid import image_grid
+from dermsynth.diffusion.objectives import augment, diffusion_loss
 from dermsynth.diffusion.sampling import SCHEDULER_FOLDER, UNET_FOLDER, PixelDiffusionPipeline, use_bf16
 from dermsynth.diffusion.schedulers import check_scheduler_name
 from dermsynth.diffusion.scratch import (
@@ -181,7 +179,7 @@ def load_training_data(dataset: PreparedDataset, size: int, progress: bool = Tru
     if per_class is not None:
         frame = subsample_per_class(frame, per_class, subsample_seed, dataset.classes)
     paths = dataset.paths(frame)
-    arrays = [_load_square(path, size) for path in track(paths, len(paths), "load images", enabled=progress)]
+    arrays = [load_training_square(path, size) for path in track(paths, len(paths), "load images", enabled=progress)]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     targets = torch.tensor(frame["target"].to_numpy(dtype=np.int64))
     classes = dataset.classes
@@ -199,104 +197,6 @@ def load_training_data(dataset: PreparedDataset, size: int, progress: bool = Tru
     }
     return TrainingData(images=images, targets=targets, classes=classes, summary=summary,
                         image_ids=frame["image_id"].astype(str).tolist())
-
-
-def _load_square(path: Path, size: int) -> np.ndarray:
-    try:
-        array = load_rgb(path, min_side=size)
-    except ImageReadError as exc:
-        raise DermsynthError(f"training image {exc}; re-run 'dermsynth prepare'") from None
-    h, w = array.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    image = Image.fromarray(array[top:top + side, left:left + side])
-    if side != size:
-        # Box filter when shrinking (area average, no aliasing); bicubic when enlarging.
-        image = image.resize((size, size), Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC)
-    return np.asarray(image)
-
-
-# --------------------------------------------------------------------------- the objective
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, transpose: bool) -> torch.Tensor:
-    """Per-image random flips and transposition (together: the 8 symmetries of the square)."""
-    def where(mask_p: float, transformed: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        mask = torch.rand(base.shape[0], generator=generator, device=base.device) < mask_p
-        return torch.where(mask[:, None, None, None], transformed, base)
-
-    if flips:
-        images = where(0.5, images.flip(3), images)
-        images = where(0.5, images.flip(2), images)
-    if transpose:
-        images = where(0.5, images.transpose(2, 3), images)
-    return images
-
-
-def diffusion_loss(
-    unet: UNet2DModel,
-    noise_scheduler: Any,
-    clean: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    cfg: TrainConfig,
-    bf16: bool,
-) -> torch.Tensor:
-    """Noise ``clean`` at random noise levels and regress the configured target (optionally Min-SNR weighted)."""
-    if cfg.noise.parameterization == "edm":
-        return edm_loss(unet, clean, labels, generator, cfg, bf16)
-    batch = clean.shape[0]
-    noise = torch.randn(clean.shape, generator=generator, device=clean.device)
-    timesteps = torch.randint(0, cfg.noise.num_train_timesteps, (batch,), generator=generator, device=clean.device)
-    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    target = {"epsilon": noise, "sample": clean}.get(cfg.noise.prediction_type)
-    if target is None:
-        target = noise_scheduler.get_velocity(clean, noise, timesteps)
-    with _autocast(clean.device, bf16):
-        prediction = unet(noisy, timesteps, class_labels=labels).sample
-    per_image = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
-    if cfg.min_snr_gamma is not None:
-        per_image = per_image * min_snr_weight(noise_scheduler, timesteps, cfg.min_snr_gamma, cfg.noise.prediction_type)
-    return per_image.mean()
-
-
-def edm_loss(unet: UNet2DModel, clean: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-             cfg: TrainConfig, bf16: bool) -> torch.Tensor:
-    """EDM (Karras et al. 2022): log-normal sigma, preconditioned network F, D = c_skip x + c_out F.
-
-    The EDM loss weight lambda(sigma) = 1 / c_out^2 turns ||D - x||^2 into ||F - (x - c_skip x_noisy) / c_out||^2,
-    a unit-weight regression whose target has unit variance at every noise level. The network sees
-    c_in x_noisy and the timestep c_noise = log(sigma) / 4, as diffusers' EDM schedulers feed it when sampling.
-    """
-    noise_cfg = cfg.noise
-    shape = (clean.shape[0], 1, 1, 1)
-    log_sigma = noise_cfg.p_mean + noise_cfg.p_std * torch.randn(shape, generator=generator, device=clean.device)
-    sigma = log_sigma.exp()
-    noisy = clean + sigma * torch.randn(clean.shape, generator=generator, device=clean.device)
-    sd2 = noise_cfg.sigma_data ** 2
-    c_skip = sd2 / (sigma**2 + sd2)
-    c_out = sigma * noise_cfg.sigma_data / (sigma**2 + sd2).sqrt()
-    c_in = 1 / (sigma**2 + sd2).sqrt()
-    target = (clean - c_skip * noisy) / c_out
-    with _autocast(clean.device, bf16):
-        prediction = unet(c_in * noisy, (log_sigma / 4).flatten(), class_labels=labels).sample
-    return F.mse_loss(prediction.float(), target)
-
-
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, prediction: str):
-    """Min-SNR-gamma (Hang et al. 2023), expressed for the prediction target in use."""
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    if prediction == "epsilon":
-        return clipped / snr
-    if prediction == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped
 
 
 # --------------------------------------------------------------------------- the loop
@@ -537,7 +437,7 @@ def _save_pretrained_atomic(component: Any, folder: Path) -> None:
 def _versions() -> dict[str, str]:
     import diffusers
 
-    from dermsynth import __version__
+    from dermsynth.version import __version__
 
     return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 

@@ -10,13 +10,13 @@ per-image Python work in the training loop and no data-loader processes competin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from dermsynth.data.images import load_rgb
+# The square crop + resize is the prepared-image contract shared by every stage; it lives in the data layer.
+from dermsynth.data.images import load_image, square_resize
+
+__all__ = ["ImageSpec", "Jitter", "augment", "load_image", "normalize", "square_resize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,22 +38,6 @@ class Jitter:
     brightness: float = 0.1
     contrast: float = 0.1
     saturation: float = 0.1
-
-
-def square_resize(array: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop an HxWx3 uint8 array to a square and resize it to ``size`` (bicubic, antialiased)."""
-    h, w = array.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    array = array[top:top + side, left:left + side]
-    if side == size:
-        return np.ascontiguousarray(array)
-    return np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC))
-
-
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode ``path`` (raises :class:`dermsynth.data.images.ImageReadError`) and square-resize it."""
-    return square_resize(load_rgb(path, min_side=size), size)
 
 
 def normalize(batch: torch.Tensor, spec: ImageSpec) -> torch.Tensor:

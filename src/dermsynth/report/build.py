@@ -21,6 +21,7 @@ import pandas as pd
 
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.errors import DermsynthError
+from dermsynth.layout import RUN_FOLDERS
 from dermsynth.report import figures
 from dermsynth.report.format import finite, fmt, pct, table
 from dermsynth.report.results import REFERENCE_STUDY, headline, majority, paired_differences, results_table
@@ -29,12 +30,12 @@ from dermsynth.utils import write_text_atomic
 Section = dict[str, Any]
 
 # Where each stage writes inside a run folder, and which files show that it ran.
-STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "prepare": ("prepared", ("prepare.json",)),
-    "train": ("model", ("dermsynth_model.json", "train_log.csv")),
-    "generate": ("synthetic", ("manifest.csv", "generate.json")),
-    "audit": ("audit", ("audit.json",)),
-    "validate": ("validation", ("summary.json", "validate.json")),
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {  # folder, and the files that show the stage ran
+    "prepare": (RUN_FOLDERS["prepare"], ("prepare.json",)),
+    "train": (RUN_FOLDERS["train"], ("dermsynth_model.json", "train_log.csv")),
+    "generate": (RUN_FOLDERS["generate"], ("manifest.csv", "generate.json")),
+    "audit": (RUN_FOLDERS["audit"], ("audit.json",)),
+    "validate": (RUN_FOLDERS["validate"], ("summary.json", "validate.json")),
 }
 NOT_RUN_HINT = {
     "prepare": "dermsynth prepare --dataset ... --out RUN/prepared",
@@ -337,7 +338,7 @@ def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> 
         prior = (f"yes: {booth.get('class_images', 0)} class images ({booth.get('generated_class_images', 0)} made "
                  f"by the base model), loss weight {booth.get('prior_loss_weight')}")
         facts.append(("prior preservation", prior if booth.get("prior_preservation") else "no"))
-    facts += [("learning rate", _finetune_lr(config)),
+    facts += [("learning rate", _finetune_lr(info, config)),
               ("batch × accumulation", f"{config.get('train_batch_size', '?')} × "
                                        f"{config.get('gradient_accumulation_steps', '?')}"),
               ("mixed precision", config.get("mixed_precision", "n/a")), ("EMA", "yes" if info.get("ema") else "no"),
@@ -357,16 +358,10 @@ def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> 
                     "same seeds at every step, so differences between rows come from training alone."}
 
 
-def _finetune_lr(config: dict[str, Any]) -> str:
-    """The peak learning rate used (the config leaves it null for the method's default)."""
-    from pydantic import ValidationError
-
-    from dermsynth.diffusion.sd_config import FinetuneConfig
-
-    try:
-        return f"{FinetuneConfig.model_validate(config).lr:g}"
-    except ValidationError:
-        return str(config.get("learning_rate") or "n/a")
+def _finetune_lr(info: dict[str, Any], config: dict[str, Any]) -> str:
+    """The peak learning rate used, as the model recorded it (models from before it was recorded: the config's)."""
+    value = info.get("learning_rate", config.get("learning_rate"))
+    return f"{value:g}" if isinstance(value, int | float) else "n/a (method default)"
 
 
 def _validation_figure(run: RunFolder, columns: int, most_steps: int = 4) -> dict[str, str] | None:

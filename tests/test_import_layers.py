@@ -1,0 +1,48 @@
+"""Imports run downward only: base helpers <- data <- stages (diffusion, audit, evaluate) <- report <- pipeline <- cli.
+
+Stages do not import each other, with one stated exception: the audit trains and uses the validation stage's
+classifiers (its default feature space) and reads synthetic folders through the same contract.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dermsynth"
+LAYERS = {"errors": 0, "utils": 0, "version": 0, "layout": 0, "progress": 0, "config": 0, "data": 1, "diffusion": 2,
+          "audit": 2, "evaluate": 2, "report": 3, "pipeline": 4, "cli": 5, "__main__": 6, "__init__": 6}
+STAGE_EXCEPTIONS = {("audit", "evaluate")}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dermsynth":
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.split(".")[0] == "dermsynth"]
+    return found
+
+
+def test_every_module_belongs_to_a_layer():
+    parts = {_part(".".join(("dermsynth", *p.relative_to(PACKAGE).with_suffix("").parts))) for p in
+             PACKAGE.rglob("*.py")}
+    assert parts <= set(LAYERS), parts - set(LAYERS)
+
+
+def test_imports_run_downward_only():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = _part(".".join(("dermsynth", *path.relative_to(PACKAGE).with_suffix("").parts)))
+        for target in map(_part, _imports(path)):
+            upward = LAYERS[target] > LAYERS[source]
+            across = LAYERS[target] == LAYERS[source] == 2 and target != source
+            if upward or (across and (source, target) not in STAGE_EXCEPTIONS):
+                wrong.append(f"{path.relative_to(PACKAGE)} imports dermsynth.{target}")
+    assert not wrong, "\n".join(wrong)
