@@ -193,3 +193,13 @@ def test_noise_has_no_lesion_and_real_images_do(halves, stats_a):
         assert stats["lesion_area_fraction"].isna().mean() >= 0.95
     assert stats_a["lesion_found"].mean() >= 0.95
     assert stats_a["lesion_contrast"].median() > 2 * 1.0
+
+
+def test_solidity_is_one_for_a_disc_and_low_for_a_ragged_region():
+    from dermsynth.audit.domain_gap import _shape
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 15**2
+    ragged = disc & ((yy // 4 + xx // 4) % 2 == 0) | ((np.abs(yy - 32) < 2) | (np.abs(xx - 32) < 2)) & disc
+    assert _shape(disc)["lesion_solidity"] > 0.95
+    assert _shape(ragged)["lesion_solidity"] < 0.75

@@ -59,6 +59,8 @@ STATISTICS: dict[str, str] = {
                             "(0 = centred; lesions found only)",
     "border_irregularity": "lesion perimeter² / (4π·area) of the smoothed outline (1 = circle, larger = more "
                            "irregular; lesions found only)",
+    "lesion_solidity": "lesion area / area of its convex hull (1 = convex blob, lower = ragged or speckled; "
+                       "lesions found only)",
     **{f"{region}_{ch}_{stat}": f"CIELAB {sym} {'mean' if stat == 'mean' else 'standard deviation'} {where} ({unit})"
        for region, where in _REGIONS for ch, sym, unit in _CHANNELS for stat in ("mean", "std")},
     "sharpness": "RMS of the grey image's Laplacian / its standard deviation, at the common comparison size "
@@ -69,7 +71,7 @@ STATISTICS: dict[str, str] = {
 
 # Statistics on a ratio scale (a true zero), for which "synthetic / real" means something; a* and b* do not.
 _RATIO_SCALE = {"lesion_found", "lesion_contrast", "lesion_area_fraction", "lesion_centre_offset",
-                "border_irregularity", "sharpness", "vignette_fraction", "hair_score",
+                "border_irregularity", "lesion_solidity", "sharpness", "vignette_fraction", "hair_score",
                 *(name for name in STATISTICS if name.endswith("_std")), "lesion_L_mean", "skin_L_mean"}
 
 
@@ -106,7 +108,8 @@ def _masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 def _shape(lesion: np.ndarray) -> dict[str, float]:
     """Area fraction, centroid offset and border irregularity of a lesion mask (NaN when empty)."""
     if not lesion.any():
-        return {"lesion_area_fraction": math.nan, "lesion_centre_offset": math.nan, "border_irregularity": math.nan}
+        return {"lesion_area_fraction": math.nan, "lesion_centre_offset": math.nan, "border_irregularity": math.nan,
+                "lesion_solidity": math.nan}
     h, w = lesion.shape
     ys, xs = np.nonzero(lesion)
     offset = math.hypot((xs.mean() + 0.5 - w / 2) / w, (ys.mean() + 0.5 - h / 2) / h)
@@ -115,8 +118,11 @@ def _shape(lesion: np.ndarray) -> dict[str, float]:
     area = sum(cv2.contourArea(c) for c in contours)
     perimeter = sum(cv2.arcLength(c, closed=True) for c in contours)
     irregularity = perimeter**2 / (4 * math.pi * area) if area > 0 else math.nan
+    hull = cv2.convexHull(np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float32))
+    hull_area = cv2.contourArea(hull)
+    solidity = min(1.0, float(lesion.sum()) / hull_area) if hull_area > 0 else math.nan
     return {"lesion_area_fraction": float(lesion.mean()), "lesion_centre_offset": float(offset),
-            "border_irregularity": float(irregularity)}
+            "border_irregularity": float(irregularity), "lesion_solidity": solidity}
 
 
 def _smooth_contour(contour: np.ndarray, half_window: int = 2) -> np.ndarray:
