@@ -82,13 +82,18 @@ def read_csv(path: str | Path, remedy: str, columns: list[str] | tuple[str, ...]
     return frame
 
 
-def marker_hash(path: str | Path) -> str | None:
-    """The ``hash`` a done-marker records; None when it is missing or damaged (the work is then redone)."""
+def read_marker(path: str | Path) -> dict[str, Any]:
+    """A done-marker's fields; empty when it is missing or damaged (the work it marks is then redone)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return data.get("hash") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def marker_hash(path: str | Path) -> str | None:
+    """The ``hash`` a done-marker records; None when it is missing or damaged."""
+    return read_marker(path).get("hash")
 
 
 def _reason(exc: Exception) -> str:

@@ -140,16 +140,15 @@ def _cached_features(space: FeatureSpace, loaded: LoadedSet, cache: Path) -> np.
 
 
 def _fidelity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[str], config: AuditConfig,
-              notes: list[str], teach: np.ndarray) -> dict[str, Any]:
+              notes: list[str], compared: np.ndarray) -> dict[str, Any]:
     """Synthetic vs real train, beside real test vs real train: the same metric between two real samples.
 
     FID and precision/recall depend on sample size, so both comparisons use the same number of images (the
-    smaller of the synthetic and real test sets, randomly drawn) against the same training images: those the
-    feature network did not learn from (``teach`` False), or all of them when it learnt from all.
+    smaller of the synthetic and real test sets, randomly drawn) against the same training images (``compared``):
+    those the feature network did not learn from, or all of them when it learnt from all.
     """
     train, reference = real["train"], real["test"]
     rng = np.random.default_rng(config.seed)
-    compared = ~teach if (~teach).any() else teach  # the train images the feature network did not learn from
 
     def pair(mask_train: np.ndarray, mask_syn: np.ndarray, mask_ref: np.ndarray) -> dict[str, Any]:
         syn_rows, ref_rows = np.flatnonzero(mask_syn), np.flatnonzero(mask_ref)
@@ -381,11 +380,13 @@ def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: Audi
         if loaded.features is None:
             loaded.features = np.zeros((0, synthetic_set.features.shape[1]), np.float32)
     console.print("audit: fidelity and memorization ...")
-    fidelity = _fidelity(real_sets, synthetic_set, classes, config, notes, teach)
+    halves = not teach.all()
+    compared = ~teach if halves else teach
+    fidelity = _fidelity(real_sets, synthetic_set, classes, config, notes, compared)
     fidelity["reference"] = {
-        "train_images_compared": int((~teach).sum() or teach.sum()), "train_images_teaching_features": int(
-            teach.sum()) if config.features == "classifier" else 0,
-        "split": "patient-grouped halves of the train split" if (~teach).any() else "the whole train split"}
+        "train_images_compared": int(compared.sum()),
+        "train_images_teaching_features": int(teach.sum()) if config.features == "classifier" else 0,
+        "split": "patient-grouped halves of the train split" if halves else "the whole train split"}
     memorization, nearest, held_out_pixel = _memorization(real_sets, synthetic_set, config, notes)
     nearest.insert(2, "label", [classes[t] for t in nearest.pop("label_target")])
     differences = _difference_tests(real_sets, synthetic_set, classes, config, device, progress)

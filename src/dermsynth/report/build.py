@@ -25,7 +25,7 @@ from dermsynth.layout import RUN_FOLDERS
 from dermsynth.report import figures
 from dermsynth.report.format import finite, fmt, pct, table
 from dermsynth.report.results import REFERENCE_STUDY, headline, majority, paired_differences, results_table
-from dermsynth.utils import write_text_atomic
+from dermsynth.utils import read_marker, write_text_atomic
 
 Section = dict[str, Any]
 
@@ -108,7 +108,7 @@ def overview_section(run: RunFolder) -> Section:
     config = _yaml(run.text("config.resolved.yaml")) or {}
     stages = []
     for stage, (folder, _) in STAGES.items():
-        marker = _marker(run.path(folder, ".stage.json"))
+        marker = read_marker(run.path(folder, ".stage.json"))  # damaged: it only dates the stage
         name = stage
         if stage == "train" and is_finetuned(run, run.json(folder, MODEL_JSON) or {}):
             name = "finetune"
@@ -117,15 +117,6 @@ def overview_section(run: RunFolder) -> Section:
     return {"name": config.get("name") or run.root.resolve().name, "root": str(run.root),
             "stages": stages, "by_name": {s["key"]: s for s in stages},
             "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def _marker(path: Path) -> dict[str, Any]:
-    """A stage's done-marker; a damaged one reads as empty (it only dates the stage)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def dataset_section(run: RunFolder) -> Section | None:
