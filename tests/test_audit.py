@@ -227,3 +227,23 @@ def test_feature_network_learns_from_one_patient_grouped_half_of_train():
     assert set(frame["target"][teach]) == set(frame["target"][~teach]) == {0, 1}
     assert feature_training_rows(train, AuditConfig(feature_split="all")).all()
     assert feature_training_rows(train, AuditConfig(features="hf:some/model")).all()  # trained elsewhere
+
+
+def test_fidelity_of_a_smaller_generator_is_judged_at_its_own_resolution(sample_prep, tmp_path):
+    """Held-out real images saved at 32 px: a perfect 32 px generator. Matched, its FID ratio is near 1; the figures
+    at the audit's 64 px, where the real images keep their detail, are kept beside them."""
+    synthetic = tmp_path / "syn"
+    for row in pd.concat([sample_prep.split("val"), sample_prep.split("test")]).itertuples():
+        (synthetic / row.label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(load_rgb(sample_prep.root / row.path)).resize((32, 32), Image.Resampling.BICUBIC).save(
+            synthetic / row.label / f"{row.image_id}.png")
+    settings = {"classifier_epochs": 3, "positive_controls": 0, "kid_subsets": 5, "c2st": False, "domain_gap": False}
+    matched = audit(sample_prep.root, synthetic, tmp_path / "m", AuditConfig(**settings), progress=False)["fidelity"]
+    assert matched["resolution"] == 32 and matched["at_audit_size"]["resolution"] == 64
+    assert matched["overall"]["fid_ratio"] < 1.6
+    real_matched = matched["overall"]["real_test_vs_train"]["fid"]
+    assert real_matched != pytest.approx(matched["at_audit_size"]["overall"]["real_test_vs_train"]["fid"])
+    plain = audit(sample_prep.root, synthetic, tmp_path / "p", AuditConfig(**settings, fidelity_resolution="audit"),
+                  progress=False)["fidelity"]
+    assert "at_audit_size" not in plain and plain["resolution"] == 64
+    assert plain["overall"]["fid_ratio"] == pytest.approx(matched["at_audit_size"]["overall"]["fid_ratio"])

@@ -22,6 +22,13 @@ class AuditConfig(StrictModel):
                     "HAM10000 ~40 vs ~2 for synthetic) and makes the FID ratio meaningless. all: train on the whole "
                     "split (the earlier, biased behaviour).")
     image_size: int = Field(64, ge=16, le=1024, description="All images are compared at this square size.")
+    fidelity_resolution: Literal["matched", "audit"] = Field(
+        "matched",
+        description="matched: when the synthetic images are smaller than image_size, the real images pass through "
+                    "their size (down, then up to image_size) before FID, KID and precision/recall, so fidelity "
+                    "judges what a generator draws at its own resolution, as C2ST and the domain gap do; the "
+                    "figures at image_size are kept beside them (fidelity.at_audit_size). audit: real images at "
+                    "image_size, so the blur of upsampling counts against the generator.")
     max_images: int | None = Field(
         5000, ge=2, description="Cap per image set (seeded sample) to bound time; null = all images.")
     nearest_k: int = Field(5, ge=1, le=50, description="k of the k-NN balls of precision/recall/density/coverage.")
@@ -46,6 +53,6 @@ class AuditConfig(StrictModel):
     compare_size: int | None = Field(
         None, ge=16, le=1024, description="Side at which C2ST and domain-gap statistics compare images; null = "
         "the smaller of image_size and the synthetic images' own size, so a low-resolution generator is judged "
-        "on its content, not on the blur of upsampling (its FID is still computed at image_size).")
+        "on its content, not on the blur of upsampling (FID too, with fidelity_resolution matched).")
     seed: int = Field(0, description="Seed of subsampling, KID subsets, the feature CNN and the controls.")
     device: str = Field("auto", description="auto, cpu, cuda, mps.")

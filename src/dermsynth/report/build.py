@@ -574,6 +574,7 @@ def audit_section(run: RunFolder) -> Section | None:
         "counts": report.get("counts", {}),
         "fidelity": table(["metric", "synthetic vs real train", "real test vs real train (reference)"], rows),
         "fid_ratio": fmt(overall.get("fid_ratio"), 2),
+        "resolution": _fidelity_resolution(fidelity, report.get("image_size")),
         "per_class": table(["class", "FID synthetic", "FID real test", "precision synthetic", "precision real test",
                             "recall synthetic", "recall real test"], per_class),
         "diversity": table(["class", "synthetic mean pairwise cosine", "real train mean pairwise cosine"],
@@ -591,6 +592,19 @@ def audit_section(run: RunFolder) -> Section | None:
                             "Similarity to the nearest training image: synthetic vs held-out real images.",
                             "similarity histograms"),
     }
+
+
+def _fidelity_resolution(fidelity: dict[str, Any], audit_size: int | None) -> str:
+    """Where fidelity was measured, and the FID ratio at the audit size when it was matched to a smaller generator."""
+    size = fidelity.get("resolution", audit_size)
+    at_audit = fidelity.get("at_audit_size")
+    if not at_audit:
+        return f"Images compared at {size} px." if size else ""
+    ratio = fmt((at_audit.get("overall") or {}).get("fid_ratio"), 2)
+    return (f"The synthetic images are {size} px, so the real images were brought to {size} px and back to "
+            f"{at_audit.get('resolution')} px before their features, as the synthetic ones are: the figures judge "
+            f"what the generator draws at its own size. Compared at {at_audit.get('resolution')} px as they are, "
+            f"the FID ratio is {ratio}: the resolution itself counts against the generator there.")
 
 
 def _differences(report: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,8 @@ def _audit(section: dict[str, Any] | None) -> list[str]:
         return ["## Fidelity and memorization", "", "Not run: no `audit/audit.json`.", ""]
     memo = section["memorization"]
     return ["## Fidelity and memorization", "",
-            f"Feature space: {section['feature_space'].get('name', 'n/a')}.", "", *md_table(section["fidelity"]),
+            f"Feature space: {section['feature_space'].get('name', 'n/a')}. {section.get('resolution', '')}", "",
+            *md_table(section["fidelity"]),
             *(["Real-vs-synthetic classifier test (C2ST AUROC, 0.5 = indistinguishable):", "",
                *md_table(section["c2st"])] if section.get("c2st") else []),
             *[f"- {g['summary']}" for g in section.get("domain_gap", [])],
