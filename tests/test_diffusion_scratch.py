@@ -14,9 +14,10 @@ from PIL import Image
 
 from dermsynth.cli import main
 from dermsynth.data.schema import CANONICAL_COLUMNS
+from dermsynth.diffusion.checkpoints import latest_checkpoint_step, list_checkpoints
 from dermsynth.diffusion.families import load_generator, read_model_info
 from dermsynth.diffusion.scratch import PRESETS, resolve_train_config
-from dermsynth.diffusion.train_scratch import latest_checkpoint_step, list_checkpoints, train
+from dermsynth.diffusion.train_scratch import train
 from dermsynth.errors import DermsynthError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_train_save_load_round_trip(prepared, tmp_path):
     assert {p.name for p in (out / "samples").iterdir()} == {"step-000004.png", "final.png"}
     assert Image.open(out / "samples" / "final.png").size[1] >= 2 * 16
     assert [p.name for p in list_checkpoints(out)] == ["step-000004", "step-000006"]
-    assert len(pd.read_csv(out / "train_log.csv")) == 3  # every log_every=2 steps
+    assert len(pd.read_csv(out / "train_log.csv")) == 4  # step 1, then every log_every=2 steps
 
     generator = load_generator(out)
     images = generator(["malignant", "benign"], [1, 2], steps=3, scheduler="ddim", guidance_scale=2.0)

@@ -15,9 +15,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dermsynth.data.dataset import load_prepared
+from dermsynth.diffusion.checkpoints import list_checkpoints
 from dermsynth.diffusion.generate import generate
 from dermsynth.diffusion.sd_config import FinetuneConfig
-from dermsynth.diffusion.sd_finetune import Trainer, finetune, list_checkpoints
+from dermsynth.diffusion.sd_finetune import Trainer, finetune
 from dermsynth.diffusion.sd_models import build_tiny_pipeline, export_single_file, load_pipeline
 from dermsynth.errors import DermsynthError
 from tests.test_diffusion_scratch import make_prepared, one_thread

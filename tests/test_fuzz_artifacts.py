@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dermsynth.diffusion.checkpoints import list_checkpoints
 from dermsynth.diffusion.generate import generate
-from dermsynth.diffusion.train_scratch import list_checkpoints, train
+from dermsynth.diffusion.train_scratch import train
 from tests.test_diffusion_scratch import TINY, assert_one_line_error, one_thread, run_cli
 from tests.test_generate import model, prepared
 

@@ -20,10 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +33,11 @@ import yaml
 from dermsynth.data.dataset import PreparedDataset, load_prepared
 from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.checkpoints import (
-    latest_checkpoint_step,
     list_checkpoints,
-    read_newest_intact,
-    save_checkpoint,
     step_name,
 )
 from dermsynth.diffusion.families import MODEL_JSON
+from dermsynth.diffusion.harness import LoopSettings, StepCallback, TrainingHarness
 from dermsynth.diffusion.objectives import min_snr_weight
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_data import (
@@ -57,21 +52,19 @@ from dermsynth.diffusion.sd_data import (
 )
 from dermsynth.diffusion.sd_models import base_sha256, describe_base, load_pipeline
 from dermsynth.diffusion.threads import ThreadTuner
-from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
-from dermsynth.progress import console
+from dermsynth.errors import DermsynthError
 from dermsynth.utils import (
     atomic_path,
     ensure_writable_dir,
     relative_path,
     sha256_file,
     stable_hash,
-    write_csv_atomic,
     write_json_atomic,
     write_text_atomic,
 )
+from dermsynth.version import versions
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-StepCallback = Callable[[int, float], None]
 # Settings that may change when resuming (budget and monitoring); everything else must match the checkpoint.
 RESUMABLE = {"max_train_steps", "num_train_epochs", "max_minutes", "validation_prompts", "validation_steps",
              "num_validation_images", "validation_inference_steps", "checkpointing_steps",
@@ -133,15 +126,16 @@ def _resume_point(out: Path, resume: str | None) -> Path | str | None:
 # --------------------------------------------------------------------------- the run
 
 
-class Trainer:
-    """Models, data, optimiser and RNG of one run; ``run`` trains to the budget and saves the model."""
+class Trainer(TrainingHarness):
+    """Models, data, optimiser and RNG of one run; the harness trains it to the budget and checkpoints it."""
+
+    data_description = "the training images or prompts"
 
     def __init__(self, cfg: FinetuneConfig, dataset: PreparedDataset | None, out: Path, progress: bool,
                  callback: StepCallback | None):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        self.cfg, self.dataset, self.out, self.progress, self.callback = cfg, dataset, out, progress, callback
         if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise DermsynthError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine")
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
@@ -150,16 +144,18 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
         self.device = self.accelerator.device
+        # On a CPU, pick 1 or all threads by measured step time (other processes may compete for the cores).
+        threads = ThreadTuner(cfg.threads if self.device.type == "cpu" else torch.get_num_threads(), every=10)
+        super().__init__(out, cfg, threads, progress=progress, callback=callback)
+        self.cfg, self.dataset = cfg, dataset
         self.prompts = self._resolve_prompts()
         self.examples, self.class_examples = self._collect_examples()
         self.pipe = load_pipeline(cfg.base, config=cfg.base_config, trust_pickle=cfg.trust_pickle)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        # On a CPU, pick 1 or all threads by measured step time (other processes may compete for the cores).
-        self.threads = ThreadTuner(cfg.threads if self.device.type == "cpu" else torch.get_num_threads(), every=10)
-        self.step = 0
-        self.seconds_before = 0.0
-        self.log: list[dict[str, Any]] = []
-        self.losses: list[float] = []
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
 
     # ----- data
 
@@ -424,47 +420,30 @@ class Trainer:
     # ----- the loop
 
     def run(self, checkpoint: Path | str | None) -> FinetuneResult:
-        resumed_from = None
-        if self.cfg.dreambooth_data and self.cfg.with_prior_preservation:
+        cfg = self.cfg
+        if cfg.dreambooth_data and cfg.with_prior_preservation:
             self._complete_class_images()
         self._setup_models()
         self._setup_optimisation()
-        data = self.data_summary()
+        self.data = self.data_summary()
+        self.data_sha256 = self.data["sha256"]
+        self.loop = LoopSettings(
+            max_steps=self.total_steps, max_minutes=cfg.max_minutes, log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpointing_steps, checkpoints_total_limit=cfg.checkpoints_total_limit,
+            resumable=frozenset(RESUMABLE), task="finetune",
+            steps_limit="max_train_steps" if self.total_steps == cfg.max_train_steps else "num_train_epochs")
+        resumed_from = None
         if checkpoint is not None:
-            resumed_from = self.resume(checkpoint, data)
-        started = time.monotonic()
-        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes else math.inf
-        stopped_by = "max_train_steps" if self.total_steps == self.cfg.max_train_steps else "num_train_epochs"
-        with _progress(self.progress and self.accelerator.is_main_process, self.total_steps, self.step) as advance:
-            while self.step < self.total_steps:
-                if self.seconds_before + time.monotonic() - started >= budget:
-                    stopped_by = "max_minutes"
-                    break
-                loss = self.threads.run(self.train_step)
-                self.step += 1
-                self.losses.append(loss)
-                self._after_step(loss, self.seconds_before + time.monotonic() - started, data)
-                advance(loss)
-        seconds = self.seconds_before + time.monotonic() - started
-        if latest_checkpoint_step(self.out) != self.step:
-            self.save_checkpoint(seconds, data)
-        info = self.save_model(seconds, stopped_by, data)
+            found = self.resume_newest() if checkpoint == "latest" else self.resume_from(Path(checkpoint))
+            resumed_from = self.step if found is not None else 0
+        seconds, stopped_by = self.train()
+        info = self.save_model(seconds, stopped_by)
         return FinetuneResult(out=self.out, steps=self.step, resumed_from=resumed_from, info=info,
                               losses=self.losses, main_process=self.accelerator.is_main_process)
 
-    def _after_step(self, loss: float, seconds: float, data: dict[str, Any]) -> None:
-        cfg = self.cfg
-        if self.step % cfg.log_every == 0 or self.step == 1:
-            self.log.append({"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
-                             "seconds": round(seconds, 2)})
-            if self.accelerator.is_main_process:
-                write_csv_atomic(self.out / "train_log.csv", pd.DataFrame(self.log))
-        if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
+    def on_step(self, seconds: float) -> None:
+        if self.cfg.validation_prompts and self.step % self.cfg.validation_steps == 0:
             self.save_validation_images()
-        if self.step % cfg.checkpointing_steps == 0:
-            self.save_checkpoint(seconds, data)
-        if self.callback is not None:
-            self.callback(self.step, loss)
 
     # ----- validation images
 
@@ -528,13 +507,11 @@ class Trainer:
                     state[prefix + name] = param.detach().contiguous()
         return state
 
-    def save_checkpoint(self, seconds: float, data: dict[str, Any]) -> None:
+    def save_checkpoint(self, seconds: float) -> None:
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_checkpoint(self.out, self.step, lambda folder: self._write_checkpoint(folder, seconds, data),
-                            self.cfg.checkpoints_total_limit)
+        super().save_checkpoint(seconds)
 
-    def _write_checkpoint(self, folder: Path, seconds: float, data: dict[str, Any]) -> None:
+    def write_state(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import save_file
 
         save_file(self.trained_state(), str(folder / "weights.safetensors"))
@@ -544,43 +521,12 @@ class Trainer:
         torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                     "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()},
                    folder / "training_state.pt")
-        ema_scalars = ({k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
-                       if self.ema is not None else None)
-        write_json_atomic(folder / "state.json", {"step": self.step, "seconds": seconds, "log": self.log,
-                                                  "config": self.cfg.model_dump(mode="json"), "ema": ema_scalars,
-                                                  "threads": self.threads.state_dict(),
-                                                  "data_sha256": data["sha256"]})
+        return {"ema": ({k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+                        if self.ema is not None else None)}
 
-    def resume(self, checkpoint: Path | str, data: dict[str, Any]) -> int:
-        """Continue from ``checkpoint`` ("latest": the newest intact one); returns the step resumed from."""
-        if checkpoint == "latest":
-            found = read_newest_intact(self.out, lambda folder: self.read_checkpoint(folder, data))
-            if found is None:
-                return 0
-            folder, saved = found
-        else:
-            folder = Path(checkpoint)
-            try:
-                saved = self.read_checkpoint(folder, data)
-            except UNREADABLE_ARTIFACT_ERRORS as exc:
-                raise DermsynthError(f"--resume {folder}: damaged checkpoint ({type(exc).__name__}); "
-                                     "pass --resume latest to use the newest intact one") from None
-        self.apply_checkpoint(saved)
-        if self.accelerator.is_main_process:
-            console.print(f"resumed from {folder.name}")
-        return self.step
-
-    def read_checkpoint(self, folder: Path, data: dict[str, Any]) -> dict[str, Any]:
-        """Everything ``folder`` holds, read and checked before any of it is applied."""
+    def read_state(self, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
         from safetensors.torch import load_file
 
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        if state["data_sha256"] != data["sha256"]:
-            raise DermsynthError(f"cannot resume {folder}: the training images or prompts changed since that run")
-        saved, current = state["config"], self.cfg.model_dump(mode="json")
-        changed = sorted(k for k in current if k not in RESUMABLE and saved.get(k) != current[k])
-        if changed:
-            raise DermsynthError(f"cannot resume {folder}: setting(s) {', '.join(changed)} differ from that run")
         weights = load_file(str(folder / "weights.safetensors"), device=str(self.device))
         per_module = []
         for prefix, module in zip(("unet.", "text_encoder."), self.trained_modules(), strict=False):
@@ -593,10 +539,11 @@ class Trainer:
         if self.ema is not None:
             shadow_file = load_file(str(folder / "ema.safetensors"), device=str(self.device))
             shadow = [shadow_file[f"{i}"] for i in range(len(shadow_file))]
-        return {"state": state, "weights": per_module, "training": training, "shadow": shadow}
+        counters = state.get("family") or state  # checkpoints of 0.1.0 kept these at the top level
+        return {"weights": per_module, "training": training, "shadow": shadow, "ema": counters.get("ema")}
 
-    def apply_checkpoint(self, saved: dict[str, Any]) -> None:
-        state, training = saved["state"], saved["training"]
+    def apply_state(self, saved: dict[str, Any]) -> None:
+        training = saved["training"]
         for module, own in saved["weights"]:
             self.accelerator.unwrap_model(module).load_state_dict(own, strict=False)
         self.optimizer.load_state_dict(training["optimizer"])
@@ -604,9 +551,7 @@ class Trainer:
         self.generator.set_state(training["generator"].cpu())
         torch.set_rng_state(training["torch_rng"].cpu())
         if self.ema is not None:
-            self.ema.load_state_dict({**state["ema"], "shadow_params": saved["shadow"]})
-        self.threads.load_state_dict(state.get("threads"))
-        self.step, self.seconds_before, self.log = state["step"], state["seconds"], state["log"]
+            self.ema.load_state_dict({**saved["ema"], "shadow_params": saved["shadow"]})
 
     # ----- the finished model
 
@@ -617,7 +562,7 @@ class Trainer:
             return {self.examples[0].label: self.prompts["instance"]}
         return most_common_prompts(self.examples)
 
-    def save_model(self, seconds: float, stopped_by: str, data: dict[str, Any]) -> dict[str, Any]:
+    def save_model(self, seconds: float, stopped_by: str) -> dict[str, Any]:
         self.accelerator.wait_for_everyone()
         if self.ema is not None:
             self.ema.copy_to(self.params)
@@ -641,15 +586,13 @@ class Trainer:
             "trust_pickle": self.cfg.trust_pickle,
             "lora": self.cfg.lora.model_dump() if self.cfg.lora_enabled else None,
             "image_size": self.cfg.resolution, "weights": weights, "weights_sha256": sha256_file(self.out / weights),
-            "trained_parameters": sum(p.numel() for p in self.params), "data": data, "config": config,
+            "trained_parameters": sum(p.numel() for p in self.params), "data": self.data,
             "learning_rate": self.cfg.lr,  # resolved: the config leaves it null for the method's default
             "dreambooth": self._dreambooth_summary(),
-            "steps": self.step, "seconds": round(seconds, 1), "stopped_by": stopped_by,
-            "final_loss": self.losses[-1] if self.losses else None,
+            **self.run_record(seconds, stopped_by, self.device),
             "sampling": {"scheduler": sample.scheduler, "steps": sample.steps, "guidance_scale": sample.guidance_scale},
-            "ema": self.cfg.use_ema, "device": str(self.device), "processes": self.accelerator.num_processes,
-            "threads": {"final": self.threads.current, "switches": self.threads.switches},
-            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "versions": _versions(),
+            "ema": self.cfg.use_ema, "processes": self.accelerator.num_processes,
+            "versions": versions("diffusers", "peft", "torch"),
         }
         if self.accelerator.is_main_process:
             write_json_atomic(self.out / MODEL_JSON, info)
@@ -718,25 +661,3 @@ def _lora_metadata(module: torch.nn.Module) -> dict[str, Any]:
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(image), 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import peft
-
-    from dermsynth.version import __version__
-
-    return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "peft": peft.__version__}
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, done: int):
-    if not enabled:
-        yield lambda loss: None
-        return
-    from dermsynth.progress import make_progress
-
-    with make_progress() as bar:
-        task = bar.add_task("finetune", total=total, completed=done, status="")
-        yield lambda loss: bar.update(task, advance=1, status=f"loss {loss:.4f}")

@@ -15,21 +15,14 @@ Output (``out``), in diffusers conventions plus our own record::
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import math
 import os
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 from diffusers.optimization import get_scheduler
@@ -40,13 +33,11 @@ from safetensors.torch import load_file, save_file
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.checkpoints import (
-    latest_checkpoint_step,
     list_checkpoints,
-    read_newest_intact,
-    save_checkpoint,
 )
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.grid import image_grid
+from dermsynth.diffusion.harness import LoopSettings, StepCallback, TrainingHarness
 from dermsynth.diffusion.objectives import augment, diffusion_loss
 from dermsynth.diffusion.sampling import SCHEDULER_FOLDER, UNET_FOLDER, PixelDiffusionPipeline, use_bf16
 from dermsynth.diffusion.schedulers import check_scheduler_name
@@ -59,7 +50,7 @@ from dermsynth.diffusion.scratch import (
 )
 from dermsynth.diffusion.threads import ThreadTuner
 from dermsynth.errors import DermsynthError
-from dermsynth.progress import console, make_progress, track
+from dermsynth.progress import track
 from dermsynth.utils import (
     atomic_path,
     ensure_writable_dir,
@@ -68,14 +59,13 @@ from dermsynth.utils import (
     relative_path,
     sha256_file,
     stable_hash,
-    write_csv_atomic,
     write_json_atomic,
     write_text_atomic,
 )
+from dermsynth.version import versions
 
 FAMILY = "scratch"
 FINISHED_REMEDY = "choose another --out, or delete that folder to train afresh"
-StepCallback = Callable[[int, float], None]
 
 
 @dataclass
@@ -202,16 +192,19 @@ def load_training_data(dataset: PreparedDataset, size: int, progress: bool = Tru
 # --------------------------------------------------------------------------- the loop
 
 
-class Trainer:
-    """The model, optimiser, EMA and RNG of one training run, with checkpointing; ``run`` trains to the budget."""
+class Trainer(TrainingHarness):
+    """The UNet, optimiser, EMA and RNG of one run; the harness trains it to the budget and checkpoints it."""
 
     def __init__(self, cfg: TrainConfig, data: TrainingData, out: Path, preset: str = "cpu-fast",
                  progress: bool = False, callback: StepCallback | None = None):
-        self.cfg, self.data, self.out, self.preset = cfg, data, out, preset
-        self.progress, self.callback = progress, callback
-        self.device = torch.device(pick_device(cfg.device))
+        device = torch.device(pick_device(cfg.device))
+        loop = LoopSettings(max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, log_every=cfg.log_every,
+                            checkpoint_every=cfg.checkpoint_every, checkpoints_total_limit=cfg.checkpoints_total_limit,
+                            resumable=frozenset(RESUMABLE_FIELDS))
+        threads = ThreadTuner(cfg.threads if device.type == "cpu" else torch.get_num_threads())
+        super().__init__(out, cfg, threads, loop, data.summary["sha256"], progress, callback)
+        self.cfg, self.data, self.preset, self.device = cfg, data, preset, device
         self.bf16 = use_bf16(cfg.mixed_precision, self.device)
-        self.threads = ThreadTuner(cfg.threads if self.device.type == "cpu" else torch.get_num_threads())
         torch.manual_seed(cfg.seed)
         self.unet = build_unet(cfg.model, len(data.classes)).to(self.device).train()
         self.ema_unet = copy.deepcopy(self.unet).eval().requires_grad_(False)
@@ -231,57 +224,15 @@ class Trainer:
         counts = torch.bincount(self.targets, minlength=len(data.classes)).float()
         self.balance_weights = (1.0 / counts.clamp(min=1))[self.targets]  # every class drawn equally often
         self.cursor = 0
-        self.step = 0
-        self.seconds_before = 0.0
-        self.smoothed_loss: float | None = None  # EMA of the loss; checkpointed, so a resumed run logs the same
-        self.log: list[dict[str, float]] = []
-
-    # ----- run
 
     def run(self, resume: bool) -> TrainResult:
         if resume:
-            self._resume_from_newest_intact()
-        started = time.monotonic()
-        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes else math.inf
-
-        def elapsed() -> float:
-            return self.seconds_before + time.monotonic() - started
-
-        stopped_by = "max_steps"
-        with self._progress_bar() as (bar, task):
-            while self.step < self.cfg.max_steps:
-                if elapsed() >= budget:
-                    stopped_by = "max_minutes"
-                    break
-                loss = self.threads.run(self.train_step)
-                smoothed = loss if self.smoothed_loss is None else 0.98 * self.smoothed_loss + 0.02 * loss
-                self.smoothed_loss = smoothed
-                self.step += 1
-                if self.step % self.cfg.log_every == 0:
-                    self.log.append({"step": self.step, "loss": smoothed, "lr": self.lr_scheduler.get_last_lr()[0],
-                                     "seconds": round(elapsed(), 1), "threads": self.threads.current})
-                    self._write_log()
-                if self.step % self.cfg.sample_every == 0:
-                    self._save_grid(f"step-{self.step:06d}.png")
-                if self.step % self.cfg.checkpoint_every == 0:
-                    self._save_checkpoint(elapsed())
-                if bar is not None:
-                    bar.update(task, completed=self.step, status=f"loss {smoothed:.4f}")
-                if self.callback is not None:
-                    self.callback(self.step, loss)
-        seconds = elapsed()
-        if latest_checkpoint_step(self.out) != self.step:
-            self._save_checkpoint(seconds)
-        info = self._save_model(seconds, stopped_by, self.smoothed_loss)
+            self.resume_newest()
+        seconds, stopped_by = self.train()
+        info = self._save_model(seconds, stopped_by)
         return TrainResult(out=self.out, steps=self.step, seconds=seconds, skipped=False, info=info)
 
-    @contextlib.contextmanager
-    def _progress_bar(self):
-        if not self.progress:
-            yield None, None
-            return
-        with make_progress() as bar:
-            yield bar, bar.add_task("train", total=self.cfg.max_steps, completed=self.step, status="")
+    # ----- one step
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         size = min(self.cfg.batch_size, len(self.images))
@@ -310,6 +261,10 @@ class Trainer:
         self.ema.step(self.unet.parameters())
         return float(loss.detach())
 
+    def on_step(self, seconds: float) -> None:
+        if self.step % self.cfg.sample_every == 0:
+            self._save_grid(f"step-{self.step:06d}.png")
+
     # ----- samples
 
     def pipeline(self) -> PixelDiffusionPipeline:
@@ -323,13 +278,9 @@ class Trainer:
                          cfg.sample_steps, cfg.sample_scheduler, cfg.guidance_scale)
         return path
 
-    # ----- checkpoints
+    # ----- checkpoint contents
 
-    def _save_checkpoint(self, seconds: float) -> None:
-        save_checkpoint(self.out, self.step, lambda folder: self._write_checkpoint(folder, seconds),
-                        self.cfg.checkpoints_total_limit)
-
-    def _write_checkpoint(self, folder: Path, seconds: float) -> None:
+    def write_state(self, folder: Path) -> dict[str, Any]:
         names = [name for name, _ in self.unet.named_parameters()]
         save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, folder / "unet.safetensors")
         save_file({n: p.contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
@@ -341,58 +292,32 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "order": self.order.cpu(),
         }, folder / "training_state.pt")
-        ema_scalars = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
-        write_json_atomic(folder / "state.json", {
-            "step": self.step, "seconds": seconds, "cursor": self.cursor, "ema": ema_scalars,
-            "smoothed_loss": self.smoothed_loss, "threads": self.threads.state_dict(),
-            "config": self.cfg.model_dump(mode="json"), "data_sha256": self.data.summary["sha256"], "log": self.log,
-        })
+        return {"cursor": self.cursor, "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}}
 
-    def _resume_from_newest_intact(self) -> None:
-        found = read_newest_intact(self.out, self._read_checkpoint)
-        if found is not None:
-            self._apply_checkpoint(found[1])
-            console.print(f"resumed from {found[0].name}")
-
-    def _read_checkpoint(self, folder: Path) -> dict[str, Any]:
-        """Everything a checkpoint holds, read and checked before any of it is applied (a corrupt file raises
-        one of UNREADABLE_ARTIFACT_ERRORS and leaves the trainer untouched)."""
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        if state["data_sha256"] != self.data.summary["sha256"]:
-            raise DermsynthError(f"cannot resume {folder}: the prepared training data changed since that run")
-        saved = _learning_config(TrainConfig.model_validate(state["config"]))
-        changed = [k for k, v in _learning_config(self.cfg).items() if saved.get(k) != v]
-        if changed:
-            raise DermsynthError(f"cannot resume {folder}: setting(s) {', '.join(changed)} differ from that run")
+    def read_state(self, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
         unet = load_file(folder / "unet.safetensors", device=str(self.device))
         ema_weights = load_file(folder / "ema.safetensors", device=str(self.device))
         names = [name for name, _ in self.unet.named_parameters()]
         if set(unet) != set(self.unet.state_dict()) or not set(names) <= set(ema_weights):
             raise KeyError("weights do not match the model")
         training = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=True)
-        return {"state": state, "unet": unet, "shadow": [ema_weights[name] for name in names], "training": training}
+        return {"unet": unet, "shadow": [ema_weights[name] for name in names], "training": training,
+                "counters": state.get("family") or state}  # checkpoints of 0.1.0 kept these at the top level
 
-    def _apply_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state, training = checkpoint["state"], checkpoint["training"]
-        self.unet.load_state_dict(checkpoint["unet"])
-        self.ema.load_state_dict({**state["ema"], "shadow_params": checkpoint["shadow"]})
+    def apply_state(self, saved: dict[str, Any]) -> None:
+        training, counters = saved["training"], saved["counters"]
+        self.unet.load_state_dict(saved["unet"])
+        self.ema.load_state_dict({**counters["ema"], "shadow_params": saved["shadow"]})
         self.optimizer.load_state_dict(training["optimizer"])
         self.lr_scheduler.load_state_dict(training["lr_scheduler"])
         self.generator.set_state(training["generator"].cpu())
         torch.set_rng_state(training["torch_rng"].cpu())
         self.order = training["order"].to(self.device)
-        self.cursor, self.step, self.seconds_before = state["cursor"], state["step"], state["seconds"]
-        self.log = state["log"]
-        self.smoothed_loss = state.get("smoothed_loss")
-        self.threads.load_state_dict(state.get("threads"))
-
-    def _write_log(self) -> None:
-        if self.log:
-            write_csv_atomic(self.out / "train_log.csv", pd.DataFrame(self.log))
+        self.cursor = counters["cursor"]
 
     # ----- the finished model
 
-    def _save_model(self, seconds: float, stopped_by: str, final_loss: float | None) -> dict[str, Any]:
+    def _save_model(self, seconds: float, stopped_by: str) -> dict[str, Any]:
         pipeline = self.pipeline()
         for folder, component in ((UNET_FOLDER, pipeline.unet), (SCHEDULER_FOLDER, self.noise_scheduler)):
             _save_pretrained_atomic(component, self.out / folder)
@@ -408,19 +333,12 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.unet.parameters()),
             "data": {**self.data.summary, "prepared": relative_path(self.data.summary["prepared"], self.out)},
             "preset": self.preset,
-            "config": self.cfg.model_dump(mode="json"),
-            "steps": self.step,
-            "seconds": round(seconds, 1),
-            "stopped_by": stopped_by,
-            "final_loss": final_loss,
+            **self.run_record(seconds, stopped_by, self.device),
             "sampling": {"scheduler": self.cfg.sample_scheduler, "steps": self.cfg.sample_steps,
                          "guidance_scale": self.cfg.guidance_scale},
             "sample_grid": str(grid.relative_to(self.out)),
-            "device": str(self.device),
             "mixed_precision": "bf16" if self.bf16 else "no",
-            "threads": {"final": self.threads.current, "switches": self.threads.switches},
-            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": _versions(),
+            "versions": versions("diffusers", "torch"),
         }
         write_json_atomic(self.out / MODEL_JSON, info)
         return info
@@ -432,14 +350,6 @@ def _save_pretrained_atomic(component: Any, folder: Path) -> None:
     component.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-
-    from dermsynth.version import __version__
-
-    return {"dermsynth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
 # --------------------------------------------------------------------------- sample grids
