@@ -155,6 +155,7 @@ def _process_one(task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
         "image_id": image_id, "decoded_width": width, "decoded_height": height,
         "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1,
         "lesion_fraction": float(result.lesion_fraction), "centered": bool(result.centered),
+        "hair_fraction": float(result.hair_fraction),
     }
 
 
@@ -220,7 +221,7 @@ def _process_images(
     frame = frame[frame["image_id"].isin(good)].copy()
     frame["path"] = [str(targets[i].relative_to(out)) for i in frame["image_id"]]
     info_columns = ["image_id", "decoded_width", "decoded_height", "box_x0", "box_y0", "box_x1", "box_y1",
-                    "lesion_fraction", "centered"]
+                    "lesion_fraction", "centered", "hair_fraction"]
     info = pd.DataFrame([results[i] for i in sorted(good)], columns=info_columns)
     info = info.merge(frame[["image_id", "source_path"]], on="image_id", how="left")
     return frame.reset_index(drop=True), failed, info

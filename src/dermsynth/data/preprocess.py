@@ -429,6 +429,7 @@ class ProcessResult:
     box: Box                # (x0, y0, x1, y1) of the crop in the input image
     lesion_fraction: float  # lesion mask area / image area; NaN when not centred
     centered: bool          # False when segmentation found nothing plausible and a centre crop was used
+    hair_fraction: float = math.nan  # pixels hair removal changed (> 20 levels) / all; NaN with removal off
 
 
 def process_image(rgb: np.ndarray, cfg: PreprocessConfig) -> ProcessResult:
@@ -448,11 +449,14 @@ def process_image(rgb: np.ndarray, cfg: PreprocessConfig) -> ProcessResult:
         box = centre_box((h, w), valid)
     x0, y0, x1, y1 = box
     out = _resize(rgb[y0:y1, x0:x1], cfg.image_size, cfg.image_size)
+    hair = math.nan
     if cfg.hair_removal:
-        out = remove_hair(out)
+        removed = remove_hair(out)
+        hair = float((np.abs(removed.astype(np.int16) - out.astype(np.int16)).max(axis=2) > 20).mean())
+        out = removed
     if cfg.color_constancy:
         out = shades_of_grey(out, cfg.color_constancy_power)
-    return ProcessResult(np.ascontiguousarray(out), (int(x0), int(y0), int(x1), int(y1)), fraction, centered)
+    return ProcessResult(np.ascontiguousarray(out), (int(x0), int(y0), int(x1), int(y1)), fraction, centered, hair)
 
 
 def _as_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -19,7 +19,6 @@ settings are skipped on a rerun; an interrupted run restarts from scratch.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import time
@@ -45,6 +44,7 @@ from dermsynth.evaluate.datasets import (
 )
 from dermsynth.evaluate.metrics import METRICS, youden_threshold
 from dermsynth.evaluate.regimes import Regime, compose, parse_regime
+from dermsynth.evaluate.runs import READ_ERRORS, read_predictions, read_run
 from dermsynth.evaluate.stats import RunPredictions, compare, image_intervals, summarize
 from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
@@ -252,18 +252,8 @@ def _counts(data: Data) -> dict[str, Any]:
 
 
 def _finished(plan: RunPlan) -> bool:
-    metrics = plan.folder / "metrics.json"
-    if not metrics.is_file():
-        return False
     # A damaged metrics.json or predictions.csv (hand-edited, or copied in part) means the run is trained again.
-    try:
-        recorded = json.loads(metrics.read_text(encoding="utf-8"))
-        if not isinstance(recorded, dict) or recorded.get("settings_hash") != plan.settings_hash:
-            return False
-        predictions = pd.read_csv(plan.folder / "predictions.csv", dtype={"image": str})
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return False
-    return "image" in predictions.columns and "threshold" in recorded
+    return read_run(plan.folder, plan.settings_hash) is not None
 
 
 def _probability_frame(ids: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -358,16 +348,15 @@ def _clean(value: Any) -> Any:
 
 
 def _read_run(plan: RunPlan, data: Data) -> RunPredictions | None:
-    if not _finished(plan):
+    record = read_run(plan.folder, plan.settings_hash)
+    if record is None:
         return None
-    metrics = json.loads((plan.folder / "metrics.json").read_text(encoding="utf-8"))
-    predictions = pd.read_csv(plan.folder / "predictions.csv", dtype={"image": str}).set_index("image")
     try:
-        probs = predictions.loc[data.test["image_id"], data.classes].to_numpy(np.float64)
-    except KeyError:
+        probs = read_predictions(record).loc[data.test["image_id"], data.classes].to_numpy(np.float64)
+    except (KeyError, *READ_ERRORS):
         raise DermsynthError(f"{plan.folder / 'predictions.csv'} lacks test images or classes of this study; "
                              "delete that run folder to train it again") from None
-    return RunPredictions(plan.seed, data.test["target"].to_numpy(np.int64), probs, metrics["threshold"])
+    return RunPredictions(plan.seed, data.test["target"].to_numpy(np.int64), probs, record.metrics["threshold"])
 
 
 def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root: Path

@@ -174,7 +174,7 @@ def preprocessing_section(run: RunFolder, count: int = 6) -> Section | None:
         return None
     table_ = pre.merge(meta[["image_id", "path", "label"]], on="image_id")
     settings = summary.get("settings", {}).get("preprocess", {})
-    picked = pick_examples(table_, count, hair=bool(settings.get("hair_removal")))
+    picked = pick_examples(table_, count)
     examples = [e for e in (_example(run, row) for row in picked) if e is not None]
     centered = pre["centered"].astype(str).str.lower() == "true"
     return {
@@ -190,9 +190,10 @@ def preprocessing_section(run: RunFolder, count: int = 6) -> Section | None:
     }
 
 
-def pick_examples(frame: pd.DataFrame, count: int, hair: bool = True) -> list[pd.Series]:
-    """Up to ``count`` rows whose original is on disk, deterministically: the hairiest of a sample (when hair
-    removal was on), an uncentred one (centre-crop fallback), then evenly spaced rows of each class in turn."""
+def pick_examples(frame: pd.DataFrame, count: int) -> list[pd.Series]:
+    """Up to ``count`` rows whose original is on disk, deterministically: the one hair removal changed most (from
+    prepare's ``hair_fraction``, when it removed hair), an uncentred one (centre-crop fallback), then evenly spaced
+    rows of each class in turn."""
     frame = frame[[Path(str(p)).is_file() for p in frame["source_path"]]].sort_values("image_id")
     if frame.empty:
         return []
@@ -203,11 +204,9 @@ def pick_examples(frame: pd.DataFrame, count: int, hair: bool = True) -> list[pd
             chosen.append(row.copy())
             chosen[-1]["tag"] = tag
 
-    if hair:
-        sample = frame.iloc[np.linspace(0, len(frame) - 1, min(len(frame), 48)).astype(int)]
-        scores = pd.Series([hair_score(row) for _, row in sample.iterrows()], index=sample.index)
-        if scores.max() > 0.01:
-            add(frame.loc[scores.idxmax()], "hair removed")
+    hair = pd.to_numeric(frame.get("hair_fraction", pd.Series(dtype=float)), errors="coerce")
+    if hair.notna().any() and hair.max() > 0.01:
+        add(frame.loc[hair.idxmax()], "hair removed")
     uncentred = frame[frame["centered"].astype(str).str.lower() != "true"]
     if len(uncentred):
         add(uncentred.iloc[0], "no lesion found: centre crop")
@@ -218,19 +217,6 @@ def pick_examples(frame: pd.DataFrame, count: int, hair: bool = True) -> list[pd
             if i < len(part):
                 add(part.iloc[i])
     return chosen
-
-
-def hair_score(row: pd.Series, side: int = 128) -> float:
-    """Fraction of the crop's pixels that hair removal changes, at about the size the pipeline removes hair."""
-    from dermsynth.data.preprocess import remove_hair
-
-    image = open_rgb(row["source_path"], 2 * side)
-    if image is None:
-        return 0.0
-    crop = image.crop(_scaled_box(row, image)).resize((side, side))
-    rgb = np.asarray(crop)
-    changed = np.abs(remove_hair(rgb).astype(int) - rgb.astype(int)).max(axis=2) > 20
-    return float(changed.mean())
 
 
 def _scaled_box(row: pd.Series, image) -> tuple[float, float, float, float]:
@@ -462,15 +448,11 @@ def comparison_section(run: RunFolder, per_side: int = 6) -> Section | None:
 
 
 def validation_runs(root: Path) -> list[dict[str, Any]]:
-    """Every finished run (metrics.json present): its regime label, seed, metrics and per-epoch history."""
-    runs = []
-    for metrics_path in sorted(root.glob("*/*/metrics.json")):
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        history_path = metrics_path.with_name("history.csv")
-        history = pd.read_csv(history_path) if history_path.is_file() else None
-        runs.append({"folder": metrics_path.parent.parent.name, "regime": metrics.get("regime", ""),
-                     "source": metrics.get("source") or "", "seed": metrics.get("seed"),
-                     "metrics": metrics, "history": history})
+    """Every finished run (as validate reads them): its regime label, seed, metrics and per-epoch history."""
+    from dermsynth.evaluate.runs import finished_runs
+
+    runs = [{"folder": r.folder.parent.name, "regime": r.regime, "source": r.source, "seed": r.seed,
+             "metrics": r.metrics, "history": r.history} for r in finished_runs(root)]
     many_sources = len({r["source"] for r in runs if r["source"]}) > 1
     for item in runs:
         item["label"] = item["regime"] + (f" @{item['source']}" if many_sources and item["source"] else "")
