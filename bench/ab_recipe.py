@@ -10,6 +10,9 @@ variant then trains for ``budget_seconds x its steps/s`` steps, a step budget th
 busy machine. Every variant is trained, sampled (``--per-class`` images per class with the model's sampling
 defaults) and audited (FID ratio, recall, coverage, C2ST per class, domain gap) against the prepared dataset;
 one row per variant goes to ``DIR/results.csv`` and ``DIR/results.md``. Finished stages are skipped on a rerun.
+
+A variant with ``sample_from: OTHER`` trains nothing: it samples OTHER's model (listed before it) with its own
+``guidance_scale`` / ``sample_steps`` / ``sample_scheduler``, so sampling settings are compared on one model.
 """
 
 from __future__ import annotations
@@ -57,17 +60,27 @@ def measure_rate(overrides: dict[str, Any], prepared: Path, threads: int, steps:
     return 1.0 / statistics.median(times)
 
 
+SAMPLING_KEYS = {"guidance_scale": "guidance", "sample_steps": "steps", "sample_scheduler": "scheduler"}
+
+
 def run_variant(name: str, overrides: dict[str, Any], steps: int, args: argparse.Namespace) -> dict[str, Any]:
     folder = args.out / name
-    settings = {**overrides, "max_steps": steps, "max_minutes": None, "threads": args.threads,
-                "checkpoint_every": max(steps // 4, 1), "sample_every": max(steps, 1)}
     started = time.monotonic()
-    result = train(args.prepared, folder / "model", "cpu-fast", settings, resume=True, progress=not args.quiet)
-    train_seconds = result.seconds
+    sampling: dict[str, Any] = {}
+    if "sample_from" in overrides:
+        model = args.out / overrides["sample_from"] / "model"
+        train_seconds = 0.0
+        sampling = {arg: overrides[key] for key, arg in SAMPLING_KEYS.items() if key in overrides}
+    else:
+        model = folder / "model"
+        settings = {**overrides, "max_steps": steps, "max_minutes": None, "threads": args.threads,
+                    "checkpoint_every": max(steps // 4, 1), "sample_every": max(steps, 1)}
+        train_seconds = train(args.prepared, model, "cpu-fast", settings, resume=True,
+                              progress=not args.quiet).seconds
     # --smoke trains a few steps only: its samples are noise, which QC would (rightly) refuse.
     qc = QCLimits(min_std=0.0, max_saturated=1.0) if args.smoke else QCLimits()
-    generate(folder / "model", folder / "synthetic", per_class=args.per_class, seed=0, progress=not args.quiet,
-             qc_limits=qc)
+    generate(model, folder / "synthetic", per_class=args.per_class, seed=0, progress=not args.quiet,
+             qc_limits=qc, **sampling)
     report = audit(args.prepared, folder / "synthetic", folder / "audit",
                    AuditConfig(classifier_epochs=args.audit_epochs), progress=not args.quiet)
     return summarize(name, steps, train_seconds, time.monotonic() - started, report)
@@ -123,7 +136,9 @@ def main() -> None:
         variants = {name: variants[name] for name in args.only.split(",")}
     if args.smoke:
         args.per_class, args.audit_epochs, args.budget_seconds = 8, 1, 2.0
-        variants = {name: _tiny(v) for name, v in list(variants.items())[:2]}
+        first, second = list(variants)[:2]
+        variants = {first: _tiny(variants[first]), second: _tiny(variants[second]),
+                    f"{first}-guidance-1": {"sample_from": first, "guidance_scale": 1.0, "sample_steps": 4}}
         args.out = args.out or Path(tempfile.mkdtemp(prefix="ab-recipe-"))
         if args.prepared is None:
             args.prepared = args.out / "prep"
@@ -134,7 +149,9 @@ def main() -> None:
     rates_path = args.out / "rates.json"
     rates = json.loads(rates_path.read_text()) if rates_path.is_file() else {}
     for name, overrides in variants.items():
-        if args.measure_rates or name not in rates:
+        if "sample_from" in overrides:
+            rates[name] = rates[overrides["sample_from"]]
+        elif args.measure_rates or name not in rates:
             rates[name] = measure_rate(overrides, args.prepared, args.threads, steps=2 if args.smoke else 20)
             rates_path.write_text(json.dumps(rates, indent=1))
             print(f"{name}: {rates[name]:.2f} steps/s", flush=True)
