@@ -132,7 +132,7 @@ def sweep(args: argparse.Namespace) -> dict:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             classifier = build_classifier(args.model, prepared.classes, size)
-            config = TrainConfig(lr=lr, epochs=args.epochs, patience=None, track_test=False)
+            config = TrainConfig(learning_rate=lr, epochs=args.epochs, patience=None, track_test=False)
             settings = resolve_settings(config, args.model, "cpu")
             result = fit(classifier, bank.image_set(train), bank.image_set(val), settings, seed)
             best = result.history["val_auroc"].max()
@@ -156,7 +156,7 @@ def main() -> None:
     tp.add_argument("--steps", type=int, default=40)
     tp.add_argument("--warmup", type=int, default=5)
     tp.add_argument("--repeats", type=int, default=3)
-    tp.add_argument("--precision", default="bf16,fp32")
+    tp.add_argument("--precision", default="bf16,no")
     sw = sub.add_parser("sweep")
     sw.add_argument("--real", help="a prepared dataset (--smoke: the embedded sample)")
     sw.add_argument("--model", default="cnn")

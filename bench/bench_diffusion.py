@@ -130,7 +130,7 @@ def bench_training(rounds: int, steps: int, overrides: dict | None = None) -> di
 def bench_sampling(model: Path, count: int, rounds: int) -> dict:
     pipelines = {
         "fp32": PixelDiffusionPipeline.from_pretrained(model),
-        "bf16": PixelDiffusionPipeline.from_pretrained(model, mixed_precision=True),
+        "bf16": PixelDiffusionPipeline.from_pretrained(model, bf16=True),
     }
     info = json.loads((model / "dermsynth_model.json").read_text())
     guidance = info["sampling"]["guidance_scale"]

@@ -50,7 +50,7 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> None:
 def ours(base: Path, root: Path, size: int, batch: int, rank: int):
     cfg = FinetuneConfig(method="lora", base=str(base), resolution=size, instance_dir=root / "instance",
                          class_dir=root / "class", instance_prompt=INSTANCE, class_prompt=CLASS,
-                         num_class_images=batch, train_batch_size=batch, max_train_steps=10_000, random_flip=False,
+                         num_class_images=batch, train_batch_size=batch, max_steps=10_000, random_flip=False,
                          lora={"rank": rank}, learning_rate=1e-4)
     trainer = Trainer(cfg, None, root / "out", False, None)
     trainer._complete_class_images()

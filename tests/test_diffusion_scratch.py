@@ -29,7 +29,7 @@ TINY = {
     "model": {"image_size": 16, "block_out_channels": [16, 32], "layers_per_block": 1, "attention_levels": [1],
               "attention_head_dim": 8, "norm_num_groups": 8},
     "batch_size": 8, "max_steps": 6, "max_minutes": None, "warmup_steps": 2, "checkpoint_every": 4,
-    "sample_every": 4, "samples_per_class": 2, "sample_steps": 2, "log_every": 2, "mixed_precision": "no",
+    "sample_every": 4, "samples_per_class": 2, "sample_steps": 2, "log_every": 2, "precision": "no",
     "noise": {"parameterization": "ddpm"}, "class_balanced": False,  # the discrete-schedule route (EDM: below)
 }
 
@@ -209,7 +209,7 @@ def test_max_minutes_stops_training(prepared, tmp_path):
 
 
 def test_min_snr_weighting_trains(prepared, tmp_path):
-    result = train(prepared, tmp_path / "m", config=TINY | {"max_steps": 2, "min_snr_gamma": 5.0}, progress=False)
+    result = train(prepared, tmp_path / "m", config=TINY | {"max_steps": 2, "snr_gamma": 5.0}, progress=False)
     assert np.isfinite(result.info["final_loss"])
 
 
@@ -250,7 +250,7 @@ def test_edm_model_trains_resumes_exactly_and_samples_with_edm_schedulers(prepar
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ({"min_snr_gamma": 5.0}, "min_snr_gamma weights a discrete schedule"),
+    ({"snr_gamma": 5.0}, "snr_gamma weights a discrete schedule"),
     ({"sample_scheduler": "ddim"}, "sample_scheduler 'ddim' does not sample EDM models"),
 ])
 def test_edm_settings_that_do_not_apply_are_refused_up_front(override, message):

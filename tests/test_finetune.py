@@ -29,7 +29,7 @@ __all__ = ["one_thread"]  # tiny models run fastest on one thread
 
 SIZE = 64  # 8x8 latents with the tiny VAE
 FAST = {"resolution": SIZE, "instance_prompt": "dermoscopy image of a sks lesion",
-        "class_prompt": "dermoscopy image of a skin lesion", "num_class_images": 3, "max_train_steps": 3,
+        "class_prompt": "dermoscopy image of a skin lesion", "num_class_images": 3, "max_steps": 3,
         "sample": {"steps": 2, "scheduler": "ddim"}, "log_every": 1}
 GEN = {"steps": 2, "scheduler": "ddim", "progress": False}
 
@@ -144,7 +144,7 @@ def test_lora_loads_in_plain_diffusers_and_changes_outputs(tiny_sd, prepared, tm
 
 def test_caption_finetuning_two_classes_with_lora(tiny_sd, prepared, tmp_path):
     out = tmp_path / "cap"
-    result = finetune(config(tiny_sd, method="captions", use_lora=True, train_batch_size=2, max_train_steps=2),
+    result = finetune(config(tiny_sd, method="captions", use_lora=True, train_batch_size=2, max_steps=2),
                       out, prepared, progress=False)
     info = result.info
     assert info["classes"] == ["benign", "malignant"] and info["data"]["labels"] == {"benign": 10, "malignant": 6}
@@ -172,7 +172,7 @@ def test_generate_takes_prompts_from_metadata(lora_model, prepared, tmp_path, cl
 
 def test_full_caption_finetuning_runs_by_epochs(tiny_sd, prepared, tmp_path):
     # 16 training images in micro-batches of 4, two per step: two steps per epoch
-    cfg = config(tiny_sd, method="captions", max_train_steps=None, num_train_epochs=2, train_batch_size=4,
+    cfg = config(tiny_sd, method="captions", max_steps=None, num_train_epochs=2, train_batch_size=4,
                  gradient_accumulation_steps=2, caption_labels=["benign", "malignant"])
     result = finetune(cfg, tmp_path / "cap", prepared, progress=False)
     assert result.info["family"] == "stable-diffusion" and result.steps == 4
@@ -214,7 +214,7 @@ def _yaml(tmp_path: Path, data: dict) -> Path:
 
 
 def test_resume_latest_continues_with_identical_state(tiny_sd, prepared, tmp_path):
-    cfg = config(tiny_sd, method="lora", max_train_steps=4, checkpointing_steps=2, checkpoints_total_limit=3,
+    cfg = config(tiny_sd, method="lora", max_steps=4, checkpointing_steps=2, checkpoints_total_limit=3,
                  train_batch_size=2, learning_rate=1e-3)
     whole = finetune(cfg, tmp_path / "whole", prepared, progress=False)
 
@@ -247,7 +247,7 @@ def test_resume_latest_continues_with_identical_state(tiny_sd, prepared, tmp_pat
 @pytest.fixture(scope="module")
 def lora_model(tiny_sd, prepared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lm") / "m"
-    finetune(config(tiny_sd, method="captions", use_lora=True, max_train_steps=1), out, prepared, progress=False)
+    finetune(config(tiny_sd, method="captions", use_lora=True, max_steps=1), out, prepared, progress=False)
     return out
 
 
@@ -343,8 +343,10 @@ def test_generate_prompt_options_need_a_text_to_image_model(cli, tmp_path):
     from dermsynth.diffusion.generate import _text_image_options
 
     with pytest.raises(DermsynthError, match="takes no prompts"):
-        _text_image_options(SimpleNamespace(family="scratch"), None, None, tmp_path, 0.5, None, tmp_path)
-    assert _text_image_options(SimpleNamespace(family="scratch"), None, None, None, 0.6, None, tmp_path) == {}
+        _text_image_options(SimpleNamespace(family="scratch", takes_prompts=False), None, None, tmp_path, 0.5, None,
+                            tmp_path)
+    assert _text_image_options(SimpleNamespace(family="scratch", takes_prompts=False), None, None, None, 0.6, None,
+                               tmp_path) == {}
     code, _, stderr = cli("generate", "--model", tmp_path, "--out", tmp_path / "s", "--per-class", 1,
                           "--prompt", "nonsense")
     assert code == 2 and "CLASS=PROMPT" in stderr
@@ -359,9 +361,9 @@ def test_shipped_configs_validate_and_run_tiny(name, tiny_sd, prepared, tmp_path
 
     data = read_yaml(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     cfg = validate_config(FinetuneConfig, data, name)
-    assert cfg.resolution == 512 and cfg.mixed_precision == "fp16"
-    tiny = cfg.model_copy(update={"base": str(tiny_sd), "resolution": SIZE, "max_train_steps": 1,
-                                  "mixed_precision": "no", "num_class_images": 2,
+    assert cfg.resolution == 512 and cfg.precision == "fp16"
+    tiny = cfg.model_copy(update={"base": str(tiny_sd), "resolution": SIZE, "max_steps": 1,
+                                  "precision": "no", "num_class_images": 2,
                                   "sample": cfg.sample.model_copy(update={"steps": 1})})
     result = finetune(tiny, tmp_path / "m", prepared, progress=False)
     assert result.steps == 1 and (tmp_path / "m" / "dermsynth_model.json").is_file()
@@ -405,7 +407,7 @@ def test_two_processes_share_the_batches(tiny_sd, prepared, tmp_path):
 
 
 def test_bf16_lora_with_ema_and_validation_images(tiny_sd, prepared, tmp_path):
-    cfg = config(tiny_sd, method="lora", mixed_precision="bf16", use_ema=True, validation_prompts=["a sks lesion"],
+    cfg = config(tiny_sd, method="lora", precision="bf16", use_ema=True, validation_prompts=["a sks lesion"],
                  validation_steps=3, validation_inference_steps=2)
     result = finetune(cfg, tmp_path / "m", prepared, progress=False)
     assert np.isfinite(result.losses).all() and len(list((tmp_path / "m" / "validation").glob("*/*.png"))) == 2

@@ -26,7 +26,7 @@ AUDIT = {"classifier_epochs": 1, "positive_controls": 4, "kid_subsets": 3, "c2st
 VALIDATE = {"regimes": ["real"], "seeds": 1, "train": {"epochs": 1}, "bootstrap": 100, "image_size": 16,
             "architecture": {"hidden_sizes": [8, 16], "embedding_size": 8, "depths": [1, 1]}}
 FINETUNE = {"resolution": 64, "instance_prompt": "dermoscopy image of a sks lesion",
-            "class_prompt": "dermoscopy image of a skin lesion", "num_class_images": 2, "max_train_steps": 3,
+            "class_prompt": "dermoscopy image of a skin lesion", "num_class_images": 2, "max_steps": 3,
             "checkpointing_steps": 1, "checkpoints_total_limit": 3, "sample": {"steps": 2, "scheduler": "ddim"},
             "threads": 1}
 
@@ -245,7 +245,7 @@ def generate_resume_damaged_image(ws, tmp) -> Case:
 
 def finetune_zero_steps(ws, tmp) -> Case:
     return (["finetune", "--method", "lora", "--base", ws.root / "tiny-sd", "--data", ws.prep, "--out", tmp / "f",
-             "--max-steps", "0"], 2, "max_train_steps", [tmp / "f"])
+             "--max-steps", "0"], 2, "max_steps", [tmp / "f"])
 
 
 def finetune_bad_resolution(ws, tmp) -> Case:
@@ -328,7 +328,7 @@ def validate_fraction_out_of_range(ws, tmp) -> Case:
 
 
 def validate_nan_learning_rate(ws, tmp) -> Case:
-    return [*_validate(ws, tmp / "v"), "--lr", "nan"], 2, "train.lr", [tmp / "v" / "validation"]
+    return [*_validate(ws, tmp / "v"), "--learning-rate", "nan"], 2, "train.learning_rate", [tmp / "v" / "validation"]
 
 
 def _damaged_run_file(ws, tmp, name: str, data: bytes) -> Case:

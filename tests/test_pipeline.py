@@ -187,8 +187,8 @@ finetune:
   instance_labels: [malignant]
   num_class_images: 2           # made by the base model
   train_batch_size: 2
-  max_train_steps: 3
-  mixed_precision: "no"
+  max_steps: 3
+  precision: "no"
   validation_prompts: [dermoscopy image of a skin lesion]
   validation_steps: 3
   validation_inference_steps: 2
@@ -217,7 +217,7 @@ generate: {{per_class: 2, steps: 2}}
     html = (out / "report.html").read_text()
     assert "Validation images during fine-tuning" in html and "Prior-preservation class images" in html
     # Another training budget: the old model folder is replaced, not resumed or refused.
-    config.write_text(study.replace("max_train_steps: 3", "max_train_steps: 4"))
+    config.write_text(study.replace("max_steps: 3", "max_steps: 4"))
     code, stdout, stderr = cli("run", config, "--out", out)
     assert code == 0, stderr
     assert "ran finetune, generate" in stdout and "up to date: prepare" in stdout

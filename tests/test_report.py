@@ -113,7 +113,7 @@ def write_model(run: Path) -> None:
         "preset": "cpu-fast", "config": {"seed": 0, "max_steps": 100}, "steps": 100, "seconds": 4.2,
         "stopped_by": "max_steps", "final_loss": 0.35,
         "sampling": {"scheduler": "dpm++", "steps": 20, "guidance_scale": 2.0}, "sample_grid": "samples/final.png",
-        "device": "cpu", "mixed_precision": "no", "created_utc": "2026-01-01T00:00:00+00:00", "versions": {}})
+        "device": "cpu", "precision": "no", "created_utc": "2026-01-01T00:00:00+00:00", "versions": {}})
 
 
 def write_synthetic(run: Path) -> None:

@@ -84,7 +84,7 @@ def test_sd_finetune_killed_and_resumed_is_bitwise_identical(tmp_path):
     prepared = make_prepared(tmp_path / "prep", size=64)
     settings = {"resolution": 64, "instance_prompt": "dermoscopy image of a sks lesion",
                 "class_prompt": "dermoscopy image of a skin lesion", "num_class_images": 2,
-                "max_train_steps": 120, "checkpointing_steps": 10, "checkpoints_total_limit": 3,
+                "max_steps": 120, "checkpointing_steps": 10, "checkpoints_total_limit": 3,
                 "train_batch_size": 2, "learning_rate": 1e-3, "use_ema": True, "log_every": 5,
                 "sample": {"steps": 2, "scheduler": "ddim"}, "threads": 1}
     config = _yaml(tmp_path / "finetune.yaml", settings)

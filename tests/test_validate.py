@@ -26,7 +26,7 @@ from dermsynth.evaluate.validate import validate
 from .conftest import lesion_image, one_line_error, save_jpeg
 
 TINY_CNN = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
-TINY_TRAIN = {"epochs": 2, "batch_size": 16, "precision": "fp32"}
+TINY_TRAIN = {"epochs": 2, "batch_size": 16, "precision": "no"}
 CLASSES = ["benign", "malignant"]
 
 
@@ -146,7 +146,8 @@ def test_resume_skips_finished_runs_and_restarts_partial_ones(prep, tmp_path):
     resumed = validate(settings, tmp_path / "v", progress=False)
     assert resumed.ran == ["real seed 1"] and resumed.skipped == ["real seed 0"]
     assert not (partial / "leftover.tmp").exists() and (partial / "metrics.json").exists()
-    changed = validate(config(prep, seeds=2, train=TINY_TRAIN | {"lr": 1e-4}), tmp_path / "v", progress=False)
+    changed = validate(config(prep, seeds=2, train=TINY_TRAIN | {"learning_rate": 1e-4}), tmp_path / "v",
+                       progress=False)
     assert len(changed.ran) == 2  # other settings: not the same runs
 
 
@@ -319,7 +320,7 @@ def test_validate_fine_tunes_a_pretrained_checkpoint_folder(prep, tmp_path):
     tiny_vit = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
                 "patch_size": 4}
     folder = save_classifier(build_classifier("vit", ["a", "b", "c"], 16, tiny_vit), tmp_path / "vit")
-    result = validate(config(prep, model=str(folder), architecture={}, train={"epochs": 1, "lr": 1e-3},
+    result = validate(config(prep, model=str(folder), architecture={}, train={"epochs": 1, "learning_rate": 1e-3},
                              save_checkpoint=True), tmp_path / "v", progress=False)
     run = tmp_path / "v" / "validation" / "real" / "0"
     metrics = json.loads((run / "metrics.json").read_text())

@@ -80,7 +80,7 @@ def test_training_improves_a_tiny_cnn_and_keeps_the_best_validation_epoch():
     val = ImageSet(images[32:], targets[32:], [f"v{i}" for i in range(16)], np.zeros(16, bool))
     torch.manual_seed(0)
     classifier = build_classifier("cnn", ["benign", "malignant"], 16, TINY_CNN)
-    settings = resolve_settings(TrainConfig(epochs=6, batch_size=8, lr=1e-2, precision="fp32"), "cnn", "cpu")
+    settings = resolve_settings(TrainConfig(epochs=6, batch_size=8, learning_rate=1e-2, precision="no"), "cnn", "cpu")
     result = fit(classifier, train, val, settings, seed=0)
     history = result.history
     assert len(history) == 6 and history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
@@ -91,7 +91,7 @@ def test_training_improves_a_tiny_cnn_and_keeps_the_best_validation_epoch():
         fit(classifier, train, poisoned, settings, seed=0)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("precision", ["bf16", "no"])
 def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision):
     import dermsynth.evaluate.train_classifier as training
 
@@ -103,7 +103,7 @@ def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision
     def epoch_that_diverges_in_bf16(classifier, train, settings, *args):
         calls.append(settings.bf16)
         loss = real_epoch(classifier, train, settings, *args)
-        if settings.bf16 or precision == "fp32":
+        if settings.bf16 or precision == "no":
             next(classifier.model.parameters()).data[0] = float("nan")
         return loss
 
@@ -111,7 +111,7 @@ def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision
     torch.manual_seed(0)
     classifier = build_classifier("cnn", ["benign", "malignant"], 16, TINY_CNN)
     settings = resolve_settings(TrainConfig(epochs=2, batch_size=8, precision=precision), "cnn", "cpu")
-    if precision == "fp32":
+    if precision == "no":
         with pytest.raises(DermsynthError, match="diverged to non-finite weights in fp32"):
             fit(classifier, train, val, settings, seed=0)
         return
@@ -124,9 +124,9 @@ def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision
 
 def test_preset_defaults_and_overrides():
     settings = resolve_settings(TrainConfig(), "pretrained", "cpu")
-    assert (settings.lr, settings.batch_size, settings.weight_decay) == (2e-5, 32, 0.01)
+    assert (settings.learning_rate, settings.batch_size, settings.weight_decay) == (2e-5, 32, 0.01)
     assert resolve_settings(TrainConfig(patience=None), "cnn", "cpu").patience is None
-    assert resolve_settings(TrainConfig(precision="fp32"), "cnn", "cpu").bf16 is False
+    assert resolve_settings(TrainConfig(precision="no"), "cnn", "cpu").bf16 is False
     with pytest.raises(DermsynthError, match="patch_size dividing it"):
         build_classifier("vit", ["a", "b"], 18, TINY_VIT)
 

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
+from dermsynth.data.readers import readers_help
 from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.models import classifiers_help
 
 # No network at run time unless the user names a hub model (stages that accept hub ids lift this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,14 +42,25 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[leaf] = value
 
 
+def _old_option(old: str, old_value: Any, new: str, value: Any) -> Any:
+    """The value of option ``new``, or of its old name ``old`` (hidden; read until the next release)."""
+    from dermsynth.config import deprecation_notice
+
+    if old_value is None:
+        return value
+    if value is not None:
+        raise DermsynthError(f"{old} is the old name of {new}: give only {new}")
+    deprecation_notice(old, new)
+    return old_value
+
+
 # --------------------------------------------------------------------------- prepare / info
 
 
 @app.command()
 def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the prepared dataset.")],
-    dataset: Annotated[str | None, typer.Option(
-        help="sample (embedded CC0 UDA-1), isic2020, isic-archive, ham10000 or folder (root/<class>/*.jpg).")] = None,
+    dataset: Annotated[str | None, typer.Option(help=readers_help())] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
     csv: Annotated[Path | None, typer.Option(help="Metadata CSV, when not in its usual place under --root.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with prepare settings (options override it).")] = None,
@@ -236,13 +249,15 @@ def finetune(
     class_dir: Annotated[Path | None, typer.Option(help="Folder of class images (missing ones generated).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimisation steps [800].")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time.")] = None,
-    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 (GPU) or bf16.")] = None,
+    precision: Annotated[str | None, typer.Option(help="no (fp32), bf16, fp16 (GPU), or auto (fp16 on a GPU, else "
+                                                        "no) (default: no).")] = None,
+    mixed_precision: Annotated[str | None, typer.Option(hidden=True)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed [0].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune Stable Diffusion: DreamBooth with prior preservation, LoRA, or per-image captions."""
-    from dermsynth.config import read_yaml, validate_config
+    from dermsynth.config import current_names, read_yaml, validate_config
     from dermsynth.diffusion.sd_config import FinetuneConfig
     from dermsynth.diffusion.sd_finetune import finetune as run_finetune
 
@@ -250,9 +265,10 @@ def finetune(
         raise DermsynthError(f"--resume takes 'latest' or a checkpoint folder (got {resume!r})")
     values = {"method": method, "base": base, "base_config": base_config, "trust_pickle": trust_pickle or None,
               "resolution": resolution, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
-              "instance_dir": instance_dir, "class_dir": class_dir, "max_train_steps": max_steps,
-              "max_minutes": max_minutes, "mixed_precision": mixed_precision, "seed": seed, "device": device}
-    settings = read_yaml(config) if config else {}
+              "instance_dir": instance_dir, "class_dir": class_dir, "max_steps": max_steps,
+              "max_minutes": max_minutes, "seed": seed, "device": device,
+              "precision": _old_option("--mixed-precision", mixed_precision, "--precision", precision)}
+    settings = current_names(FinetuneConfig, read_yaml(config)) if config else {}  # so that options override
     _merge(settings, {k: v for k, v in values.items() if v is not None})
     cfg = validate_config(FinetuneConfig, settings, source=str(config) if config else "options")
     result = run_finetune(cfg, out, data, resume=resume, progress=not quiet)
@@ -359,16 +375,16 @@ def validate(
         help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic (default: real,hybrid:0.5,synthetic).")
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds per regime (default: 3).")] = None,
-    model: Annotated[str | None, typer.Option(
-        help="cnn, vit, or a pretrained image-classifier folder / hub id (default: cnn).")] = None,
+    model: Annotated[str | None, typer.Option(help=f"{classifiers_help()} (default: cnn).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML with validate settings (options override it).")] = None,
     real_per_class: Annotated[int | None, typer.Option(
         help="Limited-data setting: real training images per class.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input side for cnn/vit (default: the prepared size).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the model's preset).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size (default: the preset's).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
+    lr: Annotated[float | None, typer.Option(hidden=True)] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16 or no (fp32) (default: auto).")] = None,
     bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples (default: 1000).")] = None,
     save_checkpoint: Annotated[bool | None, typer.Option(
         "--save-checkpoint/--no-save-checkpoint", help="Keep each run's selected classifier (default: off).")] = None,
@@ -377,7 +393,7 @@ def validate(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train classifiers on real, hybrid and synthetic training sets; test on real, patient-disjoint images."""
-    from dermsynth.config import read_yaml, validate_config
+    from dermsynth.config import current_names, read_yaml, validate_config
     from dermsynth.evaluate.config import ValidateConfig
     from dermsynth.evaluate.validate import validate as run_validate
 
@@ -387,10 +403,11 @@ def validate(
         "regimes": [r.strip() for r in regimes.split(",") if r.strip()] if regimes is not None else None,
         "real_per_class": real_per_class, "image_size": image_size, "bootstrap": bootstrap,
         "save_checkpoint": save_checkpoint, "device": device, "threads": threads, "train.epochs": epochs,
-        "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision,
+        "train.batch_size": batch_size, "train.precision": precision,
+        "train.learning_rate": _old_option("--lr", lr, "--learning-rate", learning_rate),
     }.items():
         _set(overrides, key, value)
-    data = read_yaml(config) if config else {}
+    data = current_names(ValidateConfig, read_yaml(config)) if config else {}  # so that options override
     _merge(data, overrides)
     if data.get("real") is None:
         raise DermsynthError("no real data: give --real PREPARED_FOLDER (or `real:` in --config)")

@@ -5,19 +5,100 @@ Every field carries a description; unknown keys are errors (a typo must not be s
 
 from __future__ import annotations
 
+import contextlib
+import types
+import typing
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from dermsynth.errors import DermsynthError
+from dermsynth.progress import console
+from dermsynth.registry import Registry, one_of
 
-DatasetKind = Literal["sample", "isic2020", "isic-archive", "ham10000", "folder"]
+# Dataset readers by name. dermsynth.data.readers registers them (`import dermsynth` imports it); the registry
+# lives here, below the data layer, so that PrepareConfig can check `dataset` against it.
+READERS: Registry[Any] = Registry("dataset")
+# One vocabulary in every stage: seed, device, threads, precision, max_steps, max_grad_norm, snr_gamma, learning_rate.
+# precision: auto (the stage's measured choice for the device), no (fp32), bf16 or fp16 autocast; a stage that
+# cannot run one of them leaves it out of its Literal.
+Precision = Literal["auto", "no", "bf16", "fp16"]
+# Old values of shared fields, read (with a notice) until the next release.
+OLD_VALUES: dict[str, dict[str, str]] = {"precision": {"fp32": "no"}}
+
+_quiet_renames: ContextVar[bool] = ContextVar("quiet_renames", default=False)
+
+
+@contextlib.contextmanager
+def quiet_renames() -> Iterator[None]:
+    """Validate configs that dermsynth saved itself (checkpoints, model JSONs): old names pass without a notice."""
+    token = _quiet_renames.set(True)
+    try:
+        yield
+    finally:
+        _quiet_renames.reset(token)
+
+
+def deprecation_notice(old: str, new: str, what: str = "name") -> None:
+    """One stderr line saying that ``old`` is read as ``new`` for one more release."""
+    if not _quiet_renames.get():
+        console.print(f"deprecated: {old} is now {new} (the old {what} is read until the next release)",
+                      soft_wrap=True, markup=False, highlight=False)
+
+
+def current_names(model: type[BaseModel], data: Any, nested: bool = True) -> Any:
+    """``data`` with the old field names (``model._renamed``, nested models too) and old values (OLD_VALUES)
+    replaced by the current ones, one notice each. A setting given under both names is left for validation to
+    refuse. Callers that merge overrides into a user's YAML call this first, so that the override wins."""
+    if not isinstance(data, dict):
+        return data
+    fields = model.model_fields
+    data = dict(data)
+    for old, new in getattr(model, "_renamed", {}).items():
+        if old in data and new not in data:
+            data[new] = data.pop(old)
+            deprecation_notice(repr(old), repr(new))
+    for name, values in OLD_VALUES.items():
+        value = data.get(name)
+        if name in fields and isinstance(value, str) and value in values:
+            data[name] = values[value]
+            deprecation_notice(f"{name} {value!r}", repr(values[value]), "value")
+    for name, field in fields.items() if nested else ():
+        inner, key = _model_in(field.annotation), field.alias or name
+        if inner is not None and isinstance(data.get(key), dict):
+            data[key] = current_names(inner, data[key])
+    return data
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model of a field typed ``Model`` or ``Model | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if len(models) == 1 else None
+    return None
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Renamed fields, {"old": "new"}: the old name is read, with a notice, until the next release.
+    _renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in cls._renamed.items():
+                if old in data and new in data:
+                    raise PydanticCustomError(
+                        "renamed_twice", "{old} is the old name of {new}: give only {new}", {"old": old, "new": new})
+        return current_names(cls, data, nested=False)  # nested models read theirs when they are validated
 
 
 class SplitConfig(StrictModel):
@@ -70,7 +151,8 @@ class PromptConfig(StrictModel):
 
 
 class PrepareConfig(StrictModel):
-    dataset: DatasetKind = Field("sample", description="Which reader to use.")
+    dataset: str = Field("sample", description="Which dataset reader to use (`dermsynth prepare --help` "
+                         "lists them).")
     root: Path | None = Field(None, description="Dataset folder (images, and metadata unless --csv names it).")
     csv: Path | None = Field(None, description="Metadata CSV (ISIC 2020 ground truth / train.csv, HAM10000 metadata).")
     duplicates: Path | None = Field(None, description="ISIC 2020 duplicates CSV; found next to the CSV when omitted.")
@@ -90,6 +172,15 @@ class PrepareConfig(StrictModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        # The message pydantic gives for a Literal, with the choices read from the registry.
+        if value not in READERS:
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": one_of(READERS.names())})
+        return value
 
 
 Model = TypeVar("Model", bound=BaseModel)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from dermsynth.audit.config import AuditConfig
-from dermsynth.config import PrepareConfig, StrictModel, read_yaml, validate_config
+from dermsynth.config import PrepareConfig, StrictModel, current_names, read_yaml, validate_config
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
@@ -38,6 +38,14 @@ class TrainStage(StrictModel):
         default_factory=dict,
         description="Any field of the training config (see `dermsynth train --help` / configs/train-*.yaml) on top "
                     "of the preset, e.g. {max_steps: 900}. Prefer max_steps to max_minutes for reproducible runs.")
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _current_names(cls, value: Any) -> Any:
+        """Old names read once, here: the stage's hash and the training run see only the current ones."""
+        from dermsynth.diffusion.scratch import TrainConfig
+
+        return current_names(TrainConfig, value)
 
     @model_validator(mode="after")
     def _settings_are_valid(self) -> TrainStage:

@@ -2,11 +2,15 @@
 
 A reader never decodes images (that is `prepare`'s job, in parallel); it resolves each image's file and
 records rows it cannot use in ``skipped`` with a short reason, so that every dropped image is accounted for.
+
+Readers register themselves with :func:`register_reader` (name, licence, help text); `PrepareConfig.dataset`,
+`dermsynth prepare --help` and the report's data licence all read that registry.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from dermsynth.config import PrepareConfig
+from dermsynth.config import READERS, PrepareConfig
 from dermsynth.data.images import IMAGE_SUFFIXES, list_images
 from dermsynth.data.schema import HAM_DIAGNOSES, clean_text, finish_reader_frame
 from dermsynth.errors import DermsynthError
@@ -25,6 +29,43 @@ class ReadResult:
     frame: pd.DataFrame
     skipped: list[dict[str, str]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+ReadFunction = Callable[[PrepareConfig], ReadResult]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A registered reader: ``read(config)`` and what the CLI help and the report say about its dataset."""
+
+    name: str
+    read: ReadFunction
+    licence: str  # the report's provenance line; a reader may put a more specific one in its notes
+    help: str  # a few words after the name in `dermsynth prepare --help`
+
+    def __call__(self, config: PrepareConfig) -> ReadResult:
+        return self.read(config)
+
+
+def register_reader(name: str, *, licence: str, help: str) -> Callable[[ReadFunction], ReadFunction]:
+    """Decorator: make ``read`` the reader of ``--dataset name``."""
+
+    def add(read: ReadFunction) -> ReadFunction:
+        READERS.add(name, Reader(name, read, licence, help))
+        return read
+
+    return add
+
+
+def get_reader(name: str) -> Reader:
+    """The reader registered as ``name``; an unknown name is a one-line error listing the known ones."""
+    return READERS.get(name)
+
+
+def readers_help() -> str:
+    """``--dataset`` help: each reader's name and help text, in registration order."""
+    parts = [f"{reader.name} ({reader.help})" if reader.help else reader.name for _, reader in READERS.items()]
+    return (", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else "".join(parts)) + "."
 
 
 def sample_root() -> Path:
@@ -84,9 +125,21 @@ def _col(row: dict[str, Any], *names: str) -> Any:
     return None
 
 
+# --------------------------------------------------------------------------- the embedded sample
+
+
+@register_reader("sample", licence="ISIC Archive collection UDA-1, CC0 1.0 (embedded in dermsynth, downscaled)",
+                 help="embedded CC0 UDA-1")
+def read_sample(config: PrepareConfig) -> ReadResult:
+    return read_isic_archive(config, root=sample_root(), source="isic-archive:uda1")
+
+
 # --------------------------------------------------------------------------- ISIC 2020
 
 
+@register_reader("isic2020",
+                 licence="ISIC 2020 Challenge training data, CC BY-NC 4.0 (non-commercial use, attribution required)",
+                 help="GroundTruth CSV or Kaggle train.csv + JPEGs")
 def read_isic2020(config: PrepareConfig, require_images: bool = True) -> ReadResult:
     """ISIC 2020: the official GroundTruth CSV (v1/v2) or Kaggle's train.csv, next to a folder of JPEGs."""
     root = config.root
@@ -190,6 +243,8 @@ def _archive_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@register_reader("isic-archive", licence="ISIC Archive: the licence of each image is in its own record "
+                 "(attribution required unless CC0)", help="json_meta/*.json + images/")
 def read_isic_archive(config: PrepareConfig, root: Path | None = None, source: str = "isic-archive") -> ReadResult:
     """ISIC Archive JSON metadata: ``json_meta/*.json`` (one record each) or API pages, images in ``images/``."""
     root = _require_dir(root or config.root, source)
@@ -216,15 +271,11 @@ def read_isic_archive(config: PrepareConfig, root: Path | None = None, source: s
     return result
 
 
-def read_sample(config: PrepareConfig) -> ReadResult:
-    result = read_isic_archive(config, root=sample_root(), source="isic-archive:uda1")
-    result.notes["licence"] = "UDA-1, ISIC Archive, CC0 1.0 (embedded, downscaled)"
-    return result
-
-
 # --------------------------------------------------------------------------- HAM10000
 
 
+@register_reader("ham10000", licence="HAM10000, CC BY-NC-SA 4.0 (non-commercial use, attribution, share-alike)",
+                 help="HAM10000_metadata.csv + images")
 def read_ham10000(config: PrepareConfig) -> ReadResult:
     """HAM10000: ``HAM10000_metadata.csv`` + images (``images/``, the two ``HAM10000_images_part_*`` or root)."""
     root = _require_dir(config.root, "ham10000")
@@ -261,6 +312,8 @@ def read_ham10000(config: PrepareConfig) -> ReadResult:
 # --------------------------------------------------------------------------- class-per-folder tree
 
 
+@register_reader("folder", licence="user-supplied images: the licence is whatever their owner granted",
+                 help="root/<class>/*.jpg")
 def read_folder(config: PrepareConfig) -> ReadResult:
     """``root/<class>/*.jpg|png``: the folder name is the label; no patient metadata."""
     root = _require_dir(config.root, "folder")
@@ -290,17 +343,12 @@ def _with_raw_label(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-READERS = {
-    "sample": read_sample,
-    "isic2020": read_isic2020,
-    "isic-archive": read_isic_archive,
-    "ham10000": read_ham10000,
-    "folder": read_folder,
-}
-
-
 def read_dataset(config: PrepareConfig) -> ReadResult:
-    return READERS[config.dataset](config)
+    reader = get_reader(config.dataset)
+    result = reader.read(config)
+    result.notes.setdefault("licence", reader.licence)  # prepare.json carries it to the report
+    return result
 
 
-__all__ = ["IMAGE_SUFFIXES", "READERS", "ReadResult", "read_dataset", "sample_root"]
+__all__ = ["IMAGE_SUFFIXES", "READERS", "ReadResult", "Reader", "get_reader", "read_dataset", "readers_help",
+           "register_reader", "sample_root"]

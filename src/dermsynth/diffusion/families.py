@@ -1,48 +1,117 @@
 """Model folders by family: what `generate` needs from any model, whichever way it was made.
 
-A model folder holds ``dermsynth_model.json`` whose ``family`` names the adapter that loads it. Adapters are
-imported only when used, so a family's heavy dependencies cost nothing to the others.
+A model folder holds ``dermsynth_model.json`` whose ``family`` names the adapter that loads it: a class with
+``from_folder(folder, info, device)`` returning an :class:`ImageGenerator`, registered with
+:func:`register_family`. Adapters named as "module:Class" are imported only when used, so a family's heavy
+dependencies cost nothing to the others.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
+from dermsynth.registry import Registry
 
 MODEL_JSON = "dermsynth_model.json"
 
-# family -> "module:Class" of its adapter; the class offers ``from_folder(folder, info, device)``.
-FAMILIES: dict[str, str] = {
-    "scratch": "dermsynth.diffusion.sampling:ScratchGenerator",
-    "stable-diffusion": "dermsynth.diffusion.sd_generate:StableDiffusionGenerator",
-    "stable-diffusion-lora": "dermsynth.diffusion.sd_generate:StableDiffusionGenerator",
-}
-
 
 class ImageGenerator(Protocol):
-    """A loaded model, ready to turn (class, seed) pairs into images."""
+    """A loaded model, ready to turn (class, seed) pairs into images: everything `generate` uses.
+
+    :class:`GeneratorBase` supplies the text-to-image members for a family without prompts.
+    """
 
     family: str
     classes: list[str]
     sha256: str
-    precision: str  # "fp32", "bf16" or "fp16": recorded with the images
+    # Of sampling, "fp32", "bf16" or "fp16": it changes pixels slightly, so it is recorded and a resumed folder
+    # must keep it.
+    precision: str
     defaults: dict[str, Any]  # scheduler, steps, guidance_scale
-    precision: str  # of sampling: it changes pixels slightly, so a resumed folder must keep it
+    # Text-to-image: takes per-class prompts, a negative prompt, metadata prompts and init images (the four
+    # attributes below); `generate` refuses those options for a family without.
+    takes_prompts: bool
+    prompts: dict[str, str]  # per class
+    negative_prompts: dict[str, str]  # per class
+    item_prompts: dict[str, list[str]]  # per class, taken in turn by image index (e.g. from metadata)
+    source: Any  # image-to-image / inpainting start images (sd_generate.ImageSource), or None
 
     def prompt(self, label: str) -> str: ...
+
+    def prompt_for(self, label: str, index: int) -> str:
+        """The prompt of image ``index`` of class ``label``, recorded in the manifest."""
+        ...
 
     def negative_prompt(self, label: str) -> str: ...
 
     def __call__(self, labels: list[str], seeds: list[int], *, steps: int, scheduler: str,
-                 guidance_scale: float) -> np.ndarray:
-        """Float images (N, H, W, 3), nominally in [0, 1], unclipped (NaN and overflow are left for QC)."""
+                 guidance_scale: float, indices: list[int] | None = None) -> np.ndarray:
+        """Float images (N, H, W, 3), nominally in [0, 1], unclipped (NaN and overflow are left for QC).
+        ``indices`` are the images' indices within their class (image-to-image picks start images by them)."""
         ...
+
+
+class GeneratorBase:
+    """The text-to-image members of :class:`ImageGenerator` with their defaults: no prompts of its own, no start
+    images. A class-conditional family sets ``family`` and overrides ``prompt``; a text-to-image one sets
+    ``takes_prompts`` and fills ``prompts``."""
+
+    takes_prompts = False
+
+    def __init__(self) -> None:
+        self.prompts: dict[str, str] = {}
+        self.negative_prompts: dict[str, str] = {}
+        self.item_prompts: dict[str, list[str]] = {}
+        self.source: Any = None
+
+    def prompt(self, label: str) -> str:
+        return self.prompts.get(label) or label
+
+    def prompt_for(self, label: str, index: int) -> str:
+        prompts = self.item_prompts.get(label)
+        return prompts[index % len(prompts)] if prompts else self.prompt(label)
+
+    def negative_prompt(self, label: str) -> str:
+        return self.negative_prompts.get(label, "")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model family: the adapter class, or "module:Class" to import it only when used."""
+
+    name: str
+    loader: str | type
+
+    def adapter(self) -> Any:
+        if not isinstance(self.loader, str):
+            return self.loader
+        module_name, class_name = self.loader.split(":")
+        return getattr(importlib.import_module(module_name), class_name)
+
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+
+def register_family(name: str, loader: str | type) -> None:
+    """Models whose ``dermsynth_model.json`` says ``"family": name`` load with ``loader.from_folder``."""
+    FAMILIES.add(name, Family(name, loader))
+
+
+def get_family(name: str) -> Family:
+    """The family registered as ``name``; an unknown name is a one-line error listing the known ones."""
+    return FAMILIES.get(name)
+
+
+register_family("scratch", "dermsynth.diffusion.sampling:ScratchGenerator")
+register_family("stable-diffusion", "dermsynth.diffusion.sd_generate:StableDiffusionGenerator")
+register_family("stable-diffusion-lora", "dermsynth.diffusion.sd_generate:StableDiffusionGenerator")
 
 
 def read_model_info(folder: str | Path) -> dict[str, Any]:
@@ -56,9 +125,7 @@ def read_model_info(folder: str | Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise DermsynthError(f"{path}: not valid JSON") from None
-    family = info.get("family")
-    if family not in FAMILIES:
-        raise DermsynthError(f"{path}: unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    FAMILIES.get(info.get("family"), where=str(path))  # an unknown family: one line naming the known ones
     if not info.get("classes"):
         raise DermsynthError(f"{path}: no classes recorded")
     return info
@@ -66,8 +133,7 @@ def read_model_info(folder: str | Path) -> dict[str, Any]:
 
 def load_generator(folder: str | Path, info: dict[str, Any] | None = None, device: str = "auto") -> ImageGenerator:
     info = info or read_model_info(folder)
-    module_name, class_name = FAMILIES[info["family"]].split(":")
-    adapter = getattr(importlib.import_module(module_name), class_name)
+    adapter = get_family(info["family"]).adapter()
     try:
         return adapter.from_folder(Path(folder), info, device)
     except UNREADABLE_ARTIFACT_ERRORS as exc:

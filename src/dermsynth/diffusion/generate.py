@@ -152,9 +152,9 @@ def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | Non
     (none when unused, so plain runs keep their settings and resume as before)."""
     if prompts is None and negative_prompt is None and init_images is None and mask_from is None:
         return {}
-    if not hasattr(generator, "prompts"):
+    if not generator.takes_prompts:
         raise DermsynthError(f"model family {generator.family!r} takes no prompts or init images "
-                             "(only Stable Diffusion models do)")
+                             "(only text-to-image models, such as Stable Diffusion, do)")
     added: dict[str, Any] = {}
     if prompts:
         unknown = sorted(set(prompts) - set(generator.classes))
@@ -179,8 +179,9 @@ def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | Non
 
 
 def _metadata_prompts(generator: ImageGenerator, prepared: str | Path, out: Path) -> dict[str, Any]:
-    if not hasattr(generator, "item_prompts"):
-        raise DermsynthError(f"model family {generator.family!r} takes no prompts (only Stable Diffusion models do)")
+    if not generator.takes_prompts:
+        raise DermsynthError(f"model family {generator.family!r} takes no prompts (only text-to-image models, such "
+                             "as Stable Diffusion, do)")
     from dermsynth.diffusion.sd_generate import metadata_prompts
 
     generator.item_prompts = metadata_prompts(prepared, generator.classes)
@@ -255,9 +256,9 @@ def _check_rejections(state: _FolderState, plan: dict[str, int]) -> None:
 
 def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str, Any], state: _FolderState,
                limits: QCLimits) -> None:
-    extra = {"indices": [item.index for item in batch]} if getattr(generator, "wants_indices", False) else {}
     images = generator([item.label for item in batch], [item.seed for item in batch], steps=settings["steps"],
-                       scheduler=settings["scheduler"], guidance_scale=settings["guidance_scale"], **extra)
+                       scheduler=settings["scheduler"], guidance_scale=settings["guidance_scale"],
+                       indices=[item.index for item in batch])
     now = datetime.now(UTC).isoformat(timespec="seconds")
     for item, image in zip(batch, images, strict=True):
         reason = qc_reason(image, limits)
@@ -267,8 +268,7 @@ def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str,
             continue
         row = {
             "image_id": item.image_id, "path": f"images/{item.label}/{item.image_id}.png", "label": item.label,
-            "prompt": (generator.prompt_for(item.label, item.index) if hasattr(generator, "prompt_for")
-                       else generator.prompt(item.label)),
+            "prompt": generator.prompt_for(item.label, item.index),
             "negative_prompt": generator.negative_prompt(item.label),
             "seed": item.seed, "scheduler": settings["scheduler"], "steps": settings["steps"],
             "guidance_scale": settings["guidance_scale"], "model": settings["model"],

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ValidationError
 
+from dermsynth.config import quiet_renames
 from dermsynth.diffusion.checkpoints import latest_checkpoint_step, read_newest_intact, save_checkpoint
 from dermsynth.diffusion.threads import ThreadTuner
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
@@ -195,7 +196,8 @@ class TrainingHarness:
 
     def changed_settings(self, saved: dict[str, Any]) -> list[str]:
         """Config fields that determine what is learned and differ between ``saved`` and this run."""
-        with contextlib.suppress(ValidationError):  # a saved config from an older version: fill its defaults
+        # A saved config from an older version: fill its defaults and read its old names (without notices).
+        with contextlib.suppress(ValidationError), quiet_renames():
             saved = type(self.config).model_validate(saved).model_dump(mode="json")
         current = self.config.model_dump(mode="json")
         return sorted(k for k in current if k not in self.loop.resumable and saved.get(k) != current[k])

@@ -49,8 +49,8 @@ def diffusion_loss(
     with _autocast(clean.device, bf16):
         prediction = unet(noisy, timesteps, class_labels=labels).sample
     per_image = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
-    if cfg.min_snr_gamma is not None:
-        per_image = per_image * min_snr_weight(noise_scheduler, timesteps, cfg.min_snr_gamma, cfg.noise.prediction_type)
+    if cfg.snr_gamma is not None:
+        per_image = per_image * min_snr_weight(noise_scheduler, timesteps, cfg.snr_gamma, cfg.noise.prediction_type)
     return per_image.mean()
 
 

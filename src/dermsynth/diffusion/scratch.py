@@ -7,11 +7,11 @@ A class-conditional ``UNet2DModel``: class embeddings are added to the timestep 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from dermsynth.config import StrictModel, read_yaml, validate_config
+from dermsynth.config import StrictModel, current_names, read_yaml, validate_config
 from dermsynth.errors import DermsynthError
 
 if TYPE_CHECKING:
@@ -70,6 +70,9 @@ class NoiseConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    _renamed: ClassVar[dict[str, str]] = {"grad_clip": "max_grad_norm", "min_snr_gamma": "snr_gamma",
+                                          "mixed_precision": "precision"}
+
     model: UNetConfig = Field(default_factory=UNetConfig, description="UNet architecture.")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise schedule.")
     batch_size: int = Field(32, ge=1, description="Images per optimisation step.")
@@ -79,11 +82,11 @@ class TrainConfig(StrictModel):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="After warmup: constant, or cosine decay to zero at max_steps."
     )
-    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value (None = off).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value (None = off).")
     label_dropout: float = Field(
         0.1, ge=0.0, lt=1.0, description="Probability of replacing the class by the null class (trains CFG)."
     )
-    min_snr_gamma: float | None = Field(
+    snr_gamma: float | None = Field(
         None, gt=0, description="Min-SNR-gamma loss weighting (e.g. 5.0); None weights all timesteps equally."
     )
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="Highest EMA decay, reached after the warmup.")
@@ -93,8 +96,9 @@ class TrainConfig(StrictModel):
         "is trained as much as the majority; off = plain shuffled epochs.")
     flips: bool = Field(True, description="Random horizontal/vertical flips (dermoscopy has no canonical orientation).")
     transpose: bool = Field(True, description="Random transposition; with flips this covers all 8 square symmetries.")
-    mixed_precision: Literal["auto", "bf16", "no"] = Field(
-        "auto", description="bf16 autocast (auto = where the device supports it; ~1.5x faster on CPUs with AVX-512)."
+    precision: Literal["auto", "no", "bf16"] = Field(
+        "auto", description="bf16 autocast or no (fp32); auto = bf16 where the device supports it natively (~1.5x "
+        "faster on CPUs with AVX-512). fp16 is not offered: it would need loss scaling.",
     )
     max_steps: int = Field(1500, ge=1, description="Stop after this many optimisation steps.")
     max_minutes: float | None = Field(None, gt=0, description="Stop when training has run this long (all runs).")
@@ -127,8 +131,8 @@ class TrainConfig(StrictModel):
             return self
         from dermsynth.diffusion.schedulers import EDM_SCHEDULERS
 
-        if self.min_snr_gamma is not None:
-            raise ValueError("min_snr_gamma weights a discrete schedule; EDM has its own loss weighting (set null)")
+        if self.snr_gamma is not None:
+            raise ValueError("snr_gamma weights a discrete schedule; EDM has its own loss weighting (set null)")
         if self.sample_scheduler not in EDM_SCHEDULERS:
             raise ValueError(f"sample_scheduler {self.sample_scheduler!r} does not sample EDM models; choose one of "
                              f"{', '.join(EDM_SCHEDULERS)}")
@@ -158,7 +162,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"image_size": 64, "block_out_channels": [64, 128, 256, 256], "layers_per_block": 2,
                   "attention_levels": [2, 3], "attention_head_dim": 64, "norm_num_groups": 32, "dropout": 0.1},
         "batch_size": 64, "learning_rate": 2e-4, "warmup_steps": 500, "max_steps": 30000, "max_minutes": None,
-        "min_snr_gamma": 5.0, "ema_decay": 0.9999, "checkpoint_every": 2000, "sample_every": 2000,
+        "snr_gamma": 5.0, "ema_decay": 0.9999, "checkpoint_every": 2000, "sample_every": 2000,
     },
 }
 
@@ -173,7 +177,7 @@ def resolve_train_config(
     source = f"preset {preset}"
     if config is not None:
         extra = config if isinstance(config, dict) else read_yaml(config)
-        data = _deep_merge(data, extra)
+        data = _deep_merge(data, current_names(TrainConfig, extra))  # old names must not sit beside the preset's
         source = str(config) if not isinstance(config, dict) else "config"
     data = _deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
     return validate_config(TrainConfig, data, source=source)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dermsynth.config import StrictModel
+from dermsynth.config import Precision, StrictModel
 
 Method = Literal["dreambooth", "lora", "captions"]
 DEFAULT_LR = {"dreambooth": 5e-6, "lora": 1e-4, "captions": 1e-5}
@@ -34,6 +34,8 @@ class SampleSettings(StrictModel):
 
 class FinetuneConfig(StrictModel):
     """Every setting of one fine-tuning run; a YAML file holds any subset of these keys."""
+
+    _renamed: ClassVar[dict[str, str]] = {"max_train_steps": "max_steps", "mixed_precision": "precision"}
 
     method: Method = Field("dreambooth", description="dreambooth, lora (DreamBooth data, LoRA weights) or captions "
                                                      "(each image with its own metadata prompt).")
@@ -83,11 +85,12 @@ class FinetuneConfig(StrictModel):
     train_batch_size: int = Field(1, ge=1, description="Images per device per micro-batch (plus as many class "
                                                        "images with prior preservation).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimisation step.")
-    max_train_steps: int | None = Field(800, ge=1, description="Optimisation steps.")
+    max_steps: int | None = Field(800, ge=1, description="Optimisation steps.")
     num_train_epochs: int | None = Field(None, ge=1, description="Epochs over the training images; with "
-                                                                 "max_train_steps, whichever ends first.")
+                                                                 "max_steps, whichever ends first.")
     max_minutes: float | None = Field(None, gt=0, description="Stop after this much training time (all runs).")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Mixed precision (fp16 needs a GPU).")
+    precision: Precision = Field("no", description="Mixed precision of the frozen parts and the forward pass: no "
+                                                  "(fp32), bf16, fp16 (needs a GPU); auto = fp16 on a GPU, else no.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the UNet (and text "
                                                             "encoder when trained).")
     use_ema: bool = Field(False, description="Keep an exponential moving average of the trained weights and save it.")

@@ -66,7 +66,7 @@ from dermsynth.version import versions
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # Settings that may change when resuming (budget and monitoring); everything else must match the checkpoint.
-RESUMABLE = {"max_train_steps", "num_train_epochs", "max_minutes", "validation_prompts", "validation_steps",
+RESUMABLE = {"max_steps", "num_train_epochs", "max_minutes", "validation_prompts", "validation_steps",
              "num_validation_images", "validation_inference_steps", "checkpointing_steps",
              "checkpoints_total_limit", "log_every", "device", "threads", "sample", "class_prompts"}
 
@@ -136,13 +136,15 @@ class Trainer(TrainingHarness):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise DermsynthError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine")
+        if cfg.precision == "fp16" and not torch.cuda.is_available():
+            raise DermsynthError("precision fp16 needs a GPU; use bf16 or no on this machine")
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        # auto: fp16 on a GPU (the diffusers examples' choice), fp32 elsewhere
+        self.precision = cfg.precision if cfg.precision != "auto" else "no" if cpu else "fp16"
         # Accelerate keeps its settings process-wide; a second run in one process (API use) may change them.
         # The process group (PartialState) is kept, so this is safe under `accelerate launch` too.
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=self.precision)
         self.device = self.accelerator.device
         # On a CPU, pick 1 or all threads by measured step time (other processes may compete for the cores).
         threads = ThreadTuner(cfg.threads if self.device.type == "cpu" else torch.get_num_threads(), every=10)
@@ -151,7 +153,7 @@ class Trainer(TrainingHarness):
         self.prompts = self._resolve_prompts()
         self.examples, self.class_examples = self._collect_examples()
         self.pipe = load_pipeline(cfg.base, config=cfg.base_config, trust_pickle=cfg.trust_pickle)
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
 
     @property
     def is_main_process(self) -> bool:
@@ -310,9 +312,9 @@ class Trainer(TrainingHarness):
         cfg = self.cfg
         micro_per_epoch = self.order.per_epoch  # full micro-batches over all processes
         per_epoch = max(1, micro_per_epoch // (cfg.gradient_accumulation_steps * self.accelerator.num_processes))
-        total = min(cfg.max_train_steps or math.inf, (cfg.num_train_epochs or math.inf) * per_epoch)
+        total = min(cfg.max_steps or math.inf, (cfg.num_train_epochs or math.inf) * per_epoch)
         if total == math.inf:
-            raise DermsynthError("set max_train_steps or num_train_epochs")
+            raise DermsynthError("set max_steps or num_train_epochs")
         return int(total)
 
     # ----- one optimisation step
@@ -431,7 +433,7 @@ class Trainer(TrainingHarness):
             max_steps=self.total_steps, max_minutes=cfg.max_minutes, log_every=cfg.log_every,
             checkpoint_every=cfg.checkpointing_steps, checkpoints_total_limit=cfg.checkpoints_total_limit,
             resumable=frozenset(RESUMABLE), task="finetune",
-            steps_limit="max_train_steps" if self.total_steps == cfg.max_train_steps else "num_train_epochs")
+            steps_limit="max_steps" if self.total_steps == cfg.max_steps else "num_train_epochs")
         resumed_from = None
         if checkpoint is not None:
             found = self.resume_newest() if checkpoint == "latest" else self.resume_from(Path(checkpoint))
@@ -588,6 +590,7 @@ class Trainer(TrainingHarness):
             "image_size": self.cfg.resolution, "weights": weights, "weights_sha256": sha256_file(self.out / weights),
             "trained_parameters": sum(p.numel() for p in self.params), "data": self.data,
             "learning_rate": self.cfg.lr,  # resolved: the config leaves it null for the method's default
+            "precision": self.precision,  # resolved: the config may say auto
             "dreambooth": self._dreambooth_summary(),
             **self.run_record(seconds, stopped_by, self.device),
             "sampling": {"scheduler": sample.scheduler, "steps": sample.steps, "guidance_scale": sample.guidance_scale},

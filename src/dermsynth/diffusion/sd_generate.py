@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from dermsynth.data.images import ImageReadError, list_images
+from dermsynth.diffusion.families import GeneratorBase
 from dermsynth.diffusion.schedulers import make_scheduler
 from dermsynth.errors import DermsynthError
 from dermsynth.utils import pick_device, sha256_file
@@ -122,12 +123,13 @@ def inpaint_mask(rgb: np.ndarray, source: ImageSource, path: Path) -> np.ndarray
     return mask > 127
 
 
-class StableDiffusionGenerator:
+class StableDiffusionGenerator(GeneratorBase):
     """The `generate` adapter of the "stable-diffusion" and "stable-diffusion-lora" families."""
 
-    wants_indices = True  # image-to-image picks its start image by the item's index
+    takes_prompts = True
 
     def __init__(self, pipe: Any, info: dict[str, Any], sha256: str):
+        super().__init__()
         self.pipe = pipe
         self.family: str = info["family"]
         self.classes: list[str] = list(info["classes"])
@@ -138,7 +140,6 @@ class StableDiffusionGenerator:
         self.defaults: dict[str, Any] = dict(info.get("sampling", {}))
         self.image_size = int(info.get("image_size") or pipe.unet.config.sample_size * pipe.vae_scale_factor)
         self.source: ImageSource | None = None
-        self.item_prompts: dict[str, list[str]] = {}  # per class, prompts taken in turn (e.g. from metadata)
 
     @classmethod
     def from_folder(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> StableDiffusionGenerator:
@@ -159,16 +160,8 @@ class StableDiffusionGenerator:
         sha256 = sha256_file(weights) if weights.is_file() else str(info.get("weights_sha256", ""))
         return cls(pipe, info, sha256)
 
-    def prompt(self, label: str) -> str:
-        return self.prompts.get(label) or label
-
-    def prompt_for(self, label: str, index: int) -> str:
-        """The prompt of image ``index`` of class ``label``: the class's metadata prompts in turn, if given."""
-        prompts = self.item_prompts.get(label)
-        return prompts[index % len(prompts)] if prompts else self.prompt(label)
-
-    def negative_prompt(self, label: str) -> str:
-        return self.negative_prompts.get(label, "")
+    # prompt, prompt_for (metadata prompts in turn, else the class prompt) and negative_prompt come from
+    # GeneratorBase.
 
     def __call__(self, labels: list[str], seeds: list[int], *, steps: int, scheduler: str, guidance_scale: float,
                  indices: list[int] | None = None) -> np.ndarray:

@@ -30,6 +30,7 @@ from diffusers.training_utils import EMAModel
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from dermsynth.config import quiet_renames
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.checkpoints import (
@@ -143,9 +144,10 @@ def _existing_state(out: Path, resume: bool) -> str:
 def _finished_matches(out: Path, cfg: TrainConfig, data_summary: dict[str, Any]) -> bool:
     info = read_json(out / MODEL_JSON, FINISHED_REMEDY)
     try:
-        same_config = _learning_config(TrainConfig.model_validate(info["config"])) == _learning_config(cfg)
-        same_budget = (info["config"]["max_steps"], info["config"]["max_minutes"]) == (cfg.max_steps,
-                                                                                         cfg.max_minutes)
+        with quiet_renames():  # a model of the previous release records the old names
+            saved = TrainConfig.model_validate(info["config"])
+        same_config = _learning_config(saved) == _learning_config(cfg)
+        same_budget = (saved.max_steps, saved.max_minutes) == (cfg.max_steps, cfg.max_minutes)
         return same_config and same_budget and info["data"]["sha256"] == data_summary["sha256"]
     except (KeyError, TypeError, ValidationError):  # hand-edited: it cannot be shown to match
         return False
@@ -204,7 +206,7 @@ class Trainer(TrainingHarness):
         threads = ThreadTuner(cfg.threads if device.type == "cpu" else torch.get_num_threads())
         super().__init__(out, cfg, threads, loop, data.summary["sha256"], progress, callback)
         self.cfg, self.data, self.preset, self.device = cfg, data, preset, device
-        self.bf16 = use_bf16(cfg.mixed_precision, self.device)
+        self.bf16 = use_bf16(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.unet = build_unet(cfg.model, len(data.classes)).to(self.device).train()
         self.ema_unet = copy.deepcopy(self.unet).eval().requires_grad_(False)
@@ -253,8 +255,8 @@ class Trainer(TrainingHarness):
         labels = torch.where(drop, torch.full_like(labels, len(self.data.classes)), labels)
         loss = diffusion_loss(self.unet, self.noise_scheduler, clean, labels, self.generator, self.cfg, self.bf16)
         loss.backward()
-        if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -269,7 +271,7 @@ class Trainer(TrainingHarness):
 
     def pipeline(self) -> PixelDiffusionPipeline:
         self.ema.copy_to(self.ema_unet.parameters())
-        return PixelDiffusionPipeline(self.ema_unet, dict(self.noise_scheduler.config), mixed_precision=self.bf16)
+        return PixelDiffusionPipeline(self.ema_unet, dict(self.noise_scheduler.config), bf16=self.bf16)
 
     def _save_grid(self, name: str) -> Path:
         cfg = self.cfg
@@ -337,7 +339,7 @@ class Trainer(TrainingHarness):
             "sampling": {"scheduler": self.cfg.sample_scheduler, "steps": self.cfg.sample_steps,
                          "guidance_scale": self.cfg.guidance_scale},
             "sample_grid": str(grid.relative_to(self.out)),
-            "mixed_precision": "bf16" if self.bf16 else "no",
+            "precision": "bf16" if self.bf16 else "no",  # resolved: the config may say auto
             "versions": versions("diffusers", "torch"),
         }
         write_json_atomic(self.out / MODEL_JSON, info)

@@ -1,9 +1,10 @@
 """Image classifiers of the validation stage (transformers models, no torchvision/timm).
 
-- ``cnn``: ``ResNetForImageClassification`` from a small config (basic blocks, widths 32-256, one block per
-  stage, 1.23 M parameters), trained from scratch; fast on a CPU at 64-128 px.
-- ``vit``: ``ViTForImageClassification`` from a small config (patch = side / 8, hidden 192, 6 layers, 3 heads),
-  trained from scratch; for offline use at small sizes.
+- a registered name (:mod:`dermsynth.evaluate.models`, where each entry also carries its training preset):
+  ``cnn``, ``ResNetForImageClassification`` from a small config (basic blocks, widths 32-256, one block per
+  stage, 1.23 M parameters), trained from scratch, fast on a CPU at 64-128 px; ``vit``,
+  ``ViTForImageClassification`` from a small config (patch = side / 8, hidden 192, 6 layers, 3 heads), trained
+  from scratch, for offline use at small sizes.
 - anything else: a pretrained image-classification checkpoint, by local folder or (only when named) hub id,
   e.g. a local copy of ``google/vit-base-patch16-224-in21k``; its head is replaced for our classes, and its own
   input size and normalisation (``preprocessor_config.json``) are used.
@@ -20,27 +21,19 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import (
-    AutoModelForImageClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-    ResNetConfig,
-    ResNetForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
 from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.models import CLASSIFIERS, label_maps
 from dermsynth.evaluate.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, load_image, normalize, square_resize
 
-PRESETS = ("cnn", "vit")
 PROCESSOR_FILE = "preprocessor_config.json"
 
 
@@ -50,57 +43,33 @@ class Classifier:
     spec: ImageSpec
     classes: list[str]
     pretrained: bool
+    head: str = "classifier"  # the submodule whose input is the penultimate feature
 
-
-def _label_maps(classes: Sequence[str]) -> dict[str, Any]:
-    return {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
-            "label2id": {name: i for i, name in enumerate(classes)}}
-
-
-def _make_config(kind: type[PretrainedConfig], settings: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    """HF configs accept any key silently; a typo in ``architecture`` must be an error instead. Overrides go
-    through the constructor so that derived fields (e.g. ResNet's stage names) follow them."""
-    known = kind().to_dict()
-    for key in overrides:
-        if key not in known:
-            raise DermsynthError(f"architecture: unknown {kind.model_type} setting {key!r}")
-    return kind(**(settings | overrides))
-
-
-def cnn_config(classes: Sequence[str], overrides: dict[str, Any] | None = None) -> ResNetConfig:
-    settings = {"num_channels": 3, "embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 1, 1],
-                "layer_type": "basic", **_label_maps(classes)}
-    return _make_config(ResNetConfig, settings, overrides or {})
-
-
-def vit_config(classes: Sequence[str], image_size: int, overrides: dict[str, Any] | None = None) -> ViTConfig:
-    settings = {"image_size": image_size, "patch_size": max(1, image_size // 8), "hidden_size": 192,
-                "num_hidden_layers": 6, "num_attention_heads": 3, "intermediate_size": 768, "num_channels": 3,
-                **_label_maps(classes)}
-    config = _make_config(ViTConfig, settings, overrides or {})
-    if config.image_size != image_size or image_size % config.patch_size:
-        raise DermsynthError(f"architecture: a ViT at {image_size} px needs image_size {image_size} and a "
-                             f"patch_size dividing it (got {config.image_size}, {config.patch_size})")
-    return config
+    def features(self, images: Sequence[str | Path | np.ndarray | Image.Image], batch_size: int = 64,
+                 device: str = "cpu") -> np.ndarray:
+        """Penultimate (pooled) features (N, D), as :func:`extract_features`."""
+        return extract_features(self, images, batch_size, device)
 
 
 def build_classifier(model: str, classes: Sequence[str], image_size: int | None = None,
                      overrides: dict[str, Any] | None = None) -> Classifier:
-    """A fresh ``cnn``/``vit`` (random weights, ``image_size`` required) or a pretrained checkpoint with a new head.
+    """A registered classifier (from scratch: random weights, ``image_size`` required) or a pretrained checkpoint
+    (a registered name, folder or hub id) with a new head.
 
     ``overrides`` changes fields of the preset's transformers config (tests build tiny models this way).
     """
     classes = list(classes)
-    if model in PRESETS:
+    kind = CLASSIFIERS.find(model)
+    if kind is not None and kind.build is not None:
         if image_size is None:
-            raise ValueError("image_size is required for the cnn/vit presets")
-        if model == "cnn":
-            net: PreTrainedModel = ResNetForImageClassification(cnn_config(classes, overrides))
-        else:
-            net = ViTForImageClassification(vit_config(classes, image_size, overrides))
-        return Classifier(net, ImageSpec(image_size), classes, pretrained=False)
+            raise ValueError(f"image_size is required for the {model} preset")
+        net = kind.build(classes, image_size, overrides if overrides is not None else {})
+        return Classifier(net, ImageSpec(image_size), classes, pretrained=False, head=kind.head)
     if overrides:
-        raise DermsynthError("architecture overrides apply to the cnn/vit presets, not to a pretrained checkpoint")
+        fresh = "/".join(name for name, entry in CLASSIFIERS.items() if entry.build is not None)
+        raise DermsynthError(f"architecture overrides apply to the {fresh} presets, not to a pretrained checkpoint")
+    if kind is not None and kind.checkpoint is not None:
+        return replace(_load(kind.checkpoint, classes, image_size), head=kind.head)
     return _load(model, classes, image_size)
 
 
@@ -138,12 +107,13 @@ def _read_spec(source: str, config: PretrainedConfig) -> ImageSpec:
 def _load(source: str, classes: list[str], image_size: int | None) -> Classifier:
     local = Path(source).expanduser()
     if not local.exists() and not _is_hub_id(source):
-        raise DermsynthError(f"model must be cnn, vit, a local checkpoint folder or a hub id; not found: {source}")
+        raise DermsynthError(f"model must be {', '.join(CLASSIFIERS)}, a local checkpoint folder or a hub id; "
+                             f"not found: {source}")
     name = str(local) if local.exists() else source
     try:
         with _hub_allowed(not local.exists()):
             net = AutoModelForImageClassification.from_pretrained(name, ignore_mismatched_sizes=True,
-                                                                  **_label_maps(classes))
+                                                                  **label_maps(classes))
             spec = _read_spec(name, net.config)
     except (OSError, ValueError) as exc:
         raise DermsynthError(f"cannot load a pretrained image classifier from {source}: "
@@ -238,7 +208,8 @@ def extract_features(model: Classifier | str | Path, images_or_paths: Sequence[s
     classifier = model if isinstance(model, Classifier) else load_classifier(model)
     net = classifier.model.to(device).eval()
     captured: list[torch.Tensor] = []
-    hook = net.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].flatten(1).float().cpu()))
+    head = net.get_submodule(classifier.head)  # its input is the pooled penultimate feature
+    hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].flatten(1).float().cpu()))
     try:
         for part in batches(len(images_or_paths), batch_size):
             arrays = np.stack([_as_array(item, classifier.spec.size) for item in images_or_paths[part]])

@@ -26,17 +26,8 @@ from dermsynth.evaluate.classifiers import Classifier, autocast, batches, predic
 from dermsynth.evaluate.config import TrainConfig
 from dermsynth.evaluate.datasets import ImageSet
 from dermsynth.evaluate.metrics import classification_metrics, cross_entropy
+from dermsynth.evaluate.models import train_preset
 from dermsynth.evaluate.transforms import Jitter, augment, normalize
-
-# Measured on HAM10000 at 64 px (bench/RESULTS.md, "Classifier presets"); pretrained = the reference study.
-PRESET_DEFAULTS: dict[str, dict] = {
-    "cnn": {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup_fraction": 0.1,
-            "patience": 10, "bf16": True},
-    "vit": {"epochs": 30, "batch_size": 32, "lr": 5e-4, "weight_decay": 0.05, "warmup_fraction": 0.1,
-            "patience": 10, "bf16": True},
-    "pretrained": {"epochs": 10, "batch_size": 32, "lr": 2e-5, "weight_decay": 0.01, "warmup_fraction": 0.1,
-                   "patience": None, "bf16": True},
-}
 
 
 @dataclass(frozen=True)
@@ -45,7 +36,7 @@ class TrainSettings:
 
     epochs: int
     batch_size: int
-    lr: float
+    learning_rate: float
     weight_decay: float
     warmup_fraction: float
     patience: int | None
@@ -53,21 +44,23 @@ class TrainSettings:
     bf16: bool
     augment: bool
     jitter: float
-    grad_clip: float | None
+    max_grad_norm: float | None
     eval_batch_size: int
     track_test: bool
 
 
 def resolve_settings(config: TrainConfig, preset: str, device: str) -> TrainSettings:
-    defaults = PRESET_DEFAULTS[preset]
+    """Unset values from the training preset of ``preset``: a registered classifier (evaluate/models.py), else a
+    checkpoint folder / hub id (or "pretrained"), which takes the fine-tuning defaults."""
+    defaults = train_preset(preset)
     given = config.model_dump()
     values = {key: defaults[key] if given.get(key) is None and key in defaults else given.get(key)
-              for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_fraction")}
+              for key in ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction")}
     patience = config.patience if "patience" in config.model_fields_set else defaults["patience"]
     bf16 = defaults["bf16"] if config.precision == "auto" else config.precision == "bf16"
     bf16 = bf16 and torch.device(device).type in ("cpu", "cuda")
     return TrainSettings(**values, patience=patience, selection_metric=config.selection_metric, bf16=bf16,
-                         augment=config.augment, jitter=config.jitter, grad_clip=config.grad_clip,
+                         augment=config.augment, jitter=config.jitter, max_grad_norm=config.max_grad_norm,
                          eval_batch_size=config.eval_batch_size, track_test=config.track_test)
 
 
@@ -84,7 +77,7 @@ def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.opt
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # no decay on biases/norms
     fused = params[0].device.type in ("cpu", "cuda")  # one kernel for all tensors (as the HF Trainer's default)
-    return torch.optim.AdamW(groups, lr=settings.lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused)
 
 
 def train_batch(classifier: Classifier, images: np.ndarray, targets: np.ndarray, settings: TrainSettings,
@@ -110,8 +103,8 @@ def _train_epoch(classifier: Classifier, train: ImageSet, settings: TrainSetting
         loss = train_batch(classifier, train.images[index], train.targets[index], settings, generator, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), settings.grad_clip)
+        if settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(classifier.model.parameters(), settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
         total += loss.item() * len(index)
@@ -150,7 +143,7 @@ def fit(classifier: Classifier, train: ImageSet, val: ImageSet, settings: TrainS
     except _NonFiniteWeights:
         if not settings.bf16:
             raise DermsynthError("classifier training diverged to non-finite weights in fp32; lower the learning "
-                                 f"rate (train.lr, now {settings.lr:g})") from None
+                                 f"rate (train.learning_rate, now {settings.learning_rate:g})") from None
     # bf16 on CPU has, rarely and not reproducibly, turned a batch's activations non-finite: start again in fp32
     warnings.warn("bf16 training produced non-finite weights; trained again from the same start in fp32",
                   stacklevel=2)

@@ -43,6 +43,7 @@ from dermsynth.evaluate.datasets import (
     synthetic_frame,
 )
 from dermsynth.evaluate.metrics import METRICS, youden_threshold
+from dermsynth.evaluate.models import is_pretrained
 from dermsynth.evaluate.regimes import Regime, compose, parse_regime
 from dermsynth.evaluate.runs import READ_ERRORS, read_predictions, read_run
 from dermsynth.evaluate.stats import RunPredictions, compare, image_intervals, summarize
@@ -151,7 +152,7 @@ def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResu
 
 
 def _pretrained(config: ValidateConfig) -> bool:
-    return config.model not in ("cnn", "vit")
+    return is_pretrained(config.model)
 
 
 # --------------------------------------------------------------------------- data
@@ -273,7 +274,7 @@ def execute_run(plan: RunPlan, config: ValidateConfig, data: Data, device: str, 
     seed_everything(plan.seed)
     classifier = build_classifier(config.model, data.classes, None if _pretrained(config) else data.bank.size,
                                   config.architecture)
-    settings = resolve_settings(config.train, "pretrained" if _pretrained(config) else config.model, device)
+    settings = resolve_settings(config.train, config.model, device)
     train, val, test = (data.bank.image_set(f) for f in (plan.train, data.val, data.test))
     steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
     with make_progress() if progress else _NoProgress() as bar:

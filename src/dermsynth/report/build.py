@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermsynth.data.readers import READERS
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.errors import DermsynthError
 from dermsynth.layout import RUN_FOLDERS
@@ -44,13 +45,6 @@ NOT_RUN_HINT = {
     "generate": "dermsynth generate --model RUN/model --out RUN/synthetic --per-class N",
     "audit": "dermsynth audit --real RUN/prepared --synthetic RUN/synthetic --out RUN/audit",
     "validate": "dermsynth validate --real RUN/prepared --synthetic RUN/synthetic --out RUN",
-}
-LICENCES = {
-    "sample": "ISIC Archive collection UDA-1, CC0 1.0 (embedded in dermsynth, downscaled)",
-    "isic2020": "ISIC 2020 Challenge training data, CC BY-NC 4.0 (non-commercial use, attribution required)",
-    "ham10000": "HAM10000, CC BY-NC-SA 4.0 (non-commercial use, attribution, share-alike)",
-    "isic-archive": "ISIC Archive: the licence of each image is in its own record (attribution required unless CC0)",
-    "folder": "user-supplied images: the licence is whatever their owner granted",
 }
 TILE = 64  # side of image tiles in grids (px)
 
@@ -318,7 +312,8 @@ def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> 
     facts += [("learning rate", _finetune_lr(info, config)),
               ("batch × accumulation", f"{config.get('train_batch_size', '?')} × "
                                        f"{config.get('gradient_accumulation_steps', '?')}"),
-              ("mixed precision", config.get("mixed_precision", "n/a")), ("EMA", "yes" if info.get("ema") else "no"),
+              ("precision", info.get("precision", config.get("precision", config.get("mixed_precision", "n/a")))),
+              ("EMA", "yes" if info.get("ema") else "no"),
               ("steps", info.get("steps", "n/a")), ("stopped by", info.get("stopped_by", "n/a")),
               ("training time", f"{info['seconds']:.0f} s" if finite(info.get("seconds")) else "n/a"),
               ("final loss", fmt(info.get("final_loss"), 4)), ("device", info.get("device", "n/a"))]
@@ -489,7 +484,8 @@ def _validation_facts(info: dict | None, runs: list[dict]) -> list[tuple[str, An
     settings = runs[0]["metrics"].get("settings", {}) if runs else {}
     test_counts = info.get("counts", {}).get("test", {})
     facts = [("classifier", config.get("model", "n/a")), ("input size", info.get("image_size", "n/a")),
-             ("epochs (max)", settings.get("epochs", "n/a")), ("learning rate", settings.get("lr", "n/a")),
+             ("epochs (max)", settings.get("epochs", "n/a")),
+             ("learning rate", settings.get("learning_rate", settings.get("lr", "n/a"))),  # lr: older runs
              ("batch size", settings.get("batch_size", "n/a")),
              ("seeds", ", ".join(str(s) for s in sorted({r['seed'] for r in runs})) or "n/a"),
              ("regimes", ", ".join(dict.fromkeys(r["label"] for r in runs)) or "n/a"),
@@ -703,11 +699,17 @@ def _source_name(summary: dict[str, Any], meta: pd.DataFrame | None) -> str:
     return f"{dataset}" + (f" ({', '.join(sources)})" if sources else "")
 
 
+def _reader_licence(dataset: str) -> str:
+    """For prepared folders whose prepare.json predates the licence note: the reader's registered licence."""
+    reader = READERS.find(dataset)
+    return reader.licence if reader is not None else "unknown: check the dataset's terms"
+
+
 def _data_provenance(prepare: dict[str, Any], meta: pd.DataFrame | None) -> dict[str, str]:
     dataset = prepare.get("settings", {}).get("dataset", "unknown")
     notes = prepare.get("notes", {})
     return {"source": _source_name(prepare, meta),
-            "licence": notes.get("licence") or LICENCES.get(dataset, "unknown: check the dataset's terms"),
+            "licence": notes.get("licence") or _reader_licence(dataset),
             "root": str(prepare.get("settings", {}).get("root") or "(embedded)"),
             "version": prepare.get("dermsynth_version", "n/a")}
 
