@@ -81,8 +81,9 @@ def run_variant(name: str, overrides: dict[str, Any], steps: int, args: argparse
     qc = QCLimits(min_std=0.0, max_saturated=1.0) if args.smoke else QCLimits()
     generate(model, folder / "synthetic", per_class=args.per_class, seed=0, progress=not args.quiet,
              qc_limits=qc, **sampling)
+    smoke = {"c2st_folds": 2, "c2st_epochs": 1, "kid_subsets": 5, "positive_controls": 5} if args.smoke else {}
     report = audit(args.prepared, folder / "synthetic", folder / "audit",
-                   AuditConfig(classifier_epochs=args.audit_epochs), progress=not args.quiet)
+                   AuditConfig(classifier_epochs=args.audit_epochs, **smoke), progress=not args.quiet)
     return summarize(name, steps, train_seconds, time.monotonic() - started, report)
 
 

@@ -161,7 +161,7 @@ def test_cli_user_errors(model, prepared, tmp_path, capsys, case):
         "missing-model": (["--model", str(tmp_path / "nope"), "--per-class", "1"], "model folder not found"),
         "not-a-model": (["--model", str(prepared), "--per-class", "1"], "not a finished dermsynth model"),
         "unknown-class": (["--per-class", "1", "--classes", "melanoma"], "unknown class(es) melanoma"),
-        "zero": (["--per-class", "0"], "at least 1"),
+        "zero": (["--per-class", "0"], "--per-class: Input should be greater than or equal to 1"),
         "both": (["--per-class", "1", "--balance", str(prepared)], "exactly one"),
         "unwritable": (["--per-class", "1", "--out", str(tmp_path / "file" / "syn")], "cannot write"),
         "missing-prep": (["--balance", str(tmp_path / "nope")], "prepared dataset not found"),

@@ -193,7 +193,8 @@ def generate(
     scheduler: Annotated[str | None, typer.Option(
         help="ddim, ddpm, dpm++, dpm++-sde, unipc, euler, euler-a (default: the model's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance (default: the model's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per sampling batch.")] = 32,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per sampling batch (default: the model family's, 64 from scratch, 8 Stable Diffusion).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     prompt: Annotated[list[str] | None, typer.Option(

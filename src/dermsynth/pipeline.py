@@ -21,6 +21,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from dermsynth.audit.config import AuditConfig
 from dermsynth.config import PrepareConfig, StrictModel, current_names, read_yaml, validate_config
+from dermsynth.diffusion.generate_config import GenerateConfig
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
@@ -58,14 +59,12 @@ class TrainStage(StrictModel):
         return self
 
 
-class GenerateStage(StrictModel):
+class GenerateStage(GenerateConfig):
+    """`generate` settings; the model and, with balance, the prepared dataset are the run's own."""
+
     per_class: int | None = Field(200, ge=1, description="Images per class (ignored when balance is true).")
     balance: bool = Field(False, description="Fill each class of the real train split up to the largest class.")
-    seed: int = Field(0, description="Base seed; image seeds derive from it (same seed = same images).")
-    steps: int | None = Field(None, ge=1, description="Sampling steps [default: the model's].")
-    scheduler: str | None = Field(None, description="ddim, dpm++, euler, ... [default: the model's].")
-    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance [default: the model's].")
-    batch_size: int = Field(64, ge=1, description="Images per sampling batch.")
+    device: str | None = Field(None, description="Filled in by the run: its device.")
 
 
 class ValidateStage(ValidateConfig):
@@ -194,9 +193,10 @@ def _generate(config: RunConfig, model: Path, prepared: Path, folder: Path) -> N
     from dermsynth.diffusion.generate import generate
 
     g = config.generate
-    generate(model, folder, per_class=None if g.balance else g.per_class, balance=prepared if g.balance else None,
-             seed=g.seed, steps=g.steps, scheduler=g.scheduler, guidance=g.guidance, batch_size=g.batch_size,
-             device=config.device, progress=True)
+    settings = g.model_dump(exclude={"balance", "per_class", "device"})
+    generate(model, folder, GenerateConfig(**settings, device=g.device or config.device,
+                                           per_class=None if g.balance else g.per_class,
+                                           balance=prepared if g.balance else None))
 
 
 def _audit(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) -> None:

@@ -35,6 +35,7 @@ class ImageGenerator(Protocol):
     # must keep it.
     precision: str
     defaults: dict[str, Any]  # scheduler, steps, guidance_scale
+    batch_size: int  # images per sampling batch unless `generate` is given one (memory, not results)
     # Text-to-image: takes per-class prompts, a negative prompt, metadata prompts and init images (the four
     # attributes below); `generate` refuses those options for a family without.
     takes_prompts: bool
@@ -64,6 +65,7 @@ class GeneratorBase:
     ``takes_prompts`` and fills ``prompts``."""
 
     takes_prompts = False
+    batch_size = 64  # small pixel models: large batches keep a CPU's matrix units busy
 
     def __init__(self) -> None:
         self.prompts: dict[str, str] = {}

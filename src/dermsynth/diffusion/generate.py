@@ -13,9 +13,8 @@ without its image, and a rerun of the same command makes only what is missing. I
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+from pydantic import ValidationError
 
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.images import save_image
 from dermsynth.diffusion.families import ImageGenerator, load_generator, read_model_info
+from dermsynth.diffusion.generate_config import FALLBACK_SAMPLING, GenerateConfig
 from dermsynth.diffusion.qc import QCLimits, qc_reason
 from dermsynth.diffusion.sampling import to_uint8
 from dermsynth.diffusion.schedulers import check_scheduler_name
@@ -67,42 +68,18 @@ class Item:
     image_id: str
 
 
-def _check_options(steps: int, guidance: float, batch_size: int, strength: float | None) -> None:
-    """Explicit values are validated, never replaced: one line naming the option."""
-    if steps < 1:
-        raise DermsynthError(f"--steps must be >= 1 (got {steps})")
-    if not math.isfinite(guidance) or guidance < 0:
-        raise DermsynthError(f"--guidance must be a finite number >= 0 (got {guidance})")
-    if batch_size < 1:
-        raise DermsynthError(f"--batch-size must be >= 1 (got {batch_size})")
-    if strength is not None and not (math.isfinite(strength) and 0 < strength <= 1):
-        raise DermsynthError(f"--strength must lie in (0, 1] (got {strength})")
-
-
 def generate(
     model: str | Path,
     out: str | Path,
+    config: GenerateConfig | Mapping[str, Any] | None = None,
     *,
-    per_class: int | None = None,
-    balance: str | Path | None = None,
-    classes: list[str] | None = None,
-    seed: int = 0,
-    steps: int | None = None,
-    scheduler: str | None = None,
-    guidance: float | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
     progress: bool = True,
     qc_limits: QCLimits = QCLimits(),
-    prompts: dict[str, str] | None = None,
-    negative_prompt: str | None = None,
-    init_images: str | Path | None = None,
-    strength: float = 0.6,
-    mask_from: str | None = None,
-    prompts_from: str | Path | None = None,
+    **overrides: Any,
 ) -> GenerateResult:
     """Generate ``per_class`` images of each class, or (``balance``) fill every class of that prepared dataset's
-    train split up to its largest class. Unset sampling settings fall back to the model's recorded defaults.
+    train split up to its largest class. Settings: ``config`` (a :class:`GenerateConfig` or a dict), then any
+    keyword ``overrides`` of its fields; unset sampling settings fall back to the model's recorded defaults.
 
     Text-to-image models (Stable Diffusion families) also take ``prompts`` per class and a ``negative_prompt``
     (instead of the recorded ones) or ``prompts_from`` (a prepared dataset: each image takes the next metadata
@@ -110,25 +87,27 @@ def generate(
     image-to-image variations at ``strength``, or, with ``mask_from`` ("lesion" or a folder of masks), inpainting.
     """
     started = time.monotonic()
+    cfg = _resolve_config(config, overrides)
     model = Path(model)
     out = Path(out)
     info = read_model_info(model)
-    plan = make_plan(info["classes"], per_class, balance, classes)
-    sampling = info.get("sampling", {})
+    plan = make_plan(info["classes"], cfg.per_class, cfg.balance, cfg.classes)
+    sampling = {**FALLBACK_SAMPLING, **info.get("sampling", {})}
     settings = {
-        "scheduler": check_scheduler_name(scheduler or sampling.get("scheduler", "dpm++")),
-        "steps": steps if steps is not None else sampling.get("steps", 20),
-        "guidance_scale": float(guidance if guidance is not None else sampling.get("guidance_scale", 1.0)),
-        "seed": seed,
+        "scheduler": check_scheduler_name(cfg.scheduler or sampling["scheduler"]),
+        "steps": cfg.steps if cfg.steps is not None else sampling["steps"],
+        "guidance_scale": float(cfg.guidance if cfg.guidance is not None else sampling["guidance_scale"]),
+        "seed": cfg.seed,
     }
-    _check_options(settings["steps"], settings["guidance_scale"], batch_size, strength)
     ensure_writable_dir(out / "images")
-    generator = load_generator(model, info, device)
+    generator = load_generator(model, info, cfg.device)
+    batch_size = cfg.batch_size if cfg.batch_size is not None else generator.batch_size
     settings |= {"model": relative_path(model, out), "model_sha256": generator.sha256, "family": generator.family,
                  "precision": generator.precision}
-    settings |= _text_image_options(generator, prompts, negative_prompt, init_images, strength, mask_from, out)
-    if prompts_from is not None:
-        settings |= _metadata_prompts(generator, prompts_from, out)
+    settings |= _text_image_options(generator, cfg.prompts, cfg.negative_prompt, cfg.init_images, cfg.strength,
+                                    cfg.mask_from, out)
+    if cfg.prompts_from is not None:
+        settings |= _metadata_prompts(generator, cfg.prompts_from, out)
     state = _FolderState.open(out, settings, info["classes"])
     write_json_atomic(out / "generate.json", _summary(state, plan, settings, "running", started, batch_size))
 
@@ -143,6 +122,19 @@ def generate(
     summary = _summary(state, plan, settings, "complete", started, batch_size)
     write_json_atomic(out / "generate.json", summary)
     return GenerateResult(out=out, manifest=state.manifest(), summary=summary)
+
+
+def _resolve_config(config: GenerateConfig | Mapping[str, Any] | None, overrides: dict[str, Any]) -> GenerateConfig:
+    """``config`` with the keyword overrides on top (None leaves a setting as it is), validated: one line naming
+    the option as the CLI spells it."""
+    base = config.model_dump() if isinstance(config, GenerateConfig) else dict(config or {})
+    try:
+        return GenerateConfig.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "generate"
+        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+        raise DermsynthError(f"{option}: {message}") from None
 
 
 def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | None, negative_prompt: str | None,

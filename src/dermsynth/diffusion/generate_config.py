@@ -1,0 +1,40 @@
+"""Settings of the generate stage (pydantic, no torch import): one model for the CLI, the Python API and
+`dermsynth run`, so that every default is written once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from dermsynth.config import StrictModel
+
+# What a model folder that records no sampling defaults is sampled with.
+FALLBACK_SAMPLING = {"scheduler": "dpm++", "steps": 20, "guidance_scale": 1.0}
+
+
+class GenerateConfig(StrictModel):
+    per_class: int | None = Field(None, ge=1, description="Images per class (give this or balance).")
+    balance: Path | None = Field(
+        None, description="A prepared dataset: fill each class of its train split up to the largest class.")
+    classes: list[str] | None = Field(None, min_length=1, description="A subset of the model's classes.")
+    seed: int = Field(0, description="Base seed; image i of class c gets seed + 1000000 * c + i.")
+    steps: int | None = Field(None, ge=1, le=1000, description="Sampling steps (default: the model's).")
+    scheduler: str | None = Field(
+        None, description="ddim, ddpm, dpm++, dpm++-sde, unipc, euler, euler-a (default: the model's).")
+    guidance: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                   description="Classifier-free guidance (default: the model's).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Images per sampling batch (default: the model family's; see `ImageGenerator`).")
+    device: str = Field("auto", description="auto, cpu, cuda, mps.")
+    prompts: dict[str, str] | None = Field(
+        None, description="CLASS: PROMPT for text-to-image models (default: the model's).")
+    negative_prompt: str | None = Field(None, description="Negative prompt (default: the model's).")
+    prompts_from: Path | None = Field(
+        None, description="A prepared dataset: each image takes the next metadata prompt of its class (train split).")
+    init_images: Path | None = Field(
+        None, description="Image-to-image: a prepared dataset or a folder of class folders to start from.")
+    strength: float = Field(0.6, gt=0, le=1, allow_inf_nan=False, description="Image-to-image noise strength.")
+    mask_from: str | None = Field(
+        None, description="Inpainting with init_images: 'lesion' (segmented) or a folder of masks named like the "
+                          "images.")
