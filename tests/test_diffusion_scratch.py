@@ -327,3 +327,27 @@ def test_thread_tuner_moves_to_the_faster_setting(monkeypatch):
     monkeypatch.setattr(threads, "machine_is_busy", lambda: True)
     assert threads.ThreadTuner().current == 1
     assert threads.ThreadTuner(threads=2).adaptive is False
+
+
+def test_cosine_schedule_anneals_over_whichever_budget_ends_first(prepared):
+    """With a step budget the schedule is diffusers' cosine; with a minute budget it reaches zero when the minutes
+    run out, so a run stopped by max_minutes ends annealed, not at half its learning rate."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from dermsynth.data.dataset import load_prepared
+    from dermsynth.diffusion.train_scratch import Trainer, load_training_data
+
+    data = load_training_data(load_prepared(prepared), 16, progress=False)
+    cfg = resolve_train_config("cpu-fast", TINY | {"lr_schedule": "cosine", "max_steps": 100, "warmup_steps": 10})
+    trainer = Trainer(cfg, data, Path("/nonexistent"))
+    reference = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), 10, 100).lr_lambdas[0]
+    assert [trainer._lr_factor(s) for s in (0, 5, 10, 40, 99)] == pytest.approx([reference(s) for s in
+                                                                                 (0, 5, 10, 40, 99)])
+    trainer.budget_used = 0.5  # half the minutes gone at step 20 of 100: the time budget leads
+    assert trainer._lr_factor(20) == pytest.approx(0.5)
+    trainer.budget_used = 1.0
+    assert trainer._lr_factor(30) == pytest.approx(0.0)
+    constant = Trainer(resolve_train_config("cpu-fast", TINY | {"warmup_steps": 10, "lr_schedule": "constant"}),
+                       data, Path("/nonexistent"))
+    constant.budget_used = 0.9
+    assert constant._lr_factor(50) == 1.0

@@ -70,6 +70,7 @@ class TrainingHarness:
         self.smoothed_loss: float | None = None
         self.log: list[dict[str, Any]] = []
         self.losses: list[float] = []      # this process's losses in this run
+        self.budget_used = 0.0             # fraction of max_minutes spent (0 without one): time-aware schedules
 
     # ----- what a family supplies
 
@@ -112,6 +113,7 @@ class TrainingHarness:
                 if elapsed() >= budget:
                     stopped_by = "max_minutes"
                     break
+                self.budget_used = elapsed() / budget
                 loss = self.threads.run(self.train_step)
                 self.step += 1
                 self._record(loss, elapsed())
