@@ -35,7 +35,7 @@ import yaml
 
 from dermsynth.audit.config import AuditConfig
 from dermsynth.audit.run import audit
-from dermsynth.config import PrepareConfig
+from dermsynth.data.config import PrepareConfig
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.prepare import prepare
 from dermsynth.diffusion.generate import generate

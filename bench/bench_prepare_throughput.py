@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from dermsynth.config import PreprocessConfig
+from dermsynth.data.config import PreprocessConfig
 from dermsynth.data.images import load_rgb
 from dermsynth.data.preprocess import process_image
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dermsynth.config import PrepareConfig, SplitConfig
+from dermsynth.data.config import PrepareConfig, SplitConfig
 from dermsynth.data.labels import assign_labels
 from dermsynth.data.readers import read_isic2020
 from dermsynth.data.splits import check_disjoint, grouped_split

@@ -80,7 +80,7 @@ def main() -> None:
 
 
 def _smoke() -> None:
-    from dermsynth.config import PrepareConfig
+    from dermsynth.data.config import PrepareConfig
     from dermsynth.data.prepare import prepare
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 import dermsynth
-from dermsynth.config import PrepareConfig, PreprocessConfig
+from dermsynth.data.config import PrepareConfig, PreprocessConfig
 from dermsynth.data.dataset import load_prepared, subsample_per_class
 from dermsynth.evaluate.datasets import real_frame
 from dermsynth.evaluate.transforms import load_image

@@ -60,7 +60,7 @@ def isic2020_csv(path: Path, patients: int = 600, per_patient: int = 5) -> Path:
 
 def sample_prepared(out: Path, size: int = 32) -> Path:
     """The embedded CC0 sample, prepared at ``size`` px."""
-    from dermsynth.config import PrepareConfig
+    from dermsynth.data.config import PrepareConfig
     from dermsynth.data.prepare import prepare
 
     prepare(PrepareConfig(dataset="sample", preprocess={"image_size": size}), out, progress=False)

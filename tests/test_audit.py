@@ -13,7 +13,7 @@ from dermsynth.audit.config import AuditConfig
 from dermsynth.audit.fidelity import fid, kid, prdc
 from dermsynth.audit.memorization import MemorizationConfig, TrainingIndex, light_copies, threshold
 from dermsynth.audit.run import audit
-from dermsynth.config import PrepareConfig
+from dermsynth.data.config import PrepareConfig
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.images import load_rgb
 from dermsynth.data.prepare import prepare

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dermsynth.config import PrepareConfig
+from dermsynth.data.config import PrepareConfig
 from dermsynth.data.prepare import prepare
 from dermsynth.diffusion.generate import generate
 from dermsynth.diffusion.train_scratch import train

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import dermsynth.data.images as images_module
-from dermsynth.config import PrepareConfig, PreprocessConfig
+from dermsynth.data.config import PrepareConfig, PreprocessConfig
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.images import load_rgb
 from dermsynth.data.prepare import prepare

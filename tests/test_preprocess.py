@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dermsynth.config import PreprocessConfig
+from dermsynth.data.config import PreprocessConfig
 from dermsynth.data.preprocess import (
     ProcessResult,
     centre_box,

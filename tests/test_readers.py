@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from dermsynth.config import PrepareConfig
+from dermsynth.data.config import PrepareConfig
 from dermsynth.data.labels import assign_labels
 from dermsynth.data.readers import read_dataset, read_isic2020, sample_root
 from dermsynth.data.schema import clean_age, clean_sex, clean_text

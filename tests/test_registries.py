@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermsynth.config import PrepareConfig, validate_config
+from dermsynth.config import validate_config
+from dermsynth.data.config import PrepareConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.registry import Registry
 

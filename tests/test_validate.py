@@ -15,7 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from dermsynth.config import PrepareConfig, PreprocessConfig, validate_config
+from dermsynth.config import validate_config
+from dermsynth.data.config import PrepareConfig, PreprocessConfig
 from dermsynth.data.prepare import prepare
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig

@@ -9,7 +9,7 @@ Python API (each function is what the matching CLI command calls)::
     report = validate(ValidateConfig(real="runs/prep", synthetic=["runs/syn"]), out="runs/val")
 """
 
-from dermsynth.config import PrepareConfig
+from dermsynth.data.config import PrepareConfig
 from dermsynth.data.dataset import PreparedDataset, load_prepared
 from dermsynth.data.prepare import PrepareResult, prepare
 from dermsynth.errors import DermsynthError

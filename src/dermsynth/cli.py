@@ -82,7 +82,8 @@ def prepare(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Read a dataset, split it by patient, preprocess images, write metadata.csv + images + prepare.json."""
-    from dermsynth.config import PrepareConfig, read_yaml, validate_config
+    from dermsynth.config import read_yaml, validate_config
+    from dermsynth.data.config import PrepareConfig
     from dermsynth.data.prepare import prepare as run_prepare
 
     overrides: dict[str, Any] = {}

@@ -20,7 +20,8 @@ import yaml
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from dermsynth.audit.config import AuditConfig
-from dermsynth.config import PrepareConfig, StrictModel, current_names, read_yaml, validate_config
+from dermsynth.config import StrictModel, current_names, read_yaml, validate_config
+from dermsynth.data.config import PrepareConfig
 from dermsynth.diffusion.generate_config import GenerateConfig
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError

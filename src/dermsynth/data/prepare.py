@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermsynth.config import PrepareConfig, PreprocessConfig
+from dermsynth.data.config import PrepareConfig, PreprocessConfig
 from dermsynth.data.images import ImageReadError, load_rgb, save_image
 from dermsynth.data.labels import assign_labels, class_order
 from dermsynth.data.prompts import render_prompt, validate_template

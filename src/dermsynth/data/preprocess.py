@@ -20,7 +20,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from dermsynth.config import PreprocessConfig
+from dermsynth.data.config import PreprocessConfig
 
 SegChannel = Literal["blue", "grey", "lab_l", "pca", "lab_lb"]
 Box = tuple[int, int, int, int]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from dermsynth.config import READERS, PrepareConfig
+from dermsynth.data.config import READERS, PrepareConfig
 from dermsynth.data.images import IMAGE_SUFFIXES, list_images
 from dermsynth.data.schema import HAM_DIAGNOSES, clean_text, finish_reader_frame
 from dermsynth.errors import DermsynthError

@@ -30,7 +30,7 @@ class Example:
 
 def prompt_defaults(dataset: PreparedDataset | None) -> dict[str, str]:
     """The instance/class prompts recorded by `prepare` (settings.prompt), else prepare's defaults."""
-    from dermsynth.config import PromptConfig
+    from dermsynth.data.config import PromptConfig
 
     defaults = PromptConfig()
     recorded = dataset.summary.get("settings", {}).get("prompt", {}) if dataset is not None else {}

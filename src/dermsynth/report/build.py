@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermsynth.data.readers import READERS
+from dermsynth.data.config import READERS
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.errors import DermsynthError
 from dermsynth.layout import RUN_FOLDERS
