@@ -315,6 +315,8 @@ _PHRASES: dict[str, tuple[str, Callable[[float], str], str]] = {
     "lesion_area_fraction": ("lesion area", _percent, " of the image"),
     "lesion_centre_offset": ("lesion centre offset", _two, " of the image side"),
     "border_irregularity": ("border irregularity", _two, " (1 = circle)"),
+    "lesion_contrast": ("lesion contrast", _two, " sd (L*, darker than the skin around it)"),
+    "lesion_solidity": ("lesion solidity", _two, " (area / convex hull; ragged or speckled < 1)"),
     **{f"{region}_{ch}_{stat}": (f"{sym} {'' if stat == 'mean' else 'spread (sd) '}"
                                  f"{'inside' if region == 'lesion' else 'outside'} the lesion", _number, "")
        for region, _ in _REGIONS for ch, sym, _ in _CHANNELS for stat in ("mean", "std")},
