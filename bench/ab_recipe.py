@@ -41,14 +41,14 @@ from dermsynth.data.prepare import prepare
 from dermsynth.diffusion.generate import generate
 from dermsynth.diffusion.qc import QCLimits
 from dermsynth.diffusion.scratch import resolve_train_config
-from dermsynth.diffusion.train_scratch import Trainer, load_training_data, train
+from dermsynth.diffusion.train_scratch import ScratchTrainer, load_training_data, train
 
 
 def measure_rate(overrides: dict[str, Any], prepared: Path, threads: int, steps: int = 6) -> float:
     """Median steps/s of the variant's training step on the real training images (after 2 warm-up steps)."""
     cfg = resolve_train_config("cpu-fast", overrides, threads=threads)
     data = load_training_data(load_prepared(prepared), cfg.model.image_size, progress=False)
-    trainer = Trainer(cfg, data, Path("/nonexistent"))
+    trainer = ScratchTrainer(cfg, data, Path("/nonexistent"))
     torch.set_num_threads(threads)
     for _ in range(2):
         trainer.train_step()

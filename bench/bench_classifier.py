@@ -30,7 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_linear_schedule_with_warmup
 
 from dermsynth.evaluate.classifiers import build_classifier
-from dermsynth.evaluate.config import TrainConfig
+from dermsynth.evaluate.config import ClassifierTrainConfig
 from dermsynth.evaluate.train_classifier import make_optimizer, resolve_settings, train_batch
 from dermsynth.evaluate.transforms import Jitter, augment, normalize
 
@@ -44,7 +44,7 @@ def ours(model: str, size: int, batch: int, steps: int, warmup: int, precision: 
     """Steady-state images/s of dermsynth's training step (train_batch + AdamW + schedule + clip)."""
     torch.manual_seed(0)
     classifier = build_classifier(model, ["benign", "malignant"], size)
-    settings = resolve_settings(TrainConfig(precision=precision, batch_size=batch), model, "cpu")
+    settings = resolve_settings(ClassifierTrainConfig(precision=precision, batch_size=batch), model, "cpu")
     images, targets = _data(steps * batch, size)
     optimizer = make_optimizer(classifier.model, settings)
     scheduler = get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
@@ -132,7 +132,7 @@ def sweep(args: argparse.Namespace) -> dict:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             classifier = build_classifier(args.model, prepared.classes, size)
-            config = TrainConfig(learning_rate=lr, epochs=args.epochs, patience=None, track_test=False)
+            config = ClassifierTrainConfig(learning_rate=lr, epochs=args.epochs, patience=None, track_test=False)
             settings = resolve_settings(config, args.model, "cpu")
             result = fit(classifier, bank.image_set(train), bank.image_set(val), settings, seed)
             best = result.history["val_auroc"].max()

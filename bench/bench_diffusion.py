@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python bench/bench_diffusion.py [--model MODEL] [--rounds 5] [--json out.json]
 
 * matmul peak: best GFLOP/s of a large square torch.matmul, fp32 and bf16.
-* training: steps/s of our loop (dermsynth Trainer.train_step: bf16 autocast where supported, v-prediction,
+* training: steps/s of our loop (dermsynth ScratchTrainer.train_step: bf16 autocast where supported, v-prediction,
   flips, label dropout, grad clipping, EMA) against a plain loop as diffusers' train_unconditional example runs
   it (fp32, no autocast, DDPMScheduler.add_noise + MSE on the noise, AdamW, grad clipping, no EMA), on the same
   UNet (the cpu-fast preset) and batch. The two alternate in rounds within one process, so load from other
@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dermsynth.diffusion.sampling import PixelDiffusionPipeline, to_uint8
 from dermsynth.diffusion.scratch import build_unet, resolve_train_config
-from dermsynth.diffusion.train_scratch import Trainer, TrainingData
+from dermsynth.diffusion.train_scratch import ScratchTrainer, TrainingData
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -48,7 +48,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def make_trainer(cfg, images: int = 512) -> Trainer:
+def make_trainer(cfg, images: int = 512) -> ScratchTrainer:
     generator = torch.Generator().manual_seed(0)
     size = cfg.model.image_size
     data = TrainingData(
@@ -56,7 +56,7 @@ def make_trainer(cfg, images: int = 512) -> Trainer:
         targets=torch.randint(0, 2, (images,), generator=generator),
         classes=["benign", "malignant"], summary={"sha256": "bench"}, image_ids=[str(i) for i in range(images)],
     )
-    return Trainer(cfg, data, Path("/nonexistent"))
+    return ScratchTrainer(cfg, data, Path("/nonexistent"))
 
 
 class PlainLoop:

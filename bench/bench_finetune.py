@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 python bench/bench_finetune.py [--size 64] [--batch 4] [--rounds 30] [--threads 1]
 
-A: ``dermsynth.diffusion.sd_finetune.Trainer.train_step`` (prior preservation, LoRA on the UNet).
+A: ``dermsynth.diffusion.sd_finetune.FinetuneTrainer.train_step`` (prior preservation, LoRA on the UNet).
 B: the step as diffusers' ``train_dreambooth_lora.py`` example organises it: prompts tokenized and run through
    the frozen text encoder every step, instance and class images in one batch, the prediction split in two for
    the prior loss, ``torch.optim.AdamW`` with its default settings, gradient clipping, LR scheduler step.
@@ -34,7 +34,7 @@ from PIL import Image
 from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_data import to_pixels
-from dermsynth.diffusion.sd_finetune import Trainer
+from dermsynth.diffusion.sd_finetune import FinetuneTrainer
 from dermsynth.diffusion.sd_models import build_tiny_pipeline, load_pipeline
 
 INSTANCE, CLASS = "dermoscopy image of a sks lesion", "dermoscopy image of a skin lesion"
@@ -52,7 +52,7 @@ def ours(base: Path, root: Path, size: int, batch: int, rank: int):
                          class_dir=root / "class", instance_prompt=INSTANCE, class_prompt=CLASS,
                          num_class_images=batch, train_batch_size=batch, max_steps=10_000, random_flip=False,
                          lora={"rank": rank}, learning_rate=1e-4)
-    trainer = Trainer(cfg, None, root / "out", False, None)
+    trainer = FinetuneTrainer(cfg, None, root / "out", False, None)
     trainer._complete_class_images()
     trainer._setup_models()
     trainer._setup_optimisation()
@@ -140,7 +140,7 @@ def main() -> None:
     a, b = statistics.median(times_a), statistics.median(times_b)
     print(f"DreamBooth-LoRA step, {args.size} px, {args.batch}+{args.batch} images, rank {args.rank}, fp32, "
           f"{args.threads} thread(s), {args.rounds} alternating rounds (medians):")
-    print(f"  A  dermsynth Trainer.train_step   {a * 1000:7.1f} ms")
+    print(f"  A  dermsynth FinetuneTrainer.train_step   {a * 1000:7.1f} ms")
     print(f"  B  usual DreamBooth-LoRA step      {b * 1000:7.1f} ms")
     print(f"  B / A = {b / a:.2f}")
 

@@ -260,10 +260,11 @@ def test_edm_settings_that_do_not_apply_are_refused_up_front(override, message):
 
 def test_class_balanced_batches_draw_every_class_equally(prepared):
     from dermsynth.data.dataset import load_prepared
-    from dermsynth.diffusion.train_scratch import Trainer, load_training_data
+    from dermsynth.diffusion.train_scratch import ScratchTrainer, load_training_data
 
     data = load_training_data(load_prepared(prepared), 16, progress=False)  # 10 benign, 6 malignant
-    trainer = Trainer(resolve_train_config("cpu-fast", TINY | {"class_balanced": True}), data, Path("/nonexistent"))
+    trainer = ScratchTrainer(resolve_train_config("cpu-fast", TINY | {"class_balanced": True}), data,
+                             Path("/nonexistent"))
     labels = torch.cat([trainer._next_batch()[1] for _ in range(60)])  # 480 draws
     assert abs(float(labels.float().mean()) - 0.5) < 0.07  # plain shuffling would give 6/16 = 0.375
 
@@ -335,11 +336,11 @@ def test_cosine_schedule_anneals_over_whichever_budget_ends_first(prepared):
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     from dermsynth.data.dataset import load_prepared
-    from dermsynth.diffusion.train_scratch import Trainer, load_training_data
+    from dermsynth.diffusion.train_scratch import ScratchTrainer, load_training_data
 
     data = load_training_data(load_prepared(prepared), 16, progress=False)
     cfg = resolve_train_config("cpu-fast", TINY | {"lr_schedule": "cosine", "max_steps": 100, "warmup_steps": 10})
-    trainer = Trainer(cfg, data, Path("/nonexistent"))
+    trainer = ScratchTrainer(cfg, data, Path("/nonexistent"))
     reference = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), 10, 100).lr_lambdas[0]
     assert [trainer._lr_factor(s) for s in (0, 5, 10, 40, 99)] == pytest.approx([reference(s) for s in
                                                                                  (0, 5, 10, 40, 99)])
@@ -347,7 +348,7 @@ def test_cosine_schedule_anneals_over_whichever_budget_ends_first(prepared):
     assert trainer._lr_factor(20) == pytest.approx(0.5)
     trainer.budget_used = 1.0
     assert trainer._lr_factor(30) == pytest.approx(0.0)
-    constant = Trainer(resolve_train_config("cpu-fast", TINY | {"warmup_steps": 10, "lr_schedule": "constant"}),
+    constant = ScratchTrainer(resolve_train_config("cpu-fast", TINY | {"warmup_steps": 10, "lr_schedule": "constant"}),
                        data, Path("/nonexistent"))
     constant.budget_used = 0.9
     assert constant._lr_factor(50) == 1.0

@@ -18,7 +18,7 @@ from dermsynth.data.dataset import load_prepared
 from dermsynth.diffusion.checkpoints import list_checkpoints
 from dermsynth.diffusion.generate import generate
 from dermsynth.diffusion.sd_config import FinetuneConfig
-from dermsynth.diffusion.sd_finetune import Trainer, finetune
+from dermsynth.diffusion.sd_finetune import FinetuneTrainer, finetune
 from dermsynth.diffusion.sd_models import build_tiny_pipeline, export_single_file, load_pipeline
 from dermsynth.errors import DermsynthError
 from tests.test_diffusion_scratch import make_prepared, one_thread
@@ -62,11 +62,11 @@ def read_info(folder: Path) -> dict:
 
 def test_dreambooth_prior_preservation_loss_falls_on_a_fixed_batch(tiny_sd, prepared, tmp_path):
     cfg = config(tiny_sd, method="dreambooth", learning_rate=1e-3, random_flip=False)
-    trainer = Trainer(cfg, load_prepared(prepared), tmp_path / "m", False, None)
+    trainer = FinetuneTrainer(cfg, load_prepared(prepared), tmp_path / "m", False, None)
     trainer._complete_class_images()
     assert len(trainer.class_examples) == 3 and len(list((tmp_path / "m" / "class_images").glob("*.png"))) == 3
-    again = Trainer(cfg.model_copy(update={"num_class_images": 4}), load_prepared(prepared), tmp_path / "m", False,
-                    None)
+    again = FinetuneTrainer(cfg.model_copy(update={"num_class_images": 4}), load_prepared(prepared), tmp_path / "m",
+                            False, None)
     again._complete_class_images()  # reuses the three, makes one more
     assert [e.path.name for e in again.class_examples] == [f"class-0000{i}.png" for i in range(4)]
     trainer._setup_models()
@@ -372,7 +372,8 @@ def test_shipped_configs_validate_and_run_tiny(name, tiny_sd, prepared, tmp_path
 def test_hub_ids_are_recognised_and_only_they_lift_offline_mode(tmp_path):
     import huggingface_hub.constants as hub
 
-    from dermsynth.diffusion.sd_models import describe_base, hub_access
+    from dermsynth.diffusion.sd_models import describe_base
+    from dermsynth.utils import hub_access
 
     assert describe_base("stable-diffusion-v1-5/stable-diffusion-v1-5") == "hub"
     with pytest.raises(DermsynthError, match="base model not found"):

@@ -94,7 +94,7 @@ def test_a_registered_classifier_builds_trains_with_its_preset_and_gives_feature
     import torch
 
     from dermsynth.evaluate.classifiers import build_classifier, save_classifier
-    from dermsynth.evaluate.config import TrainConfig
+    from dermsynth.evaluate.config import ClassifierTrainConfig
     from dermsynth.evaluate.models import (
         CLASSIFIERS,
         CNN_TRAIN,
@@ -119,7 +119,7 @@ def test_a_registered_classifier_builds_trains_with_its_preset_and_gives_feature
             classifiers_help()
         features = classifier.features(list(np.zeros((3, 16, 16, 3), dtype=np.uint8)))
         assert features.shape == (3, 16)  # the width of the last stage
-        settings = resolve_settings(TrainConfig(), "toy-cnn", "cpu")
+        settings = resolve_settings(ClassifierTrainConfig(), "toy-cnn", "cpu")
         assert settings.epochs == 2 and settings.batch_size == CNN_TRAIN["batch_size"]
 
         # A named checkpoint: pretrained, its own input size, the fine-tuning preset.
@@ -127,7 +127,7 @@ def test_a_registered_classifier_builds_trains_with_its_preset_and_gives_feature
         register_pretrained("toy-pretrained", str(folder), help="the toy, saved")
         pretrained = build_classifier("toy-pretrained", ["a", "b", "c"])
         assert pretrained.pretrained and is_pretrained("toy-pretrained") and pretrained.spec.size == 16
-        assert resolve_settings(TrainConfig(), "toy-pretrained", "cpu").epochs == 10
+        assert resolve_settings(ClassifierTrainConfig(), "toy-pretrained", "cpu").epochs == 10
     assert "toy-cnn" not in CLASSIFIERS
 
 

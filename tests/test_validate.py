@@ -20,7 +20,7 @@ from dermsynth.data.config import PrepareConfig, PreprocessConfig
 from dermsynth.data.prepare import prepare
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
-from dermsynth.evaluate.datasets import check_disjoint
+from dermsynth.evaluate.datasets import check_no_leak
 from dermsynth.evaluate.regimes import apportion, compose, parse_regime, round_half_up, synthetic_counts
 from dermsynth.evaluate.validate import validate
 
@@ -169,7 +169,7 @@ def test_synthetic_images_never_enter_val_or_test(prep, tmp_path):
     frame = pd.DataFrame({"image_id": ["a", "b"], "path": ["a", "b"], "target": [0, 1], "group": ["g1", "g2"],
                           "synthetic": [False, True]})
     with pytest.raises(DermsynthError, match="synthetic images in the val split"):
-        check_disjoint({"train": frame.iloc[:1], "val": frame})
+        check_no_leak({"train": frame.iloc[:1], "val": frame})
     copies = make_synthetic(tmp_path / "copies", per_class=2)
     test_image = pd.read_csv(prep / "metadata.csv").query("split == 'test'")["path"].iloc[0]
     shutil.copy(prep / test_image, copies / "images" / "benign" / "copy_of_test.png")

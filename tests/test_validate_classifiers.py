@@ -15,7 +15,7 @@ from dermsynth.evaluate.classifiers import (
     predict_proba,
     save_classifier,
 )
-from dermsynth.evaluate.config import TrainConfig
+from dermsynth.evaluate.config import ClassifierTrainConfig
 from dermsynth.evaluate.datasets import ImageSet
 from dermsynth.evaluate.train_classifier import fit, resolve_settings
 from dermsynth.evaluate.transforms import augment, load_image, normalize, square_resize
@@ -80,7 +80,8 @@ def test_training_improves_a_tiny_cnn_and_keeps_the_best_validation_epoch():
     val = ImageSet(images[32:], targets[32:], [f"v{i}" for i in range(16)], np.zeros(16, bool))
     torch.manual_seed(0)
     classifier = build_classifier("cnn", ["benign", "malignant"], 16, TINY_CNN)
-    settings = resolve_settings(TrainConfig(epochs=6, batch_size=8, learning_rate=1e-2, precision="no"), "cnn", "cpu")
+    settings = resolve_settings(ClassifierTrainConfig(epochs=6, batch_size=8, learning_rate=1e-2, precision="no"),
+                                "cnn", "cpu")
     result = fit(classifier, train, val, settings, seed=0)
     history = result.history
     assert len(history) == 6 and history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
@@ -110,7 +111,7 @@ def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision
     monkeypatch.setattr(training, "_train_epoch", epoch_that_diverges_in_bf16)
     torch.manual_seed(0)
     classifier = build_classifier("cnn", ["benign", "malignant"], 16, TINY_CNN)
-    settings = resolve_settings(TrainConfig(epochs=2, batch_size=8, precision=precision), "cnn", "cpu")
+    settings = resolve_settings(ClassifierTrainConfig(epochs=2, batch_size=8, precision=precision), "cnn", "cpu")
     if precision == "no":
         with pytest.raises(DermsynthError, match="diverged to non-finite weights in fp32"):
             fit(classifier, train, val, settings, seed=0)
@@ -123,10 +124,10 @@ def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision
 
 
 def test_preset_defaults_and_overrides():
-    settings = resolve_settings(TrainConfig(), "pretrained", "cpu")
+    settings = resolve_settings(ClassifierTrainConfig(), "pretrained", "cpu")
     assert (settings.learning_rate, settings.batch_size, settings.weight_decay) == (2e-5, 32, 0.01)
-    assert resolve_settings(TrainConfig(patience=None), "cnn", "cpu").patience is None
-    assert resolve_settings(TrainConfig(precision="no"), "cnn", "cpu").bf16 is False
+    assert resolve_settings(ClassifierTrainConfig(patience=None), "cnn", "cpu").patience is None
+    assert resolve_settings(ClassifierTrainConfig(precision="no"), "cnn", "cpu").bf16 is False
     with pytest.raises(DermsynthError, match="patch_size dividing it"):
         build_classifier("vit", ["a", "b"], 18, TINY_VIT)
 

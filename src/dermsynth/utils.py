@@ -166,3 +166,25 @@ def pick_device(preferred: str | None = None) -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+@contextlib.contextmanager
+def hub_access(allowed: bool) -> Iterator[None]:
+    """Lift offline mode (the environment variable and huggingface_hub's flag) for the duration of a load the
+    user explicitly pointed at the hub; both are restored afterwards, so later loads stay offline."""
+    if not allowed:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "0"
+    hub_constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved_flag
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dermsynth.errors import DermsynthError
+from dermsynth.utils import hub_access
 
 
 @dataclass
@@ -41,7 +42,7 @@ def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray
                              device: str = "cpu", note: str = "") -> FeatureSpace:
     """Train (or reuse from ``folder``) the default feature network on real images only."""
     from dermsynth.evaluate.classifiers import build_classifier, save_classifier
-    from dermsynth.evaluate.config import TrainConfig
+    from dermsynth.evaluate.config import ClassifierTrainConfig
     from dermsynth.evaluate.datasets import ImageSet
     from dermsynth.evaluate.train_classifier import fit, resolve_settings
 
@@ -50,7 +51,8 @@ def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
         classifier = build_classifier("cnn", classes, image_size=train_images.shape[1])
-        settings = resolve_settings(TrainConfig(epochs=epochs, patience=None, track_test=False), "cnn", device)
+        settings = resolve_settings(ClassifierTrainConfig(epochs=epochs, patience=None, track_test=False), "cnn",
+                                    device)
 
         def as_set(images: np.ndarray, targets: np.ndarray) -> ImageSet:
             return ImageSet(images, targets.astype(np.int64), [str(i) for i in range(len(images))],
@@ -64,16 +66,13 @@ def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray
 
 def hf_space(source: str, device: str = "cpu") -> FeatureSpace:
     """Pooled output of a transformers vision model, with its own image processor."""
-    import os
 
     from transformers import AutoImageProcessor, AutoModel
 
-    local = Path(source).exists()
-    if not local:
-        os.environ["HF_HUB_OFFLINE"] = "0"  # the user named a hub model: allow this one download
     try:
-        processor = AutoImageProcessor.from_pretrained(source)
-        model = AutoModel.from_pretrained(source).to(device).eval()
+        with hub_access(not Path(source).exists()):  # the user named a hub model: allow this one download
+            processor = AutoImageProcessor.from_pretrained(source)
+            model = AutoModel.from_pretrained(source).to(device).eval()
     except (OSError, ValueError) as exc:
         raise DermsynthError(f"features hf:{source}: cannot load ({str(exc).splitlines()[0]})") from None
     vision = getattr(model, "vision_model", model)  # CLIP: use the vision tower only

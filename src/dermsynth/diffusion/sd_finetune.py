@@ -102,7 +102,7 @@ def finetune(
     out = Path(out)
     checkpoint = _resume_point(out, resume)
     ensure_writable_dir(out)
-    trainer = Trainer(cfg, dataset, out, progress, callback)
+    trainer = FinetuneTrainer(cfg, dataset, out, progress, callback)
     return trainer.run(checkpoint)
 
 
@@ -126,7 +126,7 @@ def _resume_point(out: Path, resume: str | None) -> Path | str | None:
 # --------------------------------------------------------------------------- the run
 
 
-class Trainer(TrainingHarness):
+class FinetuneTrainer(TrainingHarness):
     """Models, data, optimiser and RNG of one run; the harness trains it to the budget and checkpoints it."""
 
     data_description = "the training images or prompts"

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dermsynth.errors import DermsynthError
+from dermsynth.utils import hub_access
 
 SINGLE_FILE_SUFFIXES = {".safetensors"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
@@ -65,27 +66,6 @@ def base_sha256(base: str | Path) -> str | None:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
     listing = "\n".join(f"{f.relative_to(path).as_posix()} {sha256_file(f)}" for f in files)
     return hashlib.sha256(listing.encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def hub_access(allowed: bool) -> Iterator[None]:
-    """Lift HF_HUB_OFFLINE for the duration of an explicitly requested hub download."""
-    if not allowed:
-        yield
-        return
-    import huggingface_hub.constants as hub_constants
-
-    saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "0"
-    hub_constants.HF_HUB_OFFLINE = False
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = saved_flag
-        if saved_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
 def load_pipeline(base: str | Path, *, config: str | Path | None = None, trust_pickle: bool = False,

@@ -125,7 +125,7 @@ def train(
     if existing == "finished":
         raise DermsynthError(f"{out} holds a model trained with other settings or data; "
                              "pass --resume to continue it, or choose another --out")
-    return Trainer(cfg, training_data, out, preset, progress, callback).run(resume)
+    return ScratchTrainer(cfg, training_data, out, preset, progress, callback).run(resume)
 
 
 def _existing_state(out: Path, resume: bool) -> str:
@@ -194,7 +194,7 @@ def load_training_data(dataset: PreparedDataset, size: int, progress: bool = Tru
 # --------------------------------------------------------------------------- the loop
 
 
-class Trainer(TrainingHarness):
+class ScratchTrainer(TrainingHarness):
     """The UNet, optimiser, EMA and RNG of one run; the harness trains it to the budget and checkpoints it."""
 
     def __init__(self, cfg: TrainConfig, data: TrainingData, out: Path, preset: str = "cpu-fast",

@@ -33,6 +33,7 @@ from transformers import AutoModelForImageClassification, PretrainedConfig, PreT
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.models import CLASSIFIERS, label_maps
 from dermsynth.evaluate.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, load_image, normalize, square_resize
+from dermsynth.utils import hub_access
 
 PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -78,19 +79,6 @@ def _is_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-@contextlib.contextmanager
-def _hub_allowed(allowed: bool) -> Iterator[None]:
-    """Lift offline mode for the duration of a load the user explicitly pointed at the hub."""
-    import huggingface_hub.constants as hub_constants
-
-    saved = hub_constants.HF_HUB_OFFLINE
-    hub_constants.HF_HUB_OFFLINE = saved and not allowed
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = saved
-
-
 def _read_spec(source: str, config: PretrainedConfig) -> ImageSpec:
     """Input side and mean/std from the checkpoint's preprocessor config (ImageNet values when it has none)."""
     from transformers.utils import cached_file
@@ -111,7 +99,7 @@ def _load(source: str, classes: list[str], image_size: int | None) -> Classifier
                              f"not found: {source}")
     name = str(local) if local.exists() else source
     try:
-        with _hub_allowed(not local.exists()):
+        with hub_access(not local.exists()):
             net = AutoModelForImageClassification.from_pretrained(name, ignore_mismatched_sizes=True,
                                                                   **label_maps(classes))
             spec = _read_spec(name, net.config)

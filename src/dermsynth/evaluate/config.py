@@ -11,7 +11,7 @@ from dermsynth.config import StrictModel
 from dermsynth.evaluate.models import classifiers_help
 
 
-class TrainConfig(StrictModel):
+class ClassifierTrainConfig(StrictModel):
     """Classifier training. Unset (null) values take the model's preset default (see docs/validation.md)."""
 
     _renamed: ClassVar[dict[str, str]] = {"lr": "learning_rate", "grad_clip": "max_grad_norm"}
@@ -60,7 +60,7 @@ class ValidateConfig(StrictModel):
         0, description="Seed of the real_per_class sample; null = the run's seed (the sample then varies by seed).")
     class_mix: Literal["proportional", "balanced"] = Field(
         "proportional", description="add:<n>: split n by the real class sizes, or fill the smallest classes first.")
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: ClassifierTrainConfig = Field(default_factory=ClassifierTrainConfig)
     bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the confidence intervals.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
     save_checkpoint: bool = Field(False, description="Save each run's selected classifier under <run>/checkpoint/.")

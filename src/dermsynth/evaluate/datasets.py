@@ -53,7 +53,7 @@ def real_frame(prepared: PreparedDataset, split: str) -> pd.DataFrame:
                          "target": frame["target"].astype(int), "group": group.astype(str), "synthetic": False})
 
 
-def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
+def check_no_leak(splits: dict[str, pd.DataFrame]) -> None:
     """Raise if two splits share a patient/lesion group or an image, or if val/test hold a synthetic image."""
     for name in ("val", "test"):
         if name in splits and splits[name]["synthetic"].any():

@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.classifiers import Classifier, autocast, batches, predict_proba
-from dermsynth.evaluate.config import TrainConfig
+from dermsynth.evaluate.config import ClassifierTrainConfig
 from dermsynth.evaluate.datasets import ImageSet
 from dermsynth.evaluate.metrics import classification_metrics, cross_entropy
 from dermsynth.evaluate.models import train_preset
@@ -32,7 +32,7 @@ from dermsynth.evaluate.transforms import Jitter, augment, normalize
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """A :class:`TrainConfig` with every preset default filled in."""
+    """A :class:`ClassifierTrainConfig` with every preset default filled in."""
 
     epochs: int
     batch_size: int
@@ -49,7 +49,7 @@ class TrainSettings:
     track_test: bool
 
 
-def resolve_settings(config: TrainConfig, preset: str, device: str) -> TrainSettings:
+def resolve_settings(config: ClassifierTrainConfig, preset: str, device: str) -> TrainSettings:
     """Unset values from the training preset of ``preset``: a registered classifier (evaluate/models.py), else a
     checkpoint folder / hub id (or "pretrained"), which takes the fine-tuning defaults."""
     defaults = train_preset(preset)

@@ -37,8 +37,8 @@ from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.evaluate.datasets import (
     ImageBank,
-    check_disjoint,
     check_no_copies,
+    check_no_leak,
     real_frame,
     synthetic_frame,
 )
@@ -162,7 +162,7 @@ def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, prog
     """Real splits (leak-checked, decoded), synthetic pools (decoded, unreadable files skipped)."""
     classes = prepared.classes
     frames = {split: real_frame(prepared, split) for split in ("train", "val", "test")}
-    check_disjoint(frames)
+    check_no_leak(frames)
     for split in ("train", "val", "test"):
         if frames[split].empty:
             raise DermsynthError(f"{config.real}: the {split} split is empty")
@@ -221,7 +221,7 @@ def plan_runs(config: ValidateConfig, data: Data, root: Path) -> list[RunPlan]:
                 real = _real_train(config, data, seed)
                 train = compose(regime, real, data.pools.get(source) if source else None, data.classes, seed,
                                 config.class_mix)
-                check_disjoint({"train": train, "val": data.val, "test": data.test})
+                check_no_leak({"train": train, "val": data.val, "test": data.test})
                 key = {"config": base, "regime": regime.name, "seed": seed, "real": data.fingerprints["real"],
                        "source": data.fingerprints.get(source) if source else None}
                 plans.append(RunPlan(regime, source, seed, root / folder_name / str(seed), train, stable_hash(key)))
