@@ -85,6 +85,10 @@ class RunConfig(StrictModel):
         None, ge=1, le=256,
         description="CPU threads for training; null = torch's default (all cores). Fixed, so that results do not "
                     "depend on machine load; set 1 on a CPU that other processes keep busy.")
+    real_per_class: int | None = Field(
+        None, ge=1, description="Limited-data study: the generator trains on, and validate's classifiers take, this "
+                                "many real training images per class, the same sample (null = the whole train split).")
+    subsample_seed: int = Field(0, description="Seed of that real_per_class sample, for every stage.")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="Settings of the prepare stage.")
     train: TrainStage | None = Field(None, description="Train a diffusion model from scratch (omit to skip).")
     finetune: FinetuneConfig | None = Field(
@@ -96,6 +100,30 @@ class RunConfig(StrictModel):
     report: bool = Field(True, description="Write report.html and summary.md at the end.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_real_sample(cls, data: Any) -> Any:
+        """The run-level real_per_class flows into train and validate, so the generator sees the classifiers' real
+        sample; a stage that names another value is an error (set it once, at the top)."""
+        if not isinstance(data, dict) or data.get("real_per_class") is None:
+            return data
+        wanted = {"real_per_class": data["real_per_class"], "subsample_seed": data.get("subsample_seed", 0)}
+        data = dict(data)
+        for where, path in (("train.settings", ("train", "settings")), ("validate", ("validate",))):
+            section = data.get(path[0])
+            if not isinstance(section, dict):
+                continue
+            section = dict(section)
+            target = dict(section.get("settings") or {}) if len(path) == 2 else section
+            for key, value in wanted.items():
+                if target.get(key) not in (None, value):
+                    raise ValueError(f"{where}.{key} differs from the run's {key}: set it once, at the top")
+            target.update(wanted)
+            if len(path) == 2:
+                section["settings"] = target
+            data[path[0]] = section
+        return data
 
     @model_validator(mode="after")
     def _stages_have_inputs(self) -> RunConfig:
