@@ -37,7 +37,7 @@ from dermsynth.progress import console, make_progress
 from dermsynth.utils import write_csv_atomic, write_json_atomic
 
 StepCallback = Callable[[int, float], None]
-LOSS_SMOOTHING = 0.98  # EMA of the logged loss; checkpointed, so a resumed run logs the same numbers
+LOSS_KEEP, LOSS_NEW = 0.98, 0.02  # EMA of the logged loss; checkpointed, so a resumed run logs the same numbers
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class TrainingHarness:
     def _record(self, loss: float, seconds: float) -> None:
         self.losses.append(loss)
         previous = self.smoothed_loss
-        self.smoothed_loss = loss if previous is None else LOSS_SMOOTHING * previous + (1 - LOSS_SMOOTHING) * loss
+        self.smoothed_loss = loss if previous is None else LOSS_KEEP * previous + LOSS_NEW * loss
         if self.step % self.loop.log_every and self.step != 1:
             return
         self.log.append({"step": self.step, "loss": self.smoothed_loss, "step_loss": loss,
