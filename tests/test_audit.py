@@ -247,3 +247,20 @@ def test_fidelity_of_a_smaller_generator_is_judged_at_its_own_resolution(sample_
                   progress=False)["fidelity"]
     assert "at_audit_size" not in plain and plain["resolution"] == 64
     assert plain["overall"]["fid_ratio"] == pytest.approx(matched["at_audit_size"]["overall"]["fid_ratio"])
+
+
+def test_overall_fidelity_compares_sets_in_the_same_class_mix(sample_prep, tmp_path):
+    """Held-out real images, as many malignant as benign: a perfect generator drawn class-balanced. Compared in the
+    real class mix it scores like real; the per-class figures are untouched by the mix."""
+    synthetic = tmp_path / "syn"
+    held_out = pd.concat([sample_prep.split("val"), sample_prep.split("test")])
+    per_class = held_out["label"].value_counts().min()
+    for row in held_out.groupby("label").head(per_class).itertuples():
+        (synthetic / row.label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(load_rgb(sample_prep.root / row.path)).save(synthetic / row.label / f"{row.image_id}.png")
+    settings = {"classifier_epochs": 3, "positive_controls": 0, "kid_subsets": 5, "c2st": False, "domain_gap": False}
+    overall = audit(sample_prep.root, synthetic, tmp_path / "a", AuditConfig(**settings), progress=False)[
+        "fidelity"]["overall"]
+    assert overall["synthetic_vs_train"]["n_fake"] == overall["real_test_vs_train"]["n_fake"]
+    assert overall["synthetic_vs_train"]["n_fake"] < 2 * per_class  # fewer benign drawn than the folder holds
+    assert overall["fid_ratio"] < 1.6

@@ -143,18 +143,16 @@ def _fidelity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[st
               notes: list[str], compared: np.ndarray) -> dict[str, Any]:
     """Synthetic vs real train, beside real test vs real train: the same metric between two real samples.
 
-    FID and precision/recall depend on sample size, so both comparisons use the same number of images (the
-    smaller of the synthetic and real test sets, randomly drawn) against the same training images (``compared``):
-    those the feature network did not learn from, or all of them when it learnt from all.
+    FID and precision/recall depend on sample size and, overall, on the class mix, so both comparisons use the same
+    number of images, drawn in the class mix of the same training images (``compared``): those the feature network
+    did not learn from, or all of them when it learnt from all.
     """
     train, reference = real["train"], real["test"]
     rng = np.random.default_rng(config.seed)
 
     def pair(mask_train: np.ndarray, mask_syn: np.ndarray, mask_ref: np.ndarray) -> dict[str, Any]:
-        syn_rows, ref_rows = np.flatnonzero(mask_syn), np.flatnonzero(mask_ref)
-        n = min(len(syn_rows), len(ref_rows)) if len(ref_rows) else len(syn_rows)
-        syn_rows = np.sort(rng.choice(syn_rows, n, replace=False))
-        ref_rows = np.sort(rng.choice(ref_rows, n, replace=False)) if len(ref_rows) else ref_rows
+        syn_rows, ref_rows = _in_class_mix(np.flatnonzero(mask_syn), np.flatnonzero(mask_ref), mask_train & compared,
+                                           synthetic, reference, train, rng)
         base = train.features[mask_train & compared]
         kwargs = {"k": config.nearest_k, "kid_subsets": config.kid_subsets, "seed": config.seed}
         result = {"synthetic_vs_train": compare(base, synthetic.features[syn_rows], **kwargs),
@@ -182,6 +180,31 @@ def _fidelity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[st
         notes.append(f"FID from {n_used} images in a {synthetic.features.shape[1]}-d space is strongly biased; "
                      "read it only beside the real-vs-real value, computed from the same number of images")
     return result
+
+
+def _in_class_mix(syn_rows: np.ndarray, ref_rows: np.ndarray, base: np.ndarray, synthetic: LoadedSet,
+                  reference: LoadedSet, train: LoadedSet, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-sized samples of the synthetic and reference rows, both in the class mix of the compared train images.
+
+    A class-balanced synthetic set compared with an 80/20 real one would otherwise differ by its mix alone: in a
+    feature space trained to separate the classes, that alone inflates FID. With one class (per-class figures),
+    or a class missing from a set, this is a plain random sample of equal size."""
+    base_targets = train.frame["target"].to_numpy()[base]
+    syn_t, ref_t = synthetic.frame["target"].to_numpy()[syn_rows], reference.frame["target"].to_numpy()[ref_rows]
+    classes, counts = np.unique(base_targets, return_counts=True)
+    share = counts / counts.sum()
+    mixable = len(classes) > 1 and len(ref_rows) and all((syn_t == c).any() and (ref_t == c).any() for c in classes)
+    if not mixable:
+        n = min(len(syn_rows), len(ref_rows)) if len(ref_rows) else len(syn_rows)
+        return (np.sort(rng.choice(syn_rows, n, replace=False)),
+                np.sort(rng.choice(ref_rows, n, replace=False)) if len(ref_rows) else ref_rows)
+    total = min(min((syn_t == c).sum(), (ref_t == c).sum()) / f for c, f in zip(classes, share, strict=True))
+    picked: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for c, f in zip(classes, share, strict=True):
+        k = max(1, int(total * f))
+        picked[0].append(rng.choice(syn_rows[syn_t == c], k, replace=False))
+        picked[1].append(rng.choice(ref_rows[ref_t == c], k, replace=False))
+    return np.sort(np.concatenate(picked[0])), np.sort(np.concatenate(picked[1]))
 
 
 # --------------------------------------------------------------------------- how synthetic images differ
