@@ -31,6 +31,7 @@ TINY = {
     "batch_size": 8, "max_steps": 6, "max_minutes": None, "warmup_steps": 2, "checkpoint_every": 4,
     "sample_every": 4, "samples_per_class": 2, "sample_steps": 2, "log_every": 2, "precision": "no",
     "noise": {"parameterization": "ddpm"}, "class_balanced": False,  # the discrete-schedule route (EDM: below)
+    "lr_schedule": "constant",  # tests extend max_steps on resume; a cosine over max_steps would then move
 }
 
 
