@@ -232,15 +232,29 @@ def _at_size(loaded: LoadedSet, size: int) -> np.ndarray:
         np.zeros((0, size, size, 3), np.uint8)
 
 
-def _through_size(loaded: LoadedSet, size: int) -> LoadedSet:
-    """``loaded`` as a ``size``-pixel generator would see it, brought back to the audit size the way its images
-    are: down with :func:`_at_size`, up with the same bicubic resize."""
+def _through_size(loaded: LoadedSet, small: np.ndarray) -> LoadedSet:
+    """``loaded`` as a generator of ``small``'s size would see it (``small`` = :func:`_at_size`), brought back to
+    the audit size the way its images are: with the same bicubic resize."""
     from dermsynth.data.images import square_resize
 
     full = loaded.images.shape[1]
-    small = _at_size(loaded, size)
     images = np.stack([square_resize(image, full) for image in small]) if len(small) else loaded.images
-    return LoadedSet(f"{loaded.name} at {size} px", loaded.frame, images)
+    return LoadedSet(f"{loaded.name} at {small.shape[1]} px", loaded.frame, images)
+
+
+def _matched_fidelity(real: dict[str, LoadedSet], small: dict[str, np.ndarray], synthetic: LoadedSet,
+                      classes: list[str], config: AuditConfig, compared: np.ndarray, space: FeatureSpace,
+                      cache: Path, at_audit_size: dict[str, Any]) -> dict[str, Any]:
+    """Fidelity with the real images passed through the synthetic size; the audit-size figures kept beside."""
+    matched = {}
+    for split, loaded in real.items():
+        matched[split] = _through_size(loaded, small[split])
+        matched[split].features = _cached_features(space, matched[split], cache) if len(loaded.frame) else \
+            loaded.features
+    fidelity = _fidelity(matched, synthetic, classes, config, [], compared)
+    fidelity["resolution"] = int(next(iter(small.values())).shape[1])
+    fidelity["at_audit_size"] = {k: at_audit_size[k] for k in ("overall", "per_class", "resolution")}
+    return fidelity
 
 
 def _lesion_groups(frame: pd.DataFrame) -> np.ndarray:
@@ -289,11 +303,12 @@ def _domain_gap(real_train: np.ndarray, real_targets: np.ndarray, synthetic: np.
     return result
 
 
-def _difference_tests(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[str], config: AuditConfig,
-                      size: int, device: str, progress: bool) -> dict[str, Any]:
+def _difference_tests(real: dict[str, LoadedSet], images: dict[str, np.ndarray], synthetic: LoadedSet,
+                      classes: list[str], config: AuditConfig, device: str, progress: bool) -> dict[str, Any]:
+    """C2ST and domain gap on ``images``: the real sets at the compare size."""
     if not (config.c2st or config.domain_gap):
         return {}
-    images = {k: _at_size(v, size) for k, v in real.items()}
+    size = int(next(iter(images.values())).shape[1])
     targets = {k: v.frame["target"].to_numpy() for k, v in real.items()}
     syn_images, syn_targets = _at_size(synthetic, size), synthetic.frame["target"].to_numpy()
     out: dict[str, Any] = {}
@@ -416,25 +431,22 @@ def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: Audi
     halves = not teach.all()
     compared = ~teach if halves else teach
     size = _compare_size(config, synthetic_set)
+    matched = config.fidelity_resolution == "matched" and size < config.image_size
+    # The real images at the compare size, decoded once for matched fidelity, C2ST and the domain gap.
+    small = {k: _at_size(v, size) for k, v in real_sets.items()} if matched or config.c2st or config.domain_gap \
+        else {}
     fidelity = _fidelity(real_sets, synthetic_set, classes, config, notes, compared)
     fidelity["resolution"] = config.image_size
-    if config.fidelity_resolution == "matched" and size < config.image_size:
-        matched = {}
-        for split, loaded in real_sets.items():
-            matched[split] = _through_size(loaded, size)
-            matched[split].features = (_cached_features(space, matched[split], out / "cache") if len(loaded.frame)
-                                       else loaded.features)
-        at_audit_size = fidelity
-        fidelity = _fidelity(matched, synthetic_set, classes, config, [], compared)
-        fidelity["resolution"] = size
-        fidelity["at_audit_size"] = {k: at_audit_size[k] for k in ("overall", "per_class", "resolution")}
+    if matched:
+        fidelity = _matched_fidelity(real_sets, small, synthetic_set, classes, config, compared, space,
+                                     out / "cache", fidelity)
     fidelity["reference"] = {
         "train_images_compared": int(compared.sum()),
         "train_images_teaching_features": int(teach.sum()) if config.features == "classifier" else 0,
         "split": "patient-grouped halves of the train split" if halves else "the whole train split"}
     memorization, nearest, held_out_pixel = _memorization(real_sets, synthetic_set, config, notes)
     nearest.insert(2, "label", [classes[t] for t in nearest.pop("label_target")])
-    differences = _difference_tests(real_sets, synthetic_set, classes, config, size, device, progress)
+    differences = _difference_tests(real_sets, small, synthetic_set, classes, config, device, progress)
     report = {
         "feature_space": {"name": space.name, "description": space.description,
                           "dimensions": int(synthetic_set.features.shape[1])},
