@@ -100,10 +100,13 @@ class StrictModel(BaseModel):
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line naming the first offending key, e.g. ``preprocess.image_size: Input should be ...``."""
+def format_validation_error(exc: ValidationError, prefix: str = "", as_option: bool = False) -> str:
+    """One line naming the first offending key, e.g. ``preprocess.image_size: Input should be ...``; with
+    ``as_option``, as the CLI spells it (``--batch-size: ...``)."""
     err = exc.errors()[0]
     key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    if as_option and err["loc"]:
+        key = "--" + key.replace("_", "-")
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import ValidationError
 
+from dermsynth.config import format_validation_error
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.images import save_image
 from dermsynth.diffusion.families import ImageGenerator, load_generator, read_model_info
@@ -131,10 +132,7 @@ def _resolve_config(config: GenerateConfig | Mapping[str, Any] | None, overrides
     try:
         return GenerateConfig.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        option = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "generate"
-        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
-        raise DermsynthError(f"{option}: {message}") from None
+        raise DermsynthError(format_validation_error(exc, as_option=True)) from None
 
 
 def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | None, negative_prompt: str | None,
