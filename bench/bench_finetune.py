@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.tiny_sd
 
 import numpy as np
 import torch
@@ -35,7 +37,8 @@ from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_data import to_pixels
 from dermsynth.diffusion.sd_finetune import FinetuneTrainer
-from dermsynth.diffusion.sd_models import build_tiny_pipeline, load_pipeline
+from dermsynth.diffusion.sd_models import load_pipeline
+from tests.tiny_sd import build_tiny_pipeline
 
 INSTANCE, CLASS = "dermoscopy image of a sks lesion", "dermoscopy image of a skin lesion"
 

@@ -173,7 +173,7 @@ def test_shipped_study_configs_are_valid():
 
 
 def test_study_with_stable_diffusion_finetune_and_settings_change(tmp_path, cli, monkeypatch):
-    from dermsynth.diffusion.sd_models import build_tiny_pipeline
+    from tests.tiny_sd import build_tiny_pipeline
 
     base = tmp_path / "tiny-sd"
     build_tiny_pipeline(seed=0).save_pretrained(base)

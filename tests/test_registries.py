@@ -202,7 +202,7 @@ def test_an_unknown_family_is_one_line_listing_the_registered_ones(tmp_path):
     model = _model_folder(tmp_path / "model", "gan")
     with pytest.raises(DermsynthError) as exc:
         read_model_info(model)
-    assert _one_line(exc) == (f"{model / 'dermsynth_model.json'}: unknown model family 'gan'; known: scratch, "
+    assert _one_line(exc) == (f"{model / 'dermsynth_model.json'}: unknown model family 'gan'; known: scratch, latent, "
                               "stable-diffusion, stable-diffusion-lora")
     with pytest.raises(DermsynthError, match=r"^unknown model family 'gan'; known: scratch"):
         get_family("gan")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -23,6 +23,7 @@ from dermsynth.audit.config import AuditConfig
 from dermsynth.config import StrictModel, current_names, read_yaml, validate_config
 from dermsynth.data.config import PrepareConfig
 from dermsynth.diffusion.generate_config import GenerateConfig
+from dermsynth.diffusion.scratch import PresetName
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
@@ -35,7 +36,8 @@ RUNNING = ".stage-running.json"
 
 
 class TrainStage(StrictModel):
-    preset: Literal["cpu-fast", "gpu"] = Field("cpu-fast", description="Preset of the from-scratch diffusion model.")
+    preset: PresetName = Field("cpu-fast", description="Preset of the from-scratch diffusion model (pixel: cpu-fast, "
+                               "gpu; latent, 128/256 px: cpu-latent-128, gpu-latent-256).")
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Any field of the training config (see `dermsynth train --help` / configs/train-*.yaml) on top "

@@ -112,6 +112,7 @@ def get_family(name: str) -> Family:
 
 
 register_family("scratch", "dermsynth.diffusion.sampling:ScratchGenerator")
+register_family("latent", "dermsynth.diffusion.sampling:LatentGenerator")
 register_family("stable-diffusion", "dermsynth.diffusion.sd_generate:StableDiffusionGenerator")
 register_family("stable-diffusion-lora", "dermsynth.diffusion.sd_generate:StableDiffusionGenerator")
 

@@ -53,6 +53,15 @@ class LoopSettings:
     task: str = "train"                # the progress bar's label
 
 
+def changed_settings(config: BaseModel, saved: dict[str, Any], ignore: frozenset[str]) -> list[str]:
+    """Fields of ``config``, other than ``ignore``, whose value differs in ``saved`` (a config dumped as JSON)."""
+    # A saved config from an older version: fill its defaults and read its old names (without notices).
+    with contextlib.suppress(ValidationError), quiet_renames():
+        saved = type(config).model_validate(saved).model_dump(mode="json")
+    current = config.model_dump(mode="json")
+    return sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
+
+
 class TrainingHarness:
     """Budget loop, log, checkpoints and resume checks around a family's ``train_step``."""
 
@@ -88,6 +97,28 @@ class TrainingHarness:
 
     def on_step(self, seconds: float) -> None:
         """Called after every step with the training time so far (grids, validation images)."""
+
+    def lr_factor(self, step: int, warmup: int, schedule: str) -> float:
+        """Linear warmup, then constant or cosine decay. The cosine follows whichever budget ends first, steps or
+        minutes, so a run stopped by max_minutes still ends annealed; with a step budget alone it is diffusers'
+        cosine schedule exactly."""
+        if step < warmup:
+            return step / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = max((step - warmup) / max(1, self.loop.max_steps - warmup), self.budget_used)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+    def optimizer_step(self, loss: torch.Tensor, parameters: Iterator[torch.nn.Parameter],
+                       max_grad_norm: float | None) -> float:
+        """Backward, optional gradient clipping, then a step of ``self.optimizer`` and ``self.lr_scheduler``."""
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     def learning_rate(self) -> float:
         return float(self.lr_scheduler.get_last_lr()[0])  # families keep a diffusers/torch scheduler here
@@ -198,11 +229,7 @@ class TrainingHarness:
 
     def changed_settings(self, saved: dict[str, Any]) -> list[str]:
         """Config fields that determine what is learned and differ between ``saved`` and this run."""
-        # A saved config from an older version: fill its defaults and read its old names (without notices).
-        with contextlib.suppress(ValidationError), quiet_renames():
-            saved = type(self.config).model_validate(saved).model_dump(mode="json")
-        current = self.config.model_dump(mode="json")
-        return sorted(k for k in current if k not in self.loop.resumable and saved.get(k) != current[k])
+        return changed_settings(self.config, saved, self.loop.resumable)
 
     def apply_checkpoint(self, saved: dict[str, Any]) -> None:
         state = saved["state"]

@@ -1,4 +1,5 @@
-"""Class-conditional sampling with classifier-free guidance for the pixel-space UNet (diffusers pipeline style).
+"""Class-conditional sampling with classifier-free guidance for the from-scratch UNets, in pixel space or in the
+latent space of an autoencoder (diffusers pipeline style).
 
 Every image has its own seed: its starting noise and any noise a stochastic scheduler adds come from its own
 ``torch.Generator``, so an image depends on its seed and class, not on which batch it was drawn in.
@@ -13,13 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
 
 from dermsynth.diffusion.families import GeneratorBase
 from dermsynth.diffusion.schedulers import make_scheduler
 
 UNET_FOLDER = "unet"
 SCHEDULER_FOLDER = "scheduler"
+VAE_FOLDER = "vae"
 
 
 class PixelDiffusionPipeline:
@@ -52,6 +54,10 @@ class PixelDiffusionPipeline:
     def image_size(self) -> int:
         return int(self.unet.config.sample_size)
 
+    def decode(self, sample: torch.Tensor) -> torch.Tensor:
+        """The denoised sample as an image in [-1, 1] (pixels already are one)."""
+        return sample
+
     @torch.no_grad()
     def __call__(
         self,
@@ -67,14 +73,14 @@ class PixelDiffusionPipeline:
         sampler = make_scheduler(scheduler, self.scheduler_config)
         sampler.set_timesteps(num_inference_steps, device=self.device)
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-        size = self.image_size
-        noise = torch.stack([torch.randn((3, size, size), generator=g) for g in generators])
+        shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
         sample = noise.to(self.device) * sampler.init_noise_sigma
         labels = torch.tensor(class_labels, device=self.device, dtype=torch.long)
         for t in sampler.timesteps:
             model_output = self._guided_output(sampler.scale_model_input(sample, t), t, labels, guidance_scale)
             sample = sampler.step(model_output, t, sample, generator=generators).prev_sample
-        images = (sample.float() / 2 + 0.5).permute(0, 2, 3, 1)
+        images = (self.decode(sample).float() / 2 + 0.5).permute(0, 2, 3, 1)
         return images.cpu().numpy()
 
     def _guided_output(self, sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
@@ -91,6 +97,37 @@ class PixelDiffusionPipeline:
                     else contextlib.nullcontext())
         with autocast:
             return self.unet(sample, t, class_labels=labels).sample.float()
+
+
+class LatentDiffusionPipeline(PixelDiffusionPipeline):
+    """The same sampling in an autoencoder's latent space, decoded at the end; latents are scaled as in Stable
+    Diffusion: ``z = (encoder mean - shift_factor) * scaling_factor``."""
+
+    def __init__(self, unet: UNet2DModel, scheduler_config: dict[str, Any], vae: AutoencoderKL, bf16: bool = False):
+        super().__init__(unet, scheduler_config, bf16)
+        self.vae = vae.eval()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu", bf16: bool = False):
+        pixel = PixelDiffusionPipeline.from_pretrained(folder, device, bf16)
+        vae = AutoencoderKL.from_pretrained(Path(folder) / VAE_FOLDER).to(device)
+        return cls(pixel.unet, pixel.scheduler_config, vae, bf16=bf16)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size) * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def decode(self, sample: torch.Tensor) -> torch.Tensor:
+        return decode_latents(self.vae, sample, self.bf16)
+
+
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Scaled latents back to images in [-1, 1] (unclipped)."""
+    config = vae.config
+    unscaled = latents / config.scaling_factor + (config.shift_factor or 0.0)
+    autocast = torch.autocast(latents.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        return vae.decode(unscaled.to(vae.dtype)).sample.float()
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -119,15 +156,19 @@ class ScratchGenerator(GeneratorBase):
         self.defaults: dict[str, Any] = dict(info["sampling"])
         self.precision = "bf16" if pipeline.bf16 else "fp32"
 
+    pipeline_class: type[PixelDiffusionPipeline] = PixelDiffusionPipeline
+    weights = (UNET_FOLDER,)
+
     @classmethod
     def from_folder(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> ScratchGenerator:
-        from dermsynth.utils import pick_device, sha256_file
+        from dermsynth.utils import pick_device, sha256_file, stable_hash
 
         # bf16 samples ~2.4x faster on CPUs with native bf16, 0.2 levels (of 255) from fp32 on average.
         device = pick_device(device)
-        pipeline = PixelDiffusionPipeline.from_pretrained(folder, device=device,
-                                                          bf16=use_bf16("auto", torch.device(device)))
-        return cls(pipeline, info, sha256_file(folder / UNET_FOLDER / "diffusion_pytorch_model.safetensors"))
+        pipeline = cls.pipeline_class.from_pretrained(folder, device=device,
+                                                      bf16=use_bf16("auto", torch.device(device)))
+        hashes = [sha256_file(folder / name / "diffusion_pytorch_model.safetensors") for name in cls.weights]
+        return cls(pipeline, info, hashes[0] if len(hashes) == 1 else stable_hash(hashes))
 
     def prompt(self, label: str) -> str:
         return f"class:{label}"
@@ -138,3 +179,12 @@ class ScratchGenerator(GeneratorBase):
         targets = [self.classes.index(label) for label in labels]
         return self.pipeline(targets, seeds, num_inference_steps=steps, guidance_scale=guidance_scale,
                              scheduler=scheduler)
+
+
+class LatentGenerator(ScratchGenerator):
+    """The `generate` adapter of family "latent": the class-conditional UNet in an autoencoder's latent space."""
+
+    family = "latent"
+    batch_size = 16  # decoding at 128 px and more: activations, not the UNet, bound the batch
+    pipeline_class = LatentDiffusionPipeline
+    weights = (UNET_FOLDER, VAE_FOLDER)

@@ -1,7 +1,10 @@
-"""The from-scratch pixel diffusion model: its config, presets, and how the UNet and noise schedule are built.
+"""The models trained from scratch: their config, presets, and how the UNet, noise schedule and autoencoder are
+built.
 
 A class-conditional ``UNet2DModel``: class embeddings are added to the timestep embedding, with one extra
-"null" class (index ``n_classes``) that label dropout trains for classifier-free guidance.
+"null" class (index ``n_classes``) that label dropout trains for classifier-free guidance. It works on pixels
+(family "scratch") or, with an ``autoencoder`` section, on the latents of an ``AutoencoderKL`` trained first on the
+same images (family "latent": 128 px and more at the cost of a 32 px pixel model).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from dermsynth.config import StrictModel, current_names, read_yaml, validate_con
 from dermsynth.errors import DermsynthError
 
 if TYPE_CHECKING:
-    from diffusers import UNet2DModel
+    from diffusers import AutoencoderKL, UNet2DModel
 
-PresetName = Literal["cpu-fast", "gpu"]
+PresetName = Literal["cpu-fast", "gpu", "cpu-latent-128", "gpu-latent-256"]
 
 
 class UNetConfig(StrictModel):
@@ -50,6 +53,53 @@ class UNetConfig(StrictModel):
         return self
 
 
+class AutoencoderConfig(StrictModel):
+    """Stage 1 of the latent family: an ``AutoencoderKL`` trained on random crops of the training images."""
+
+    block_out_channels: list[int] = Field(
+        [64, 128, 256], min_length=2, max_length=5, description="Channels of each level; every level after the "
+        "first halves the size, so 3 levels make latents 4x smaller than the images, 4 levels 8x.")
+    layers_per_block: int = Field(1, ge=1, le=3, description="Residual blocks per level (the decoder has one more).")
+    latent_channels: int = Field(4, ge=1, le=32, description="Channels of the latent image.")
+    norm_num_groups: int = Field(32, ge=1, description="GroupNorm groups; must divide every channel count.")
+    mid_block_attention: bool = Field(
+        False, description="Self-attention in the middle blocks (costly at 32x32 latents and more).")
+    crop_size: int | None = Field(
+        64, ge=16, description="Train on random square crops of this side (the autoencoder is convolutional, so it "
+        "then runs at any size); null = whole images.")
+    batch_size: int = Field(16, ge=1, description="Crops per optimisation step.")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW peak learning rate, with warmup and cosine decay.")
+    warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warmup steps.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value (None = off).")
+    ssim_weight: float = Field(
+        0.5, ge=0, description="Weight of the (1 - SSIM) loss beside L1; it sharpens edges and texture.")
+    kl_weight: float = Field(1e-6, ge=0, description="Weight of the KL term that keeps the latent space smooth.")
+    max_steps: int = Field(4000, ge=1, description="Stop stage 1 after this many optimisation steps.")
+    max_minutes: float | None = Field(20.0, gt=0, description="Stop stage 1 when it has run this long (all runs).")
+    checkpoint_every: int = Field(250, ge=1, description="Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
+    log_every: int = Field(25, ge=1, description="Record the loss every N steps (autoencoder/train_log.csv).")
+    eval_images: int | None = Field(
+        500, ge=1, description="Val images on which reconstruction PSNR/SSIM are measured (null = all).")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoencoderConfig:
+        if any(ch % self.norm_num_groups for ch in self.block_out_channels):
+            raise ValueError("norm_num_groups must divide every entry of block_out_channels")
+        if self.crop_size is not None and self.crop_size % self.downsample:
+            raise ValueError(f"crop_size must be divisible by the downsampling factor {self.downsample}")
+        return self
+
+
+# Stage-1 fields that may change between a run and its resumption.
+AUTOENCODER_RESUMABLE = {"max_steps", "max_minutes", "checkpoint_every", "checkpoints_total_limit", "log_every",
+                         "eval_images"}
+
+
 class NoiseConfig(StrictModel):
     parameterization: Literal["ddpm", "edm"] = Field(
         "ddpm", description="ddpm: a discrete noise schedule (beta_schedule, prediction_type); edm: Karras et al. "
@@ -74,6 +124,9 @@ class TrainConfig(StrictModel):
                                           "mixed_precision": "precision"}
 
     model: UNetConfig = Field(default_factory=UNetConfig, description="UNet architecture.")
+    autoencoder: AutoencoderConfig | None = Field(
+        None, description="Train an autoencoder first and the UNet on its latents (family latent); "
+        "null = the UNet works on pixels (family scratch).")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise schedule.")
     batch_size: int = Field(32, ge=1, description="Images per optimisation step.")
     learning_rate: float = Field(5e-4, gt=0, description="AdamW peak learning rate.")
@@ -126,6 +179,26 @@ class TrainConfig(StrictModel):
         "(on a busy machine one thread can be 10x faster). Fix it for bitwise-reproducible runs.",
     )
 
+    @property
+    def unet_size(self) -> int:
+        """The side of what the UNet sees: the image, or its latent."""
+        ae = self.autoencoder
+        return self.model.image_size // ae.downsample if ae else self.model.image_size
+
+    @model_validator(mode="after")
+    def _fits_the_latents(self) -> TrainConfig:
+        ae = self.autoencoder
+        if ae is None:
+            return self
+        levels = len(self.model.block_out_channels)
+        factor = ae.downsample * 2 ** (levels - 1)
+        if self.model.image_size % factor:
+            raise ValueError(f"image_size {self.model.image_size} must be divisible by {factor} (the autoencoder's "
+                             f"factor {ae.downsample} times one halving per extra UNet level)")
+        if ae.crop_size is not None and ae.crop_size > self.model.image_size:
+            raise ValueError(f"autoencoder.crop_size {ae.crop_size} exceeds image_size {self.model.image_size}")
+        return self
+
     @model_validator(mode="after")
     def _fits_the_parameterization(self) -> TrainConfig:
         if self.noise.parameterization != "edm":
@@ -140,10 +213,11 @@ class TrainConfig(StrictModel):
         return self
 
 
-# Fields that may change between a run and its resumption: budgets and reporting, not what is learned.
+# Fields that may change between a run and its resumption: budgets and reporting, not what is learned. (Stage 1 of
+# the latent family checks its own section, so stage 2 may resume whatever stage 1's budget was.)
 RESUMABLE_FIELDS = {
     "max_steps", "max_minutes", "checkpoint_every", "checkpoints_total_limit", "sample_every", "samples_per_class",
-    "sample_scheduler", "sample_steps", "guidance_scale", "log_every", "device", "threads",
+    "sample_scheduler", "sample_steps", "guidance_scale", "log_every", "device", "threads", "autoencoder",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -165,6 +239,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "attention_levels": [2, 3], "attention_head_dim": 64, "norm_num_groups": 32, "dropout": 0.1},
         "batch_size": 64, "learning_rate": 2e-4, "warmup_steps": 500, "max_steps": 30000, "max_minutes": None,
         "snr_gamma": 5.0, "ema_decay": 0.9999, "checkpoint_every": 2000, "sample_every": 2000,
+    },
+    # 128 px images from a 32x32x4 latent: stage 2 costs what the 32 px cpu-fast model costs (bench/RESULTS.md,
+    # "latent family"). Latents are scaled to unit variance, as Stable Diffusion's are, hence sigma_data 1 and
+    # p_mean log(2) higher: the same noise levels relative to the data as the pixel recipe's (sigma_data 0.5).
+    "cpu-latent-128": {
+        "model": {"image_size": 128, "block_out_channels": [64, 128, 256], "layers_per_block": 1,
+                  "attention_levels": [2], "attention_head_dim": 64},
+        "autoencoder": {"block_out_channels": [64, 128, 256], "max_minutes": 20.0, "max_steps": 6000},
+        "noise": {"parameterization": "edm", "sigma_data": 1.0, "p_mean": -0.5}, "class_balanced": True,
+        "batch_size": 32, "learning_rate": 2e-3, "lr_schedule": "cosine", "max_steps": 20000, "max_minutes": 60.0,
+        "checkpoint_every": 250, "sample_every": 1000, "sample_steps": 15,
+    },
+    # 256 px from a 32x32 latent (8x autoencoder), sized for one GPU.
+    "gpu-latent-256": {
+        "model": {"image_size": 256, "block_out_channels": [128, 256, 512], "layers_per_block": 2,
+                  "attention_levels": [1, 2], "attention_head_dim": 64, "norm_num_groups": 32, "dropout": 0.1},
+        "autoencoder": {"block_out_channels": [64, 128, 256, 256], "latent_channels": 8, "layers_per_block": 2,
+                        "crop_size": 128, "batch_size": 32, "max_steps": 40000, "max_minutes": None,
+                        "learning_rate": 5e-4, "checkpoint_every": 2000},
+        "noise": {"parameterization": "edm", "sigma_data": 1.0, "p_mean": -0.5}, "class_balanced": True,
+        "batch_size": 64, "learning_rate": 3e-4, "lr_schedule": "cosine", "warmup_steps": 500, "max_steps": 60000,
+        "max_minutes": None, "ema_decay": 0.9999, "checkpoint_every": 2000, "sample_every": 5000,
     },
 }
 
@@ -195,8 +291,9 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def build_unet(config: UNetConfig, num_classes: int) -> UNet2DModel:
-    """A class-conditional UNet with ``num_classes`` real classes plus the null class at index ``num_classes``."""
+def build_unet(config: UNetConfig, num_classes: int, channels: int = 3, sample_size: int | None = None) -> UNet2DModel:
+    """A class-conditional UNet with ``num_classes`` real classes plus the null class at index ``num_classes``, on
+    ``channels``-channel inputs of side ``sample_size`` (default: images of ``config.image_size``)."""
     from diffusers import UNet2DModel
 
     levels = len(config.block_out_channels)
@@ -204,9 +301,9 @@ def build_unet(config: UNetConfig, num_classes: int) -> UNet2DModel:
     down = tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(levels))
     up = tuple("AttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(range(levels)))
     return UNet2DModel(
-        sample_size=config.image_size,
-        in_channels=3,
-        out_channels=3,
+        sample_size=sample_size or config.image_size,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=tuple(config.block_out_channels),
         layers_per_block=config.layers_per_block,
         down_block_types=down,
@@ -215,6 +312,19 @@ def build_unet(config: UNetConfig, num_classes: int) -> UNet2DModel:
         norm_num_groups=config.norm_num_groups,
         dropout=config.dropout,
         num_class_embeds=num_classes + 1,
+    )
+
+
+def build_autoencoder(config: AutoencoderConfig, image_size: int) -> AutoencoderKL:
+    """A diffusers ``AutoencoderKL`` (the Stable Diffusion VAE design) at this config's size, random weights."""
+    from diffusers import AutoencoderKL
+
+    levels = len(config.block_out_channels)
+    return AutoencoderKL(
+        block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=config.latent_channels, norm_num_groups=config.norm_num_groups, sample_size=image_size,
+        mid_block_add_attention=config.mid_block_attention,
     )
 
 

@@ -24,6 +24,7 @@ from dermsynth.data.images import ImageReadError, list_images
 from dermsynth.diffusion.families import GeneratorBase
 from dermsynth.diffusion.schedulers import make_scheduler
 from dermsynth.errors import DermsynthError
+from dermsynth.progress import quiet_hf_libraries
 from dermsynth.utils import pick_device, sha256_file
 
 
@@ -144,7 +145,7 @@ class StableDiffusionGenerator(GeneratorBase):
 
     @classmethod
     def from_folder(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> StableDiffusionGenerator:
-        from dermsynth.diffusion.sd_models import load_pipeline, quiet_loading
+        from dermsynth.diffusion.sd_models import load_pipeline
 
         if info["family"] == "stable-diffusion-lora":
             base, config = info["base"], info.get("base_config")
@@ -152,7 +153,7 @@ class StableDiffusionGenerator(GeneratorBase):
                 base = str(folder / base)
             pipe = load_pipeline(base, config=str(folder / config) if config else None,
                                  trust_pickle=info.get("trust_pickle", False))
-            with quiet_loading():
+            with quiet_hf_libraries():
                 pipe.load_lora_weights(str(folder))
         else:
             pipe = load_pipeline(folder)

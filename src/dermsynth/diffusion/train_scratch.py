@@ -1,10 +1,13 @@
-"""The `train` stage: a class-conditional pixel diffusion model trained from scratch on a prepared train split.
+"""The `train` stage: a class-conditional diffusion model trained from scratch on a prepared train split, on
+pixels (family "scratch") or on the latents of an autoencoder trained first (family "latent", two stages).
 
 Output (``out``), in diffusers conventions plus our own record::
 
     unet/                    EMA weights (UNet2DModel.save_pretrained)
     scheduler/               the training noise schedule (DDPMScheduler.save_pretrained)
-    dermsynth_model.json     family "scratch", classes, image size, data summary, config, steps, seconds
+    vae/                     latent family: the autoencoder (AutoencoderKL.save_pretrained, latent scaling set)
+    autoencoder/             latent family: stage 1's checkpoints, log, reconstructions and record (latent.py)
+    dermsynth_model.json     family, classes, image size, data summary, config, steps, seconds
     config.yaml              the resolved training config (reusable with --config)
     train_log.csv            step, loss, learning rate, seconds
     samples/step-*.png       one row of images per class, same seeds in every grid
@@ -15,10 +18,9 @@ Output (``out``), in diffusers conventions plus our own record::
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import math
-import os
-import shutil
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,8 @@ import numpy as np
 import torch
 import yaml
 from diffusers.training_utils import EMAModel
-from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from dermsynth.config import quiet_renames
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.data.images import load_training_square
 from dermsynth.diffusion.checkpoints import (
@@ -38,9 +38,16 @@ from dermsynth.diffusion.checkpoints import (
 )
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.grid import image_grid
-from dermsynth.diffusion.harness import LoopSettings, StepCallback, TrainingHarness
+from dermsynth.diffusion.harness import LoopSettings, StepCallback, TrainingHarness, changed_settings
 from dermsynth.diffusion.objectives import augment, diffusion_loss
-from dermsynth.diffusion.sampling import SCHEDULER_FOLDER, UNET_FOLDER, PixelDiffusionPipeline, use_bf16
+from dermsynth.diffusion.sampling import (
+    SCHEDULER_FOLDER,
+    UNET_FOLDER,
+    VAE_FOLDER,
+    LatentDiffusionPipeline,
+    PixelDiffusionPipeline,
+    use_bf16,
+)
 from dermsynth.diffusion.schedulers import check_scheduler_name
 from dermsynth.diffusion.scratch import (
     RESUMABLE_FIELDS,
@@ -58,6 +65,7 @@ from dermsynth.utils import (
     pick_device,
     read_json,
     relative_path,
+    save_pretrained_atomic,
     sha256_file,
     stable_hash,
     write_json_atomic,
@@ -65,7 +73,7 @@ from dermsynth.utils import (
 )
 from dermsynth.version import versions
 
-FAMILY = "scratch"
+AUTOENCODER_FOLDER = "autoencoder"  # latent.WORK_FOLDER, named here so that pixel runs need not import latent.py
 FINISHED_REMEDY = "choose another --out, or delete that folder to train afresh"
 
 
@@ -80,7 +88,7 @@ class TrainResult:
 
 @dataclass
 class TrainingData:
-    images: torch.Tensor  # uint8 (N, 3, H, W)
+    images: torch.Tensor  # uint8 (N, 3, H, W) pixels, or float (N, C, h, w) scaled latents
     targets: torch.Tensor  # int64 (N,)
     classes: list[str]
     summary: dict[str, Any]
@@ -114,6 +122,7 @@ def train(
                                real_per_class=real_per_class)
     check_scheduler_name(cfg.sample_scheduler)
     dataset = load_prepared(data)
+    _check_prepared_size(dataset, cfg.model.image_size)
     out = Path(out)
     existing = _existing_state(out, resume)
     ensure_writable_dir(out)
@@ -125,7 +134,44 @@ def train(
     if existing == "finished":
         raise DermsynthError(f"{out} holds a model trained with other settings or data; "
                              "pass --resume to continue it, or choose another --out")
-    return ScratchTrainer(cfg, training_data, out, preset, progress, callback).run(resume)
+    autoencoder = None
+    if cfg.autoencoder is not None:
+        training_data, autoencoder = _latent_training_data(cfg, dataset, training_data, out, resume, progress)
+    return ScratchTrainer(cfg, training_data, out, preset, progress, callback, autoencoder).run(resume)
+
+
+def _check_prepared_size(dataset: PreparedDataset, size: int) -> None:
+    """Training on upsampled images would teach the model blur: refuse a model larger than the prepared images."""
+    from PIL import Image
+
+    train_split = dataset.split("train")
+    if train_split.empty:
+        return  # load_training_data names the empty split
+    with contextlib.suppress(OSError), Image.open(dataset.paths(train_split.head(1))[0]) as image:
+        side = min(image.size)
+        if side < size:
+            raise DermsynthError(f"{dataset.root} holds {side} px images but the model makes {size} px ones; "
+                                 f"prepare again with --image-size {size}, or choose a smaller preset or "
+                                 "model.image_size")
+
+
+def _latent_training_data(cfg: TrainConfig, dataset: PreparedDataset, data: TrainingData, out: Path, resume: bool,
+                          progress: bool) -> tuple[TrainingData, Any]:
+    """Stage 1 of the latent family (trained, resumed or found finished), then the training images as its scaled
+    latents."""
+    from dermsynth.diffusion.latent import cached_latents, train_autoencoder
+
+    device = torch.device(pick_device(cfg.device))
+    bf16 = use_bf16(cfg.precision, device)
+
+    def val_images() -> torch.Tensor:
+        val = load_training_data(dataset, cfg.model.image_size, progress=False, split="val")
+        return val.images[:cfg.autoencoder.eval_images]
+
+    sha = data.summary["sha256"]
+    autoencoder = train_autoencoder(cfg, data.images, sha, val_images, out, device, bf16, resume, progress)
+    latents = cached_latents(out, autoencoder, data.images, sha, bf16, progress)
+    return dataclasses.replace(data, images=latents), autoencoder
 
 
 def _existing_state(out: Path, resume: bool) -> str:
@@ -136,26 +182,28 @@ def _existing_state(out: Path, resume: bool) -> str:
     if has_checkpoints and not resume:
         raise DermsynthError(f"{out} holds an unfinished training run; pass --resume to continue it, "
                              "or choose another --out")
-    if out.is_dir() and not resume and any(p.name in (UNET_FOLDER, SCHEDULER_FOLDER) for p in out.iterdir()):
+    if has_checkpoints or resume:
+        return "checkpoints" if has_checkpoints else "empty"
+    if list_checkpoints(out / AUTOENCODER_FOLDER):
+        raise DermsynthError(f"{out} holds an unfinished training run (its autoencoder stage); pass --resume to "
+                             "continue it, or choose another --out")
+    model_files = (UNET_FOLDER, SCHEDULER_FOLDER, VAE_FOLDER, AUTOENCODER_FOLDER)
+    if out.is_dir() and any(p.name in model_files for p in out.iterdir()):
         raise DermsynthError(f"{out} already holds model files; choose another --out")
-    return "checkpoints" if has_checkpoints else "empty"
+    return "empty"
+
+
+# Skipping a finished model needs its budgets equal too: a longer budget is a --resume, not the same model.
+FINISHED_IGNORES = frozenset(RESUMABLE_FIELDS - {"max_steps", "max_minutes", "autoencoder"})
 
 
 def _finished_matches(out: Path, cfg: TrainConfig, data_summary: dict[str, Any]) -> bool:
     info = read_json(out / MODEL_JSON, FINISHED_REMEDY)
     try:
-        with quiet_renames():  # a model of the previous release records the old names
-            saved = TrainConfig.model_validate(info["config"])
-        same_config = _learning_config(saved) == _learning_config(cfg)
-        same_budget = (saved.max_steps, saved.max_minutes) == (cfg.max_steps, cfg.max_minutes)
-        return same_config and same_budget and info["data"]["sha256"] == data_summary["sha256"]
-    except (KeyError, TypeError, ValidationError):  # hand-edited: it cannot be shown to match
+        same_config = not changed_settings(cfg, info["config"], FINISHED_IGNORES)
+        return same_config and info["data"]["sha256"] == data_summary["sha256"]
+    except (KeyError, TypeError, AttributeError):  # hand-edited: it cannot be shown to match
         return False
-
-
-def _learning_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that determine what is learned (a resumed run must keep them)."""
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUMABLE_FIELDS}
 
 
 # --------------------------------------------------------------------------- data
@@ -198,17 +246,25 @@ class ScratchTrainer(TrainingHarness):
     """The UNet, optimiser, EMA and RNG of one run; the harness trains it to the budget and checkpoints it."""
 
     def __init__(self, cfg: TrainConfig, data: TrainingData, out: Path, preset: str = "cpu-fast",
-                 progress: bool = False, callback: StepCallback | None = None):
+                 progress: bool = False, callback: StepCallback | None = None, autoencoder: Any = None):
+        """``autoencoder`` (a finished latent.Autoencoder) makes this stage 2 of the latent family: ``data`` then
+        holds its latents, and a checkpoint belongs to that autoencoder as well as to the data."""
         device = torch.device(pick_device(cfg.device))
         loop = LoopSettings(max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, log_every=cfg.log_every,
                             checkpoint_every=cfg.checkpoint_every, checkpoints_total_limit=cfg.checkpoints_total_limit,
-                            resumable=frozenset(RESUMABLE_FIELDS))
+                            resumable=frozenset(RESUMABLE_FIELDS), task="diffusion" if autoencoder else "train")
         threads = ThreadTuner(cfg.threads if device.type == "cpu" else torch.get_num_threads())
-        super().__init__(out, cfg, threads, loop, data.summary["sha256"], progress, callback)
+        data_sha = data.summary["sha256"]
+        if autoencoder is not None:
+            data_sha = stable_hash([data_sha, autoencoder.sha256])
+            self.data_description = "the prepared training data or the autoencoder"
+        super().__init__(out, cfg, threads, loop, data_sha, progress, callback)
         self.cfg, self.data, self.preset, self.device = cfg, data, preset, device
+        self.autoencoder = autoencoder
         self.bf16 = use_bf16(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        self.unet = build_unet(cfg.model, len(data.classes)).to(self.device).train()
+        self.unet = build_unet(cfg.model, len(data.classes), channels=data.images.shape[1],
+                               sample_size=cfg.unet_size).to(self.device).train()
         self.ema_unet = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.noise_scheduler = build_noise_scheduler(cfg.noise)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=cfg.learning_rate,
@@ -234,16 +290,7 @@ class ScratchTrainer(TrainingHarness):
     # ----- one step
 
     def _lr_factor(self, step: int) -> float:
-        """Linear warmup, then constant or cosine decay. The cosine follows whichever budget ends first, steps or
-        minutes, so a run stopped by max_minutes (the demo) still ends annealed; with a step budget alone it is
-        diffusers' cosine schedule exactly."""
-        warmup = self.cfg.warmup_steps
-        if step < warmup:
-            return step / max(1, warmup)
-        if self.cfg.lr_schedule == "constant":
-            return 1.0
-        progress = max((step - warmup) / max(1, self.cfg.max_steps - warmup), self.budget_used)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+        return self.lr_factor(step, self.cfg.warmup_steps, self.cfg.lr_schedule)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         size = min(self.cfg.batch_size, len(self.images))
@@ -259,18 +306,14 @@ class ScratchTrainer(TrainingHarness):
 
     def train_step(self) -> float:
         images, labels = self._next_batch()
-        clean = augment(images.float() / 127.5 - 1.0, self.generator, self.cfg.flips, self.cfg.transpose)
+        clean = images if images.is_floating_point() else images.float() / 127.5 - 1.0  # latents are already
+        clean = augment(clean, self.generator, self.cfg.flips, self.cfg.transpose)
         drop = torch.rand(labels.shape[0], generator=self.generator, device=self.device) < self.cfg.label_dropout
         labels = torch.where(drop, torch.full_like(labels, len(self.data.classes)), labels)
         loss = diffusion_loss(self.unet, self.noise_scheduler, clean, labels, self.generator, self.cfg, self.bf16)
-        loss.backward()
-        if self.cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        value = self.optimizer_step(loss, self.unet.parameters(), self.cfg.max_grad_norm)
         self.ema.step(self.unet.parameters())
-        return float(loss.detach())
+        return value
 
     def on_step(self, seconds: float) -> None:
         if self.step % self.cfg.sample_every == 0:
@@ -280,7 +323,10 @@ class ScratchTrainer(TrainingHarness):
 
     def pipeline(self) -> PixelDiffusionPipeline:
         self.ema.copy_to(self.ema_unet.parameters())
-        return PixelDiffusionPipeline(self.ema_unet, dict(self.noise_scheduler.config), bf16=self.bf16)
+        scheduler = dict(self.noise_scheduler.config)
+        if self.autoencoder is not None:
+            return LatentDiffusionPipeline(self.ema_unet, scheduler, self.autoencoder.vae, bf16=self.bf16)
+        return PixelDiffusionPipeline(self.ema_unet, scheduler, bf16=self.bf16)
 
     def _save_grid(self, name: str) -> Path:
         cfg = self.cfg
@@ -331,11 +377,11 @@ class ScratchTrainer(TrainingHarness):
     def _save_model(self, seconds: float, stopped_by: str) -> dict[str, Any]:
         pipeline = self.pipeline()
         for folder, component in ((UNET_FOLDER, pipeline.unet), (SCHEDULER_FOLDER, self.noise_scheduler)):
-            _save_pretrained_atomic(component, self.out / folder)
+            save_pretrained_atomic(component, self.out / folder)
         grid = self._save_grid("final.png")
         write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         info = {
-            "family": FAMILY,
+            "family": "latent" if self.autoencoder else "scratch",
             "classes": self.data.classes,
             "null_class": len(self.data.classes),
             "image_size": self.cfg.model.image_size,
@@ -351,16 +397,13 @@ class ScratchTrainer(TrainingHarness):
             "precision": "bf16" if self.bf16 else "no",  # resolved: the config may say auto
             "versions": versions("diffusers", "torch"),
         }
+        if self.autoencoder is not None:
+            record = self.autoencoder.record
+            info["autoencoder"] = {key: record[key] for key in (
+                "steps", "seconds", "stopped_by", "downsample", "latent_shape", "reconstruction", "vae_sha256",
+                "reconstructions_grid")}
         write_json_atomic(self.out / MODEL_JSON, info)
         return info
-
-
-def _save_pretrained_atomic(component: Any, folder: Path) -> None:
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    component.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
 
 
 # --------------------------------------------------------------------------- sample grids

@@ -33,6 +33,7 @@ from transformers import AutoModelForImageClassification, PretrainedConfig, PreT
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.models import CLASSIFIERS, label_maps
 from dermsynth.evaluate.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, load_image, normalize, square_resize
+from dermsynth.progress import quiet_hf_libraries
 from dermsynth.utils import hub_access
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -111,26 +112,12 @@ def _load(source: str, classes: list[str], image_size: int | None) -> Classifier
     return Classifier(net, spec, classes, pretrained=True)
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No 'Writing model shards' bar in the middle of our own progress output."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def save_classifier(classifier: Classifier, folder: str | Path) -> Path:
     """Write ``folder`` (safetensors weights, config, preprocessor config) atomically: complete or absent."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_transformers():
+    with quiet_hf_libraries():
         classifier.model.save_pretrained(tmp)
     spec = classifier.spec
     processor = {

@@ -283,8 +283,27 @@ def scratch_details(run: RunFolder, info: dict[str, Any]) -> Section:
         samples.append(figure(figures.embed_png_file(final), f"Samples of the finished model "
                               f"({info.get('steps', '?')} steps; one row per class, same seeds as above).",
                               "final training samples"))
-    return {"title": "Diffusion model trained from scratch", "facts": table(["", ""], facts),
-            "samples": [s for s in samples if s]}
+    autoencoder = info.get("autoencoder")
+    if autoencoder:
+        facts += _autoencoder_facts(autoencoder)
+        grid = run.path("model", autoencoder.get("reconstructions_grid", "autoencoder/reconstructions.png"))
+        samples.insert(0, figure(figures.embed_png_file(grid) if grid.is_file() else None,
+                                 "Stage 1: real val images (top) and the autoencoder's reconstructions (bottom).",
+                                 "autoencoder reconstructions"))
+    title = "Latent diffusion model trained from scratch" if autoencoder else "Diffusion model trained from scratch"
+    return {"title": title, "facts": table(["", ""], facts), "samples": [s for s in samples if s]}
+
+
+def _autoencoder_facts(autoencoder: dict[str, Any]) -> list[tuple[str, Any]]:
+    scores = autoencoder.get("reconstruction") or {}
+    shape = "x".join(str(n) for n in autoencoder.get("latent_shape", []))
+    return [
+        ("autoencoder", f"{autoencoder.get('downsample', '?')}x smaller latents ({shape}), "
+                        f"{autoencoder.get('steps', '?')} steps, {fmt(autoencoder.get('seconds'), 0)} s"),
+        ("reconstruction (val)", f"PSNR {fmt(scores.get('psnr'), 2)} dB, SSIM {fmt(scores.get('ssim'), 3)} on "
+                                 f"{scores.get('images', '?')} images; bicubic down-and-up by the same factor: PSNR "
+                                 f"{fmt(scores.get('bicubic_psnr'), 2)} dB, SSIM {fmt(scores.get('bicubic_ssim'), 3)}"),
+    ]
 
 
 METHODS = {"dreambooth": "DreamBooth", "lora": "DreamBooth with LoRA", "captions": "caption fine-tuning"}
