@@ -374,7 +374,8 @@ def validate(
     synthetic: Annotated[list[Path] | None, typer.Option(
         "--synthetic", help="Synthetic folder of class sub-folders; repeat for several.")] = None,
     regimes: Annotated[str | None, typer.Option(
-        help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic (default: real,hybrid:0.5,synthetic).")
+        help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic; the augmentation controls "
+             "augment:<fraction> and augment-add:<n> (default: real,hybrid:0.5,synthetic).")
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds per regime (default: 3).")] = None,
     model: Annotated[str | None, typer.Option(help=f"{classifiers_help()} (default: cnn).")] = None,

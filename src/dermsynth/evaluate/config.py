@@ -46,7 +46,8 @@ class ValidateConfig(StrictModel):
                     "size); each regime using synthetic images runs once per folder.")
     regimes: list[str] = Field(
         ["real", "hybrid:0.5", "synthetic"],
-        description="real, hybrid:<fraction> (synthetic share at equal size), add:<n>, synthetic (= hybrid:1).")
+        description="real, hybrid:<fraction> (synthetic share at equal size), add:<n>, synthetic (= hybrid:1); "
+        "the controls augment:<fraction> and augment-add:<n> (augmented copies of the same real images).")
     seeds: int = Field(3, ge=1, le=100, description="Seeds per regime: first_seed, first_seed + 1, ...")
     first_seed: int = Field(0, ge=0, description="First seed (model init, data order, augmentation, mixing).")
     model: str = Field("cnn", description=f"{classifiers_help()}.")

@@ -34,6 +34,8 @@ import pandas as pd
 from dermsynth.config import validate_config
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.augment import RECIPE as AUGMENT_RECIPE
+from dermsynth.evaluate.augment import copy_seed, strong_augment
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.evaluate.datasets import (
     ImageBank,
@@ -44,7 +46,7 @@ from dermsynth.evaluate.datasets import (
 )
 from dermsynth.evaluate.metrics import METRICS, youden_threshold
 from dermsynth.evaluate.models import is_pretrained
-from dermsynth.evaluate.regimes import Regime, compose, parse_regime
+from dermsynth.evaluate.regimes import Regime, augmentation_control, augmented_pool, compose, parse_regime
 from dermsynth.evaluate.runs import READ_ERRORS, read_predictions, read_run
 from dermsynth.evaluate.stats import RunPredictions, compare, image_intervals, summarize
 from dermsynth.progress import console, make_progress
@@ -147,6 +149,7 @@ def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResu
         "config": config.model_dump(mode="json"), "device": device, "image_size": spec.size,
         "classes": data.classes, "counts": _counts(data), "fingerprints": data.fingerprints,
         "unreadable_synthetic": sorted(data.bank.failed), "ran": ran, "skipped": skipped,
+        "augment_recipe": AUGMENT_RECIPE.as_dict() if any(p.regime.uses_augmented for p in plans) else None,
         "seconds_this_call": round(time.monotonic() - started, 1)}))
     return ValidateResult(root, summary, comparisons, ran, skipped)
 
@@ -219,19 +222,33 @@ def plan_runs(config: ValidateConfig, data: Data, root: Path) -> list[RunPlan]:
             folder_name = regime.slug + (f"@{source}" if source and len(data.pools) > 1 else "")
             for seed in range(config.first_seed, config.first_seed + config.seeds):
                 real = _real_train(config, data, seed)
-                train = compose(regime, real, data.pools.get(source) if source else None, data.classes, seed,
-                                config.class_mix)
+                pool = data.pools.get(source) if source else None
+                if regime.uses_augmented:
+                    pool = augmented_pool(regime, real, data.classes, seed, config.class_mix)
+                train = compose(regime, real, pool, data.classes, seed, config.class_mix)
                 check_no_leak({"train": train, "val": data.val, "test": data.test})
                 key = {"config": base, "regime": regime.name, "seed": seed, "real": data.fingerprints["real"],
                        "source": data.fingerprints.get(source) if source else None}
+                if regime.uses_augmented:
+                    key["augment"] = AUGMENT_RECIPE.as_dict()
                 plans.append(RunPlan(regime, source, seed, root / folder_name / str(seed), train, stable_hash(key)))
     return plans
 
 
 def _load_training_images(data: Data, plans: list[RunPlan], progress: bool) -> None:
-    real = pd.concat([p.train[~p.train["synthetic"]] for p in plans]).drop_duplicates("path")
-    data.bank.load(real["path"].tolist(), "loading train", progress)
-    data.bank.require(real, "real training images")
+    """The real training images of every run, and the augmented copies the augmentation controls draw."""
+    frames = [p.train for p in plans]
+    real = pd.concat([f[~f["synthetic"]] for f in frames]).drop_duplicates("path")
+    augmented = pd.concat([f[f["path"].str.startswith("augment:")] for f in frames]).drop_duplicates("path")
+    sources = pd.DataFrame({"path": augmented.get("source_path", pd.Series(dtype=str))})
+    needed = pd.concat([real[["path"]], sources]).drop_duplicates("path")
+    data.bank.load(needed["path"].tolist(), "loading train", progress)
+    data.bank.require(needed, "real training images")
+    for row in augmented.itertuples():
+        _, seed, image_id = row.path.split(":", 2)
+        image_id, copy = image_id.rsplit(":", 1)
+        data.bank.arrays[row.path] = strong_augment(data.bank.arrays[row.source_path],
+                                                    copy_seed(int(seed), image_id, int(copy)))
 
 
 def _write_truth(data: Data, root: Path) -> None:
@@ -296,6 +313,7 @@ def execute_run(plan: RunPlan, config: ValidateConfig, data: Data, device: str, 
         "threshold": threshold, "threshold_rule": "Youden J on the validation split" if threshold is not None else None,
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "train_images": len(train), "train_synthetic": int(train.synthetic.sum()),
+        "made_by": "augmentation" if plan.regime.uses_augmented else "generator" if plan.source else None,
         "train_by_class": {name: int((train.targets == t).sum()) for t, name in enumerate(data.classes)},
         "seconds": round(result.seconds, 1), "train_images_per_second": round(result.images_per_second, 1),
         "settings": vars(settings),
@@ -379,6 +397,10 @@ def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root
         if regime != "real" and baseline:
             for row in compare(runs, baseline, config.bootstrap, config.confidence):
                 comparisons.append({"regime": regime, "source": source or "", "baseline": "real", **row})
+        control = augmentation_control(parse_regime(regime))  # diffusion images vs cheap augmentation
+        for row in compare(runs, [run for _, run in groups.get((control, None), [])], config.bootstrap,
+                           config.confidence):
+            comparisons.append({"regime": regime, "source": source or "", "baseline": control, **row})
     summary, comparison_frame = pd.DataFrame(rows), pd.DataFrame(comparisons)
     write_csv_atomic(root / "summary.csv", summary)
     write_csv_atomic(root / "comparisons.csv", comparison_frame.drop(columns="per_seed_diff", errors="ignore"))
@@ -408,15 +430,17 @@ def summary_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame, confidenc
         lines.append(f"| {name} | {row['seeds']} | {row['train_images']} ({row['train_synthetic']}) | "
                      + " | ".join(cells) + " |")
     if not comparisons.empty:
-        lines += ["", f"Paired difference regime - real, x 100 (percentage points): {level} CI from the two-level "
+        lines += ["", f"Paired difference regime - baseline (real-only, or the augmentation control with as many "
+                  f"made images), x 100 (percentage points): {level} CI from the two-level "
                   "bootstrap, and the t-interval over seeds alone (with few seeds the bootstrap understates the seed "
                   "variance; trust the wider of the two).", "",
-                  "| regime | metric | difference [bootstrap CI] | t-interval over seeds | p_boot | seeds better |",
-                  "|---|---|---|---|---|---|"]
+                  "| regime | baseline | metric | difference [bootstrap CI] | t-interval over seeds | p_boot "
+                  "| seeds better |", "|---|---|---|---|---|---|---|"]
         for row in comparisons[comparisons["metric"].isin(TABLE_METRICS)].to_dict("records"):
             name = row["regime"] + (f" @{row['source']}" if row["source"] else "")
             seed_ci = "n/a" if math.isnan(row["seed_ci_lo"]) else \
                 f"[{row['seed_ci_lo'] * 100:.1f}, {row['seed_ci_hi'] * 100:.1f}]"
-            lines.append(f"| {name} | {row['metric']} | {_fmt(row['diff'], row['ci_lo'], row['ci_hi'], 100)} | "
+            lines.append(f"| {name} | {row['baseline']} | {row['metric']} | "
+                         f"{_fmt(row['diff'], row['ci_lo'], row['ci_hi'], 100)} | "
                          f"{seed_ci} | {row['p_boot']:.3f} | {row['seeds_better']}/{row['seeds']} |")
     return "\n".join(lines) + "\n"

@@ -26,23 +26,30 @@ class Verdict:
 
 
 def verdict(regime: str, metric: str, diff: float | None, lo: float | None, hi: float | None,
-            confidence: float = 0.95, seeds: int | None = None) -> Verdict:
-    """A plain-language reading of the paired difference ``regime - real`` that never outruns its interval."""
+            confidence: float = 0.95, seeds: int | None = None, baseline: str = "real") -> Verdict:
+    """A plain-language reading of the paired difference ``regime - baseline`` that never outruns its interval
+    (``baseline`` is real-only, or the augmentation control a synthetic regime is judged against)."""
     name, level = METRIC_NAMES.get(metric, metric), f"{confidence * 100:.0f} %"
+    against = "real-only" if baseline == "real" else f"the augmentation control {baseline}"
+    made = "the augmented copies" if regime.startswith("augment") else "the synthetic images"
     if not (finite(diff) and finite(lo) and finite(hi)):
-        return Verdict("undefined", f"{regime} − real, {name}: no confidence interval could be computed "
+        return Verdict("undefined", f"{regime} − {baseline}, {name}: no confidence interval could be computed "
                                     "(for example a single-class test split), so no conclusion is drawn.")
-    numbers = f"{regime} − real, {name}: {diff * 100:+.1f} points, {level} CI [{lo * 100:+.1f}, {hi * 100:+.1f}]."
+    numbers = (f"{regime} − {baseline}, {name}: {diff * 100:+.1f} points, {level} CI "
+               f"[{lo * 100:+.1f}, {hi * 100:+.1f}].")
     caveat = (f" Only {seeds} seed{'s' if seeds != 1 else ''}: the interval says little about training randomness."
               if seeds is not None and seeds < 3 else "")
     if lo > 0:
         return Verdict("higher", f"{numbers} The {level} CI of the difference lies above 0: training on {regime} "
-                                 f"gave a higher {name} than real-only on this test set.{caveat}")
+                                 f"gave a higher {name} than {against} on this test set.{caveat}")
     if hi < 0:
         return Verdict("lower", f"{numbers} The {level} CI of the difference lies below 0: training on {regime} "
-                                f"gave a lower {name} than real-only on this test set.{caveat}")
-    return Verdict("inconclusive", f"{numbers} The {level} CI of the difference includes 0: no evidence that the "
-                                   f"synthetic images help at this scale (nor that they hurt).{caveat}")
+                                f"gave a lower {name} than {against} on this test set.{caveat}")
+    if baseline == "real":
+        claim = f"no evidence that {made} help at this scale (nor that they hurt)"
+    else:
+        claim = f"no evidence that {made} beat cheap augmentation of the same real images (nor that they do worse)"
+    return Verdict("inconclusive", f"{numbers} The {level} CI of the difference includes 0: {claim}.{caveat}")
 
 
 def majority(counts: dict[str, int]) -> str:
@@ -81,19 +88,20 @@ def paired_differences(summary: dict[str, Any], n_classes: int = 2
     for row in comparisons:
         if row["metric"] not in TABLE_METRICS:
             continue
-        name = _label(row, many)
+        name, baseline = _label(row, many), row.get("baseline") or "real"
         reading = verdict(name, row["metric"], row.get("diff"), row.get("ci_lo"), row.get("ci_hi"), confidence,
-                          row.get("seeds"))
+                          row.get("seeds"), baseline)
         short = {"higher": "higher (CI above 0)", "lower": "lower (CI below 0)",
                  "inconclusive": "CI includes 0", "undefined": "no interval"}[reading.kind]
-        body.append([f"{name} − real", METRIC_NAMES[row["metric"]],
+        body.append([f"{name} − {baseline}", METRIC_NAMES[row["metric"]],
                      interval(row.get("diff"), row.get("ci_lo"), row.get("ci_hi"), signed=True),
                      fmt(row.get("p_boot"), 2), f"{row.get('seeds_better', '?')}/{row.get('seeds', '?')}", short])
         if row["metric"] in VERDICT_METRICS:
             pair = ((name, regimes.get((row["regime"], row.get("source") or ""), {})),
-                    ("real", regimes.get(("real", ""), {})))
+                    (baseline, regimes.get((baseline, ""), {})))
             text = reading.text + chance_caution(row["metric"], pair, n_classes)
-            verdicts.append({"regime": name, "metric": row["metric"], "kind": reading.kind, "text": text})
+            verdicts.append({"regime": name, "metric": row["metric"], "kind": reading.kind, "text": text,
+                             "baseline": baseline})
     header = ["comparison", "metric", f"difference, points [{confidence * 100:.0f} % CI]", "p (bootstrap)",
               "seeds better", "reading"]
     return table(header, body), verdicts
@@ -127,6 +135,7 @@ def _contains(lo: Any, hi: Any, value: float) -> bool:
 def headline(verdicts: list[dict[str, str]]) -> list[dict[str, str]]:
     """The reference study's question, answered first: the 50/50 hybrid (else the first mixed regime, else any)
     against real-only, on accuracy (the study's metric), then on AUROC."""
+    verdicts = [v for v in verdicts if v.get("baseline", "real") == "real"]
     regimes = list(dict.fromkeys(v["regime"] for v in verdicts))
     preferred = ([r for r in regimes if r.startswith("hybrid:0.5")] or [r for r in regimes if r != "synthetic"]
                  or regimes)
