@@ -132,7 +132,7 @@ def compose(regime: Regime, real: pd.DataFrame, pool: pd.DataFrame | None, class
     wanted = synthetic_counts(regime, real_counts, class_mix)
     if sum(wanted) and pool is None:
         raise DermsynthError(f"regime {regime.name} needs a synthetic folder (--synthetic)")
-    made = "augmented" if regime.uses_augmented else "synthetic"
+    made, have = ("augmented", "there are") if regime.uses_augmented else ("synthetic", "the synthetic folder has")
     rng = np.random.default_rng(seed)
     parts = []
     for c, name in enumerate(classes):
@@ -146,7 +146,7 @@ def compose(regime: Regime, real: pd.DataFrame, pool: pd.DataFrame | None, class
         pool_order = rng.permutation(len(pool_c))
         if wanted[c] > len(pool_c):
             raise DermsynthError(f"regime {regime.name} needs {wanted[c]} {made} {name!r} images, "
-                                 f"but there are {len(pool_c)}")
+                                 f"but {have} {len(pool_c)}")
         parts.append(pool_c.iloc[np.sort(pool_order[: wanted[c]])])
     return pd.concat(parts).reset_index(drop=True)
 
