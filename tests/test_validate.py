@@ -33,8 +33,11 @@ CLASSES = ["benign", "malignant"]
 
 @pytest.fixture(scope="module")
 def prep(tmp_path_factory) -> Path:
+    return make_prep(tmp_path_factory.mktemp("ham-val"))
+
+
+def make_prep(base: Path) -> Path:
     """A prepared HAM10000-style set at 16 px: 64 images of 32 lesions, half malignant, split by lesion."""
-    base = tmp_path_factory.mktemp("ham-val")
     root = base / "ham"
     rows = []
     for i in range(64):

@@ -63,6 +63,9 @@ class ValidateConfig(StrictModel):
         "proportional", description="add:<n>: split n by the real class sizes, or fill the smallest classes first.")
     train: ClassifierTrainConfig = Field(default_factory=ClassifierTrainConfig)
     bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the confidence intervals.")
+    subgroup_min_images: int = Field(
+        30, ge=1, description="Smallest subgroup of test images given metrics (smaller ones: 'too small').")
+    subgroup_min_per_class: int = Field(10, ge=1, description="Smallest count of each class in a reported subgroup.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
     save_checkpoint: bool = Field(False, description="Save each run's selected classifier under <run>/checkpoint/.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")

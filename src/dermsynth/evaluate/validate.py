@@ -49,6 +49,7 @@ from dermsynth.evaluate.models import is_pretrained
 from dermsynth.evaluate.regimes import Regime, augmentation_control, augmented_pool, compose, parse_regime
 from dermsynth.evaluate.runs import READ_ERRORS, read_predictions, read_run
 from dermsynth.evaluate.stats import RunPredictions, compare, image_intervals, summarize
+from dermsynth.evaluate.subgroups import GroupRule, gap_rows, subgroup_labels, subgroup_rows
 from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
     ensure_writable_dir,
@@ -63,7 +64,7 @@ from dermsynth.utils import (
 
 # Settings that do not change a run's result (or are handled per run) stay out of its settings hash.
 NOT_IN_RUN_HASH = {"synthetic", "regimes", "seeds", "first_seed", "bootstrap", "confidence", "save_checkpoint",
-                   "device", "threads"}
+                   "device", "threads", "subgroup_min_images", "subgroup_min_per_class"}
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "pauc_sens80", "sensitivity", "specificity", "f1")
 
 
@@ -78,6 +79,7 @@ class Data:
     test: pd.DataFrame
     pools: dict[str, pd.DataFrame]
     fingerprints: dict[str, str]
+    test_groups: dict[str, pd.Series]  # per attribute, each test image's subgroup (subgroups.py)
 
 
 @dataclass
@@ -188,7 +190,8 @@ def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, prog
     fingerprints = {"real": sha256_file(Path(config.real) / "metadata.csv")[:16]}
     for name, pool in pools.items():
         fingerprints[name] = stable_hash([(p, Path(p).stat().st_size) for p in pool["path"]])
-    return Data(classes, bank, frames["train"], frames["val"], frames["test"], pools, fingerprints)
+    return Data(classes, bank, frames["train"], frames["val"], frames["test"], pools, fingerprints,
+                subgroup_labels(prepared.split("test")))
 
 
 def _source_names(folders: list[Path]) -> dict[str, Path]:
@@ -402,12 +405,47 @@ def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root
                            config.confidence):
             comparisons.append({"regime": regime, "source": source or "", "baseline": control, **row})
     summary, comparison_frame = pd.DataFrame(rows), pd.DataFrame(comparisons)
+    subgroups, gaps = _subgroups(config, data, groups)
     write_csv_atomic(root / "summary.csv", summary)
     write_csv_atomic(root / "comparisons.csv", comparison_frame.drop(columns="per_seed_diff", errors="ignore"))
+    write_csv_atomic(root / "subgroups.csv", pd.DataFrame(subgroups))
+    write_csv_atomic(root / "subgroup_gaps.csv", pd.DataFrame(gaps))
     write_json_atomic(root / "summary.json", _clean({"regimes": rows, "comparisons": comparisons,
+                                                     "subgroups": subgroups, "subgroup_gaps": gaps,
                                                      "confidence": config.confidence, "bootstrap": config.bootstrap}))
-    write_text_atomic(root / "summary.md", summary_markdown(summary, comparison_frame, config.confidence))
+    write_text_atomic(root / "summary.md", summary_markdown(summary, comparison_frame, config.confidence)
+                      + subgroup_markdown(gaps, subgroups))
     return summary, comparison_frame
+
+
+def _subgroups(config: ValidateConfig, data: Data, groups: dict) -> tuple[list[dict], list[dict]]:
+    """Per-subgroup metrics of every regime, and the worst-group gaps with their change from real-only."""
+    rule = GroupRule(config.subgroup_min_images, config.subgroup_min_per_class)
+    runs = {(regime, source or ""): [run for _, run in members] for (regime, source), members in groups.items()}
+    rows = [row for (regime, source), members in runs.items()
+            for row in subgroup_rows(regime, source, members, data.test_groups, data.classes, rule,
+                                     config.bootstrap, config.confidence)]
+    return rows, gap_rows(runs, data.test_groups, rows, config.confidence)
+
+
+def subgroup_markdown(gaps: list[dict], rows: list[dict]) -> str:
+    """The worst-group table: per regime and attribute, the worst and best group's AUROC and the gap."""
+    if not rows:
+        return ""
+    small = sorted({f"{r['attribute']}={r['group']} ({r['images']})" for r in rows if r["status"] != "ok"})
+    lines = ["", "Subgroups of the test split, AUROC x 100 (mean over seeds); the gap change is this regime's "
+             "best-worst gap minus real-only's, mean over seeds [t-interval over seeds].", "",
+             "| regime | attribute | worst group | best group | gap | gap change | reading |",
+             "|---|---|---|---|---|---|---|"]
+    for g in gaps:
+        name = g["regime"] + (f" @{g['source']}" if g["source"] else "")
+        change = "" if "gap_change" not in g else _fmt(g["gap_change"], g["gap_change_seed_ci_lo"],
+                                                         g["gap_change_seed_ci_hi"], 100)
+        lines.append(f"| {name} | {g['attribute']} | {g['worst_group']} {g['worst'] * 100:.1f} | {g['best_group']} "
+                     f"{g['best'] * 100:.1f} | {g['gap'] * 100:.1f} | {change} | {g.get('reading', '')} |")
+    if small:
+        lines += ["", "Too small to report (test images): " + ", ".join(small) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(mean: float, lo: float, hi: float, scale: float) -> str:

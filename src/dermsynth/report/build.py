@@ -25,7 +25,15 @@ from dermsynth.errors import DermsynthError
 from dermsynth.layout import RUN_FOLDERS
 from dermsynth.report import figures
 from dermsynth.report.format import finite, fmt, pct, table
-from dermsynth.report.results import REFERENCE_STUDY, headline, majority, paired_differences, results_table
+from dermsynth.report.results import (
+    REFERENCE_STUDY,
+    headline,
+    majority,
+    paired_differences,
+    results_table,
+    subgroup_table,
+    too_small_groups,
+)
 from dermsynth.utils import read_marker, write_text_atomic
 
 Section = dict[str, Any]
@@ -491,6 +499,8 @@ def validation_section(run: RunFolder) -> Section | None:
         "differences": diff_table,
         "verdicts": verdicts,
         "headline": headline(verdicts),
+        "subgroups": subgroup_table(summary) if summary else None,
+        "too_small": too_small_groups(summary) if summary else "",
         "curves": _curves_figure(runs),
         "reference": REFERENCE_STUDY,
         "unfinished": summary is None,

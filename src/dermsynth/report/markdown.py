@@ -47,6 +47,11 @@ def _validation(section: dict[str, Any] | None) -> list[str]:
                   "", *md_table(section["differences"])]
     lines += [f"**Verdict.** {v['text']}\n" for v in section["headline"]]
     lines += [f"- {v['text']}" for v in section["verdicts"] if v not in section["headline"]]
+    if section.get("subgroups"):
+        lines += ["", "Subgroups of the test split (AUROC; groups below the minimum size get no number):", "",
+                  *md_table(section["subgroups"])]
+        if section.get("too_small"):
+            lines += [f"Too small to report: {section['too_small']}.", ""]
     return [*lines, "", section["reference"], ""]
 
 

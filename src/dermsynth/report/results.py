@@ -143,3 +143,27 @@ def headline(verdicts: list[dict[str, str]]) -> list[dict[str, str]]:
         return []
     chosen = [v for v in verdicts if v["regime"] == preferred[0]]
     return sorted(chosen, key=lambda v: v["metric"] != "accuracy")
+
+
+def subgroup_table(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Worst group, best group and gap in AUROC per regime and attribute, with the gap's change from real-only."""
+    gaps = summary.get("subgroup_gaps") or []
+    if not gaps:
+        return None
+    confidence = float(summary.get("confidence", 0.95))
+    body = []
+    for g in gaps:
+        change = (interval(g.get("gap_change"), g.get("gap_change_seed_ci_lo"), g.get("gap_change_seed_ci_hi"),
+                           signed=True) if "gap_change" in g else "")
+        body.append([g["regime"] + (f" @{g['source']}" if g.get("source") else ""), g["attribute"],
+                     f"{g['worst_group']}: {fmt(g['worst'], 1, 100)}", f"{g['best_group']}: {fmt(g['best'], 1, 100)}",
+                     fmt(g["gap"], 1, 100), change, g.get("reading", "")])
+    header = ["regime", "attribute", "worst group (AUROC %)", "best group", "gap, points",
+              f"gap − real's gap [{confidence * 100:.0f} % t-interval over seeds]", "reading"]
+    return table(header, body)
+
+
+def too_small_groups(summary: dict[str, Any]) -> str:
+    small = sorted({f"{r['attribute']} = {r['group']} ({r['images']} images)"
+                    for r in summary.get("subgroups") or [] if r.get("status") != "ok"})
+    return ", ".join(small)
