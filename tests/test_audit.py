@@ -134,7 +134,8 @@ def test_audit_end_to_end_flags_injected_copies(sample_prep, tmp_path, cli):
     synthetic = tmp_path / "syn"
     copied = _synthetic_folder(synthetic, sample_prep)
     config = tmp_path / "audit.yaml"
-    config.write_text("classifier_epochs: 2\npositive_controls: 20\nkid_subsets: 5\n")
+    config.write_text("classifier_epochs: 2\npositive_controls: 20\nkid_subsets: 5\n"
+                      "synthetic_preprocess: false\n")  # copies of prepared images, as a generator writes
     code, stdout, stderr = cli("audit", "--real", sample_prep.root, "--synthetic", synthetic, "--out", tmp_path / "a",
                                "--config", config, "--quiet")
     assert code == 0, stderr
@@ -166,7 +167,8 @@ def test_audit_says_how_a_darkened_folder_differs(sample_prep, tmp_path):
         image = load_rgb(sample_prep.root / row.path).astype(np.float32) * 0.7
         Image.fromarray(image.astype(np.uint8)).save(synthetic / row.label / f"{row.image_id}.png")
     report = audit(sample_prep.root, tmp_path / "syn", tmp_path / "a", AuditConfig(
-        classifier_epochs=1, positive_controls=0, kid_subsets=2, c2st_epochs=6), progress=False)
+        classifier_epochs=1, positive_controls=0, kid_subsets=2, c2st_epochs=6, synthetic_preprocess=False),
+        progress=False)
     benign = report["domain_gap"]["per_class"]["benign"]
     assert benign["rows"][0]["statistic"].endswith("L_mean")
     assert "L*" in benign["summary"]
@@ -182,7 +184,7 @@ def test_audit_partial_inputs_are_marked_not_fatal(sample_prep, tmp_path):
     image = load_rgb(sample_prep.root / row.path)
     Image.fromarray(image).resize((80, 80)).save(synthetic / "one.png")  # another size than the real 64 px
     report = audit(sample_prep.root, tmp_path / "syn", tmp_path / "a", AuditConfig(
-        classifier_epochs=1, positive_controls=0, kid_subsets=2), progress=False)
+        classifier_epochs=1, positive_controls=0, kid_subsets=2, synthetic_preprocess=False), progress=False)
     assert report["partial"] is True
     assert math.isnan(report["fidelity"]["overall"]["synthetic_vs_train"]["fid"])
     assert report["fidelity"]["per_class"]["malignant"] is None
@@ -237,7 +239,8 @@ def test_fidelity_of_a_smaller_generator_is_judged_at_its_own_resolution(sample_
         (synthetic / row.label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(load_rgb(sample_prep.root / row.path)).resize((32, 32), Image.Resampling.BICUBIC).save(
             synthetic / row.label / f"{row.image_id}.png")
-    settings = {"classifier_epochs": 3, "positive_controls": 0, "kid_subsets": 5, "c2st": False, "domain_gap": False}
+    settings = {"classifier_epochs": 3, "positive_controls": 0, "kid_subsets": 5, "c2st": False, "domain_gap": False,
+                "synthetic_preprocess": False}  # prepared images stand in for a generator's output
     matched = audit(sample_prep.root, synthetic, tmp_path / "m", AuditConfig(**settings), progress=False)["fidelity"]
     assert matched["resolution"] == 32 and matched["at_audit_size"]["resolution"] == 64
     assert matched["overall"]["fid_ratio"] < 1.6
@@ -258,7 +261,8 @@ def test_overall_fidelity_compares_sets_in_the_same_class_mix(sample_prep, tmp_p
     for row in held_out.groupby("label").head(per_class).itertuples():
         (synthetic / row.label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(load_rgb(sample_prep.root / row.path)).save(synthetic / row.label / f"{row.image_id}.png")
-    settings = {"classifier_epochs": 3, "positive_controls": 0, "kid_subsets": 5, "c2st": False, "domain_gap": False}
+    settings = {"classifier_epochs": 3, "positive_controls": 0, "kid_subsets": 5, "c2st": False, "domain_gap": False,
+                "synthetic_preprocess": False}  # prepared images stand in for a generator's output
     overall = audit(sample_prep.root, synthetic, tmp_path / "a", AuditConfig(**settings), progress=False)[
         "fidelity"]["overall"]
     assert overall["synthetic_vs_train"]["n_fake"] == overall["real_test_vs_train"]["n_fake"]

@@ -78,3 +78,14 @@ def test_validate_writes_subgroup_tables(tmp_path):
     html, markdown = build_report(tmp_path / "v")
     assert "worst group (AUROC %)" in html.read_text() and "worst group (AUROC %)" in markdown.read_text()
 
+
+
+def test_a_subgroup_field_that_does_not_exist_is_a_one_line_error():
+    import pytest
+
+    from dermsynth.errors import DermsynthError
+
+    test = pd.DataFrame({"sex": ["male", "female"], "age_approx": [40, 60]})
+    assert set(subgroup_labels(test, ["sex", "age_band"])) == {"sex", "age_band"}
+    with pytest.raises(DermsynthError, match="no field 'skin_type' in the metadata of the test split"):
+        subgroup_labels(test, ["sex", "skin_type"])

@@ -66,9 +66,13 @@ def test_synthetic_regimes_are_compared_with_their_augmentation_control(prep, sy
     result = validate(config(prep, syn, regimes=regimes, seeds=2), tmp_path / "v", progress=False)
     root = tmp_path / "v" / "validation"
     assert len(result.ran) == 8
-    copies = pd.read_csv(root / "augment-0.5" / "0" / "train_images.csv")
+    copies = pd.read_csv(root / "augment-0.5" / "0" / "train_images.csv", dtype={"image_id": str})
     n_real = len(pd.read_csv(root / "real" / "0" / "train_images.csv"))
     assert len(copies) == n_real and copies["image_id"].str.startswith("aug:").sum() == round(n_real / 2)
+    # Every copy is made from a training image of that run: none from val or test.
+    train_ids = set(pd.read_csv(root / "real" / "0" / "train_images.csv", dtype=str)["image_id"])
+    made_from = copies.loc[copies["image_id"].str.startswith("aug:"), "image_id"].str.split(":").str[1]
+    assert set(made_from) <= train_ids
     metrics = json.loads((root / "augment-add-20" / "1" / "metrics.json").read_text())
     assert metrics["made_by"] == "augmentation" and metrics["train_synthetic"] == 20
     comparisons = pd.read_csv(root / "comparisons.csv")

@@ -308,6 +308,9 @@ def audit(
     ] = None,
     image_size: Annotated[int | None, typer.Option(help="Compare images at this size (default: 64).")] = None,
     max_images: Annotated[int | None, typer.Option(help="Cap per image set (default: 5000).")] = None,
+    synthetic_preprocess: Annotated[bool | None, typer.Option(
+        "--synthetic-preprocess/--no-synthetic-preprocess", help="Give a synthetic folder not made by dermsynth the "
+        "real images' preprocessing first (default: on; cached).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -318,7 +321,8 @@ def audit(
 
     data = read_yaml(config) if config else {}
     _merge(data, {k: v for k, v in {"features": features, "image_size": image_size, "max_images": max_images,
-                                     "device": device}.items() if v is not None})
+                                     "synthetic_preprocess": synthetic_preprocess, "device": device}.items()
+                  if v is not None})
     cfg = validate_config(AuditConfig, data, source=str(config) if config else "options")
     report = run_audit(real, synthetic, out, cfg, progress=not quiet)
     fid = report["fidelity"]["overall"]
@@ -373,6 +377,12 @@ def validate(
         "--real", help="Prepared dataset (real train/val/test splits); or `real:` in --config.")] = None,
     synthetic: Annotated[list[Path] | None, typer.Option(
         "--synthetic", help="Synthetic folder of class sub-folders; repeat for several.")] = None,
+    synthetic_preprocess: Annotated[bool | None, typer.Option(
+        "--synthetic-preprocess/--no-synthetic-preprocess", help="Give synthetic folders not made by dermsynth the "
+        "real images' preprocessing first (default: on; cached).")] = None,
+    test: Annotated[list[Path] | None, typer.Option(
+        "--test", help="External test set: a prepared dataset from another source, all of it tested on (after "
+        "removing content duplicates of training images); repeat for several.")] = None,
     regimes: Annotated[str | None, typer.Option(
         help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic; the augmentation controls "
              "augment:<fraction> and augment-add:<n> (default: real,hybrid:0.5,synthetic).")
@@ -402,7 +412,8 @@ def validate(
 
     overrides: dict[str, Any] = {}
     for key, value in {
-        "real": real, "synthetic": synthetic or None, "seeds": seeds, "model": model,
+        "real": real, "synthetic": synthetic or None, "test": test or None, "seeds": seeds, "model": model,
+        "synthetic_preprocess": synthetic_preprocess,
         "regimes": [r.strip() for r in regimes.split(",") if r.strip()] if regimes is not None else None,
         "real_per_class": real_per_class, "image_size": image_size, "bootstrap": bootstrap,
         "save_checkpoint": save_checkpoint, "device": device, "threads": threads, "train.epochs": epochs,

@@ -54,5 +54,8 @@ class AuditConfig(StrictModel):
         None, ge=16, le=1024, description="Side at which C2ST and domain-gap statistics compare images; null = "
         "the smaller of image_size and the synthetic images' own size, so a low-resolution generator is judged "
         "on its content, not on the blur of upsampling (FID too, with fidelity_resolution matched).")
+    synthetic_preprocess: bool = Field(
+        True, description="Pass a synthetic folder not made by dermsynth (no manifest) through the real images' "
+        "preprocessing first (cached): framing must not pass for a difference in the lesions.")
     seed: int = Field(0, description="Seed of subsampling, KID subsets, the feature CNN and the controls.")
     device: str = Field("auto", description="auto, cpu, cuda, mps.")

@@ -405,6 +405,7 @@ def _diversity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[s
 def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: AuditConfig | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Audit ``synthetic`` against the prepared dataset ``real``; returns what ``audit.json`` holds."""
+    from dermsynth.data.synthetic_folders import comparable_folder
     from dermsynth.evaluate.datasets import synthetic_frame
 
     config = config or AuditConfig()
@@ -413,7 +414,11 @@ def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: Audi
     prepared = load_prepared(real)
     classes = prepared.classes
     notes: list[str] = []
-    syn_frame = _sample(synthetic_frame(synthetic, classes), config.max_images, config.seed)
+    syn_frame = synthetic_frame(synthetic, classes)  # the folder as given is checked first
+    folder, preprocessing = comparable_folder(synthetic, prepared.summary, config.synthetic_preprocess,
+                                              out / "cache" / "synthetic-preprocessed", progress)
+    syn_frame = _sample(synthetic_frame(folder, classes) if folder != Path(synthetic) else syn_frame,
+                        config.max_images, config.seed)
     real_sets = _real_sets(prepared, config, notes, progress)
     synthetic_set = _load("synthetic", syn_frame, config.image_size, notes, progress)
     if len(synthetic_set.frame) == 0:
@@ -451,6 +456,7 @@ def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: Audi
         "feature_space": {"name": space.name, "description": space.description,
                           "dimensions": int(synthetic_set.features.shape[1])},
         "image_size": config.image_size,
+        "synthetic_preprocessing": preprocessing,
         "counts": {"synthetic": len(synthetic_set.frame), **{f"real_{k}": len(v.frame) for k, v in real_sets.items()},
                    "synthetic_per_class": synthetic_set.frame["target"].map(dict(enumerate(classes)))
                    .value_counts().to_dict()},

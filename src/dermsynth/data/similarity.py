@@ -81,3 +81,21 @@ def duplicate_pairs(images: np.ndarray, threshold: float = 0.97, chunk: int = 25
             if start + r < c:
                 pairs.append((int(start + r), int(c), float(sims[r, c])))
     return pairs
+
+
+def cross_duplicates(queries: np.ndarray, references: np.ndarray, threshold: float = 0.97,
+                     chunk: int = 256) -> list[tuple[int, int, float]]:
+    """(query index, reference index, similarity) for every query image whose descriptor correlates above
+    ``threshold`` with a reference image under any flip/rotation: the same test as :func:`duplicate_pairs`,
+    between two sets (an external test set against everything a classifier trained on)."""
+    if not len(queries) or not len(references):
+        return []
+    reference = retrieval_descriptors(references)
+    turned = retrieval_descriptors(queries, flips=True)  # the 8 turns on the (usually smaller) query side
+    found = []
+    for start in range(0, len(turned), chunk * N_DIHEDRAL):
+        sims = (turned[start:start + chunk * N_DIHEDRAL] @ reference.T).reshape(-1, N_DIHEDRAL, len(references))
+        best = sims.max(axis=1)
+        for r, c in zip(*np.nonzero(best > threshold), strict=True):
+            found.append((int(start // N_DIHEDRAL + r), int(c), float(best[r, c])))
+    return found

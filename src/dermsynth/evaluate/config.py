@@ -44,6 +44,16 @@ class ValidateConfig(StrictModel):
         default_factory=list,
         description="Synthetic folders of class sub-folders (SYN/images/<class>/ or SYN/<class>/, PNG/JPEG, any "
                     "size); each regime using synthetic images runs once per folder.")
+    synthetic_preprocess: bool = Field(
+        True, description="Pass a synthetic folder not made by dermsynth (no manifest.csv + generate.json) through "
+        "the real images' preprocessing (vignette, lesion-centred crop, resize, hair removal) first, cached: a "
+        "classifier must not learn framing instead of disease.")
+    test: list[Path] = Field(
+        default_factory=list, description="External test sets: prepared datasets from other sources (another "
+        "clinic, dermatoscope or collection). Every image of each is a test image; none is trained on.")
+    external_duplicate_threshold: float = Field(
+        0.95, gt=0, le=1, description="External images whose descriptor correlates above this with a training "
+        "image (real or synthetic) are content duplicates (public collections overlap): listed and removed.")
     regimes: list[str] = Field(
         ["real", "hybrid:0.5", "synthetic"],
         description="real, hybrid:<fraction> (synthetic share at equal size), add:<n>, synthetic (= hybrid:1); "
@@ -63,6 +73,9 @@ class ValidateConfig(StrictModel):
         "proportional", description="add:<n>: split n by the real class sizes, or fill the smallest classes first.")
     train: ClassifierTrainConfig = Field(default_factory=ClassifierTrainConfig)
     bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the confidence intervals.")
+    subgroups: list[str] | None = Field(
+        None, description="Metadata fields to report subgroups by: sex, age_band (from age_approx), anatom_site, "
+        "source, fitzpatrick, or any metadata column; null = those of the first five the metadata has.")
     subgroup_min_images: int = Field(
         30, ge=1, description="Smallest subgroup of test images given metrics (smaller ones: 'too small').")
     subgroup_min_per_class: int = Field(10, ge=1, description="Smallest count of each class in a reported subgroup.")

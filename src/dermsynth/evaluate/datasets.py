@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,11 @@ class ImageBank:
                     self.failed[path] = exc.reason
                 if bar is not None:
                     bar.advance(task)
+
+    def forget(self, paths: Iterable[str]) -> None:
+        """Free images no longer needed (a synthetic folder's originals once its preprocessed copy is read)."""
+        for path in paths:
+            self.arrays.pop(path, None)
 
     def drop_unreadable(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
         """Synthetic pools skip unreadable files with a warning (a class left empty fails later, clearly)."""

@@ -61,6 +61,11 @@ def finished_runs(root: Path) -> list[RunRecord]:
     return [run for run in found if run is not None]
 
 
-def read_predictions(run: RunRecord) -> pd.DataFrame:
+def predictions_file(test_set: str = "test") -> str:
+    """The run file holding probabilities on the internal test split, or on an external test set."""
+    return "predictions.csv" if test_set == "test" else f"predictions_{test_set}.csv"
+
+
+def read_predictions(run: RunRecord, test_set: str = "test") -> pd.DataFrame:
     """Test-image probabilities of a finished run, indexed by image id."""
-    return pd.read_csv(run.folder / "predictions.csv", dtype={"image": str}).set_index("image")
+    return pd.read_csv(run.folder / predictions_file(test_set), dtype={"image": str}).set_index("image")

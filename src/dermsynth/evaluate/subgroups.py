@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.stats import RunPredictions, run_metrics, summarize, t_interval
 
 ATTRIBUTES = ("sex", "age_band", "anatom_site", "source", "fitzpatrick")
@@ -30,10 +31,18 @@ class GroupRule:
     min_per_class: int = 10
 
 
-def subgroup_labels(test: pd.DataFrame) -> dict[str, pd.Series]:
-    """Per attribute present in the test metadata, each image's group (NaN where unknown); age in bands."""
+def subgroup_labels(test: pd.DataFrame, fields: list[str] | None = None, where: str = "the test split"
+                    ) -> dict[str, pd.Series]:
+    """Per attribute, each image's group (NaN where unknown); age in bands. ``fields`` names the attributes (an
+    absent one is an error); None takes those of ATTRIBUTES the metadata has."""
+    if fields is not None:
+        columns = {*test.columns, "age_band"} if "age_approx" in test else set(test.columns)
+        missing = [f for f in fields if f not in columns and not any(c.lower().startswith(f) for c in test.columns)]
+        if missing:
+            raise DermsynthError(f"subgroups: no field {', '.join(map(repr, missing))} in the metadata of {where} "
+                                 f"(it has: {', '.join(sorted(columns - {'path', 'prompt', 'image_id'}))})")
     labels: dict[str, pd.Series] = {}
-    for attribute in ATTRIBUTES:
+    for attribute in fields if fields is not None else ATTRIBUTES:
         if attribute == "age_band":
             if "age_approx" not in test:
                 continue
@@ -45,7 +54,7 @@ def subgroup_labels(test: pd.DataFrame) -> dict[str, pd.Series]:
                 continue
             values = test[column].where(test[column].notna()).astype("object").map(
                 lambda v: str(v) if v == v and v is not None else np.nan)
-        if values.notna().any() and values.dropna().nunique() > 1:  # one group is no comparison
+        if fields is not None or (values.notna().any() and values.dropna().nunique() > 1):  # one group: no comparison
             labels[attribute] = values.reset_index(drop=True)
     return labels
 

@@ -33,6 +33,7 @@ import pandas as pd
 
 from dermsynth.config import validate_config
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
+from dermsynth.data.synthetic_folders import comparable_folder
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.augment import RECIPE as AUGMENT_RECIPE
 from dermsynth.evaluate.augment import copy_seed, strong_augment
@@ -44,12 +45,14 @@ from dermsynth.evaluate.datasets import (
     real_frame,
     synthetic_frame,
 )
+from dermsynth.evaluate.external import ExternalSet, load_external, unique_names
 from dermsynth.evaluate.metrics import METRICS, youden_threshold
 from dermsynth.evaluate.models import is_pretrained
-from dermsynth.evaluate.regimes import Regime, augmentation_control, augmented_pool, compose, parse_regime
-from dermsynth.evaluate.runs import READ_ERRORS, read_predictions, read_run
-from dermsynth.evaluate.stats import RunPredictions, compare, image_intervals, summarize
-from dermsynth.evaluate.subgroups import GroupRule, gap_rows, subgroup_labels, subgroup_rows
+from dermsynth.evaluate.regimes import Regime, augmented_pool, compose, parse_regime
+from dermsynth.evaluate.runs import READ_ERRORS, predictions_file, read_predictions, read_run
+from dermsynth.evaluate.stats import RunPredictions, image_intervals
+from dermsynth.evaluate.subgroups import subgroup_labels
+from dermsynth.evaluate.summary import json_safe, summarise_test_set, write_summary_files
 from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
     ensure_writable_dir,
@@ -59,13 +62,11 @@ from dermsynth.utils import (
     stable_hash,
     write_csv_atomic,
     write_json_atomic,
-    write_text_atomic,
 )
 
 # Settings that do not change a run's result (or are handled per run) stay out of its settings hash.
 NOT_IN_RUN_HASH = {"synthetic", "regimes", "seeds", "first_seed", "bootstrap", "confidence", "save_checkpoint",
-                   "device", "threads", "subgroup_min_images", "subgroup_min_per_class"}
-TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "pauc_sens80", "sensitivity", "specificity", "f1")
+                   "device", "threads", "subgroups", "subgroup_min_images", "subgroup_min_per_class"}
 
 
 @dataclass
@@ -80,6 +81,8 @@ class Data:
     pools: dict[str, pd.DataFrame]
     fingerprints: dict[str, str]
     test_groups: dict[str, pd.Series]  # per attribute, each test image's subgroup (subgroups.py)
+    external: dict[str, ExternalSet]
+    preprocessing: dict[str, Any]  # per synthetic folder: how it was brought to the real images' preprocessing
 
 
 @dataclass
@@ -135,7 +138,7 @@ def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResu
     size = config.image_size or prepared.image_size
     spec = build_classifier(config.model, prepared.classes, None if _pretrained(config) else size,
                             config.architecture).spec
-    data = load_data(config, prepared, spec.size, progress)
+    data = load_data(config, prepared, spec.size, progress, cache=root / "synthetic-preprocessed")
     plans = plan_runs(config, data, root)
     _load_training_images(data, plans, progress)
     _write_truth(data, root)
@@ -147,11 +150,14 @@ def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResu
         execute_run(plan, config, data, device, progress)
         ran.append(plan.label + f" seed {plan.seed}")
     summary, comparisons = write_summary(config, data, plans, root)
-    write_json_atomic(root / "validate.json", _clean({
+    write_json_atomic(root / "validate.json", json_safe({
         "config": config.model_dump(mode="json"), "device": device, "image_size": spec.size,
         "classes": data.classes, "counts": _counts(data), "fingerprints": data.fingerprints,
         "unreadable_synthetic": sorted(data.bank.failed), "ran": ran, "skipped": skipped,
         "augment_recipe": AUGMENT_RECIPE.as_dict() if any(p.regime.uses_augmented for p in plans) else None,
+        "synthetic_preprocessing": data.preprocessing,
+        "external": {name: {"images": len(ext.frame), "removed_duplicates": ext.removed}
+                     for name, ext in data.external.items()},
         "seconds_this_call": round(time.monotonic() - started, 1)}))
     return ValidateResult(root, summary, comparisons, ran, skipped)
 
@@ -163,8 +169,10 @@ def _pretrained(config: ValidateConfig) -> bool:
 # --------------------------------------------------------------------------- data
 
 
-def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, progress: bool) -> Data:
-    """Real splits (leak-checked, decoded), synthetic pools (decoded, unreadable files skipped)."""
+def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, progress: bool,
+              cache: Path | None = None) -> Data:
+    """Real splits (leak-checked, decoded), synthetic pools (decoded, unreadable files skipped; a folder not made
+    by dermsynth first goes through the real images' preprocessing, cached under ``cache``)."""
     classes = prepared.classes
     frames = {split: real_frame(prepared, split) for split in ("train", "val", "test")}
     check_no_leak(frames)
@@ -179,30 +187,33 @@ def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, prog
     bank.load(evaluation["path"].tolist(), "loading val/test", progress)
     bank.require(evaluation, f"{config.real} val/test")
     pools = {}
-    for name, folder in _source_names(config.synthetic).items():
-        pool = synthetic_frame(folder, classes)
-        bank.load(pool["path"].tolist(), f"loading {name}", progress)
-        pool = bank.drop_unreadable(pool, str(folder))
-        if pool.empty:
-            raise DermsynthError(f"{folder}: none of its images could be read")
-        check_no_copies(bank, pool, evaluation)
+    preprocessing: dict[str, Any] = {}
+    for name, original in unique_names(config.synthetic).items():
+        pool = _read_pool(bank, synthetic_frame(original, classes), original, name, progress)
+        check_no_copies(bank, pool, evaluation)  # a held-out image is a leak however it is later framed
+        folder, preprocessing[name] = comparable_folder(original, prepared.summary, config.synthetic_preprocess
+                                                        and cache is not None, cache or ".", progress)
+        if folder != original:
+            bank.forget(pool["path"])
+            pool = _read_pool(bank, synthetic_frame(folder, classes), original, name, progress)
+            check_no_copies(bank, pool, evaluation)
         pools[name] = pool
     fingerprints = {"real": sha256_file(Path(config.real) / "metadata.csv")[:16]}
     for name, pool in pools.items():
         fingerprints[name] = stable_hash([(p, Path(p).stat().st_size) for p in pool["path"]])
-    return Data(classes, bank, frames["train"], frames["val"], frames["test"], pools, fingerprints,
-                subgroup_labels(prepared.split("test")))
+    data = Data(classes, bank, frames["train"], frames["val"], frames["test"], pools, fingerprints,
+                subgroup_labels(prepared.split("test"), config.subgroups), {}, preprocessing)
+    data.external = load_external(config, bank, pd.concat([data.train, *pools.values()]), data.train, classes,
+                                  progress)
+    return data
 
 
-def _source_names(folders: list[Path]) -> dict[str, Path]:
-    """Folder name per synthetic folder, made unique (``syn``, ``syn-2``) when two share a name."""
-    names: dict[str, Path] = {}
-    for folder in folders:
-        name, n = Path(folder).name or "synthetic", 2
-        while name in names:
-            name, n = f"{Path(folder).name}-{n}", n + 1
-        names[name] = Path(folder)
-    return names
+def _read_pool(bank: ImageBank, pool: pd.DataFrame, folder: Path, name: str, progress: bool) -> pd.DataFrame:
+    bank.load(pool["path"].tolist(), f"loading {name}", progress)
+    pool = bank.drop_unreadable(pool, str(folder))
+    if pool.empty:
+        raise DermsynthError(f"{folder}: none of its images could be read")
+    return pool
 
 
 def _real_train(config: ValidateConfig, data: Data, seed: int) -> pd.DataFrame:
@@ -234,6 +245,8 @@ def plan_runs(config: ValidateConfig, data: Data, root: Path) -> list[RunPlan]:
                        "source": data.fingerprints.get(source) if source else None}
                 if regime.uses_augmented:
                     key["augment"] = AUGMENT_RECIPE.as_dict()
+                if data.external:  # a run predicts on every external set: adding one means training again
+                    key["external"] = {name: ext.fingerprint for name, ext in data.external.items()}
                 plans.append(RunPlan(regime, source, seed, root / folder_name / str(seed), train, stable_hash(key)))
     return plans
 
@@ -255,10 +268,13 @@ def _load_training_images(data: Data, plans: list[RunPlan], progress: bool) -> N
 
 
 def _write_truth(data: Data, root: Path) -> None:
-    truth = pd.DataFrame({"image": data.test["image_id"]})
-    for target, name in enumerate(data.classes):
-        truth[name] = (data.test["target"] == target).astype(float)
-    write_csv_atomic(root / "test_truth.csv", truth)
+    """Ground truth of the test split and of each external set, scorable with isic-challenge-scoring."""
+    sets = {"test": data.test} | {name: ext.frame for name, ext in data.external.items()}
+    for test_set, frame in sets.items():
+        truth = pd.DataFrame({"image": frame["image_id"]})
+        for target, name in enumerate(data.classes):
+            truth[name] = (frame["target"] == target).astype(float)
+        write_csv_atomic(root / ("test_truth.csv" if test_set == "test" else f"truth_{test_set}.csv"), truth)
 
 
 def _counts(data: Data) -> dict[str, Any]:
@@ -266,7 +282,8 @@ def _counts(data: Data) -> dict[str, Any]:
         return {name: int((frame["target"] == t).sum()) for t, name in enumerate(data.classes)}
 
     counts = {split: by_class(getattr(data, split)) for split in ("train", "val", "test")}
-    return counts | {f"synthetic:{name}": by_class(pool) for name, pool in data.pools.items()}
+    return (counts | {f"synthetic:{name}": by_class(pool) for name, pool in data.pools.items()}
+            | {f"external:{name}": by_class(ext.frame) for name, ext in data.external.items()})
 
 
 # --------------------------------------------------------------------------- one run
@@ -321,13 +338,22 @@ def execute_run(plan: RunPlan, config: ValidateConfig, data: Data, device: str, 
         "seconds": round(result.seconds, 1), "train_images_per_second": round(result.images_per_second, 1),
         "settings": vars(settings),
     }
+    metrics["external"] = {}
+    for name, ext in data.external.items():  # the same model and threshold, on another clinic's images
+        images = data.bank.image_set(ext.frame)
+        probs, scores = evaluate(classifier, images, settings, device, threshold)
+        write_csv_atomic(plan.folder / predictions_file(name), _probability_frame(images.ids, probs, data.classes))
+        metrics["external"][name] = {
+            "test": {k: scores[k] for k in METRICS},
+            "test_image_ci": image_intervals(RunPredictions(plan.seed, images.targets, probs, threshold),
+                                             config.bootstrap, config.confidence, plan.seed)}
     write_csv_atomic(plan.folder / "history.csv", result.history)
     write_csv_atomic(plan.folder / "predictions.csv", _probability_frame(test.ids, test_probs, data.classes))
     write_csv_atomic(plan.folder / "val_predictions.csv", _probability_frame(val.ids, val_probs, data.classes))
     write_csv_atomic(plan.folder / "train_images.csv", plan.train[["image_id", "target", "synthetic"]])
     if config.save_checkpoint:
         save_classifier(classifier, plan.folder / "checkpoint")
-    write_json_atomic(plan.folder / "metrics.json", _clean(metrics))
+    write_json_atomic(plan.folder / "metrics.json", json_safe(metrics))
     if progress:
         console.print(f"{plan.label} seed {plan.seed}: test AUROC {test_metrics['auroc']:.3f}, accuracy "
                       f"{test_metrics['accuracy']:.3f} (best epoch {result.best_epoch}, {result.seconds:.0f} s)")
@@ -353,132 +379,35 @@ class _NoProgress:
         return None
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> null, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # --------------------------------------------------------------------------- summary
 
 
-def _read_run(plan: RunPlan, data: Data) -> RunPredictions | None:
+def _read_run(plan: RunPlan, data: Data, test_set: str = "test") -> RunPredictions | None:
+    """A finished run's predictions on ``test_set`` (the internal test split, or an external set's name)."""
     record = read_run(plan.folder, plan.settings_hash)
     if record is None:
         return None
+    frame = data.test if test_set == "test" else data.external[test_set].frame
     try:
-        probs = read_predictions(record).loc[data.test["image_id"], data.classes].to_numpy(np.float64)
+        probs = read_predictions(record, test_set).loc[frame["image_id"], data.classes].to_numpy(np.float64)
     except (KeyError, *READ_ERRORS):
-        raise DermsynthError(f"{plan.folder / 'predictions.csv'} lacks test images or classes of this study; "
-                             "delete that run folder to train it again") from None
-    return RunPredictions(plan.seed, data.test["target"].to_numpy(np.int64), probs, record.metrics["threshold"])
+        raise DermsynthError(f"{plan.folder}: its predictions lack images or classes of {test_set!r}; delete "
+                             "that run folder to train it again") from None
+    return RunPredictions(plan.seed, frame["target"].to_numpy(np.int64), probs, record.metrics["threshold"])
 
 
 def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root: Path
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """summary.csv|json|md and comparisons.csv from every finished run of ``plans``."""
-    groups: dict[tuple[str, str | None], list[tuple[RunPlan, RunPredictions]]] = {}
-    for plan in plans:
-        run = _read_run(plan, data)
-        if run is not None:
-            groups.setdefault((plan.regime.name, plan.source), []).append((plan, run))
-    rows, comparisons = [], []
-    baseline = [run for _, run in groups.get(("real", None), [])]
-    for (regime, source), members in groups.items():
-        runs = [run for _, run in members]
-        first = members[0][0]
-        rows.append({"regime": regime, "source": source or "", "seeds": len(runs),
-                     "train_images": len(first.train), "train_synthetic": int(first.train["synthetic"].sum()),
-                     **summarize(runs, config.bootstrap, config.confidence)})
-        if regime != "real" and baseline:
-            for row in compare(runs, baseline, config.bootstrap, config.confidence):
-                comparisons.append({"regime": regime, "source": source or "", "baseline": "real", **row})
-        control = augmentation_control(parse_regime(regime))  # diffusion images vs cheap augmentation
-        for row in compare(runs, [run for _, run in groups.get((control, None), [])], config.bootstrap,
-                           config.confidence):
-            comparisons.append({"regime": regime, "source": source or "", "baseline": control, **row})
-    summary, comparison_frame = pd.DataFrame(rows), pd.DataFrame(comparisons)
-    subgroups, gaps = _subgroups(config, data, groups)
-    write_csv_atomic(root / "summary.csv", summary)
-    write_csv_atomic(root / "comparisons.csv", comparison_frame.drop(columns="per_seed_diff", errors="ignore"))
-    write_csv_atomic(root / "subgroups.csv", pd.DataFrame(subgroups))
-    write_csv_atomic(root / "subgroup_gaps.csv", pd.DataFrame(gaps))
-    write_json_atomic(root / "summary.json", _clean({"regimes": rows, "comparisons": comparisons,
-                                                     "subgroups": subgroups, "subgroup_gaps": gaps,
-                                                     "confidence": config.confidence, "bootstrap": config.bootstrap}))
-    write_text_atomic(root / "summary.md", summary_markdown(summary, comparison_frame, config.confidence)
-                      + subgroup_markdown(gaps, subgroups))
-    return summary, comparison_frame
-
-
-def _subgroups(config: ValidateConfig, data: Data, groups: dict) -> tuple[list[dict], list[dict]]:
-    """Per-subgroup metrics of every regime, and the worst-group gaps with their change from real-only."""
-    rule = GroupRule(config.subgroup_min_images, config.subgroup_min_per_class)
-    runs = {(regime, source or ""): [run for _, run in members] for (regime, source), members in groups.items()}
-    rows = [row for (regime, source), members in runs.items()
-            for row in subgroup_rows(regime, source, members, data.test_groups, data.classes, rule,
-                                     config.bootstrap, config.confidence)]
-    return rows, gap_rows(runs, data.test_groups, rows, config.confidence)
-
-
-def subgroup_markdown(gaps: list[dict], rows: list[dict]) -> str:
-    """The worst-group table: per regime and attribute, the worst and best group's AUROC and the gap."""
-    if not rows:
-        return ""
-    small = sorted({f"{r['attribute']}={r['group']} ({r['images']})" for r in rows if r["status"] != "ok"})
-    lines = ["", "Subgroups of the test split, AUROC x 100 (mean over seeds); the gap change is this regime's "
-             "best-worst gap minus real-only's, mean over seeds [t-interval over seeds].", "",
-             "| regime | attribute | worst group | best group | gap | gap change | reading |",
-             "|---|---|---|---|---|---|---|"]
-    for g in gaps:
-        name = g["regime"] + (f" @{g['source']}" if g["source"] else "")
-        change = "" if "gap_change" not in g else _fmt(g["gap_change"], g["gap_change_seed_ci_lo"],
-                                                         g["gap_change_seed_ci_hi"], 100)
-        lines.append(f"| {name} | {g['attribute']} | {g['worst_group']} {g['worst'] * 100:.1f} | {g['best_group']} "
-                     f"{g['best'] * 100:.1f} | {g['gap'] * 100:.1f} | {change} | {g.get('reading', '')} |")
-    if small:
-        lines += ["", "Too small to report (test images): " + ", ".join(small) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(mean: float, lo: float, hi: float, scale: float) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    interval = "" if math.isnan(lo) else f" [{lo * scale:.1f}, {hi * scale:.1f}]"
-    return f"{mean * scale:.1f}{interval}"
-
-
-def summary_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame, confidence: float) -> str:
-    """The reference study's Table 1, extended: every metric with its two-level bootstrap interval (in %)."""
-    level = f"{confidence:.0%}"
-    lines = [f"Test metrics x 100, mean over seeds [{level} CI, bootstrap over seeds and test images]. "
-             "pauc_sens80 x 100 ranges 0-20 (chance 2).", "",
-             "| regime | seeds | train (synthetic) | " + " | ".join(TABLE_METRICS) + " |",
-             "|---|---|---|" + "---|" * len(TABLE_METRICS)]
-    for row in summary.to_dict("records"):
-        name = row["regime"] + (f" @{row['source']}" if row["source"] else "")
-        cells = [_fmt(row[f"{m}_mean"], row[f"{m}_ci_lo"], row[f"{m}_ci_hi"], 100) for m in TABLE_METRICS]
-        lines.append(f"| {name} | {row['seeds']} | {row['train_images']} ({row['train_synthetic']}) | "
-                     + " | ".join(cells) + " |")
-    if not comparisons.empty:
-        lines += ["", f"Paired difference regime - baseline (real-only, or the augmentation control with as many "
-                  f"made images), x 100 (percentage points): {level} CI from the two-level "
-                  "bootstrap, and the t-interval over seeds alone (with few seeds the bootstrap understates the seed "
-                  "variance; trust the wider of the two).", "",
-                  "| regime | baseline | metric | difference [bootstrap CI] | t-interval over seeds | p_boot "
-                  "| seeds better |", "|---|---|---|---|---|---|---|"]
-        for row in comparisons[comparisons["metric"].isin(TABLE_METRICS)].to_dict("records"):
-            name = row["regime"] + (f" @{row['source']}" if row["source"] else "")
-            seed_ci = "n/a" if math.isnan(row["seed_ci_lo"]) else \
-                f"[{row['seed_ci_lo'] * 100:.1f}, {row['seed_ci_hi'] * 100:.1f}]"
-            lines.append(f"| {name} | {row['baseline']} | {row['metric']} | "
-                         f"{_fmt(row['diff'], row['ci_lo'], row['ci_hi'], 100)} | "
-                         f"{seed_ci} | {row['p_boot']:.3f} | {row['seeds_better']}/{row['seeds']} |")
-    return "\n".join(lines) + "\n"
+    """summary.csv|json|md, comparisons.csv and the subgroup tables from every finished run of ``plans``, for the
+    internal test split and every external test set."""
+    labels = {"test": data.test_groups} | {name: ext.groups for name, ext in data.external.items()}
+    tables = []
+    for test_set, groups_of_set in labels.items():
+        groups: dict[tuple[str, str], list[tuple[pd.DataFrame, RunPredictions]]] = {}
+        for plan in plans:
+            run = _read_run(plan, data, test_set)
+            if run is not None:
+                groups.setdefault((plan.regime.name, plan.source or ""), []).append((plan.train, run))
+        tables.append(summarise_test_set(test_set, groups, groups_of_set, data.classes, config))
+    external = {name: {"images": len(ext.frame), "removed": ext.removed} for name, ext in data.external.items()}
+    return write_summary_files(root, tables, config, external)

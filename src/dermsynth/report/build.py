@@ -27,6 +27,7 @@ from dermsynth.report import figures
 from dermsynth.report.format import finite, fmt, pct, table
 from dermsynth.report.results import (
     REFERENCE_STUDY,
+    external_sections,
     headline,
     majority,
     paired_differences,
@@ -500,6 +501,7 @@ def validation_section(run: RunFolder) -> Section | None:
         "verdicts": verdicts,
         "headline": headline(verdicts),
         "subgroups": subgroup_table(summary) if summary else None,
+        "external": external_sections(summary, n_classes) if summary else [],
         "too_small": too_small_groups(summary) if summary else "",
         "curves": _curves_figure(runs),
         "reference": REFERENCE_STUDY,

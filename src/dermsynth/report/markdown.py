@@ -47,6 +47,11 @@ def _validation(section: dict[str, Any] | None) -> list[str]:
                   "", *md_table(section["differences"])]
     lines += [f"**Verdict.** {v['text']}\n" for v in section["headline"]]
     lines += [f"- {v['text']}" for v in section["verdicts"] if v not in section["headline"]]
+    for ext in section.get("external") or []:
+        lines += ["", f"External test set {ext['name']}: {ext['images']} images ({ext['removed']} removed as "
+                  "duplicates of training images):", "", *md_table(ext["table"])]
+        if ext["differences"]:
+            lines += [*md_table(ext["differences"]), *(f"- {v['text']}" for v in ext["verdicts"])]
     if section.get("subgroups"):
         lines += ["", "Subgroups of the test split (AUROC; groups below the minimum size get no number):", "",
                   *md_table(section["subgroups"])]

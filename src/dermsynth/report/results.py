@@ -167,3 +167,28 @@ def too_small_groups(summary: dict[str, Any]) -> str:
     small = sorted({f"{r['attribute']} = {r['group']} ({r['images']} images)"
                     for r in summary.get("subgroups") or [] if r.get("status") != "ok"})
     return ", ".join(small)
+
+
+def external_sections(summary: dict[str, Any], n_classes: int = 2) -> list[dict[str, Any]]:
+    """Per external test set: each regime's AUROC and accuracy in-domain and there, the drop, its paired
+    differences against real-only (and the augmentation control), and what was removed as duplicates."""
+    internal = {(r["regime"], r.get("source") or ""): r for r in summary.get("regimes", [])}
+    sections = []
+    for name, ext in (summary.get("external") or {}).items():
+        body = []
+        for row in ext.get("regimes", []):
+            home = internal.get((row["regime"], row.get("source") or ""), {})
+            cells = [row["regime"] + (f" @{row['source']}" if row.get("source") else "")]
+            for metric in ("auroc", "accuracy"):
+                there, here = row.get(f"{metric}_mean"), home.get(f"{metric}_mean")
+                drop = there - here if finite(there) and finite(here) else None
+                cells += [fmt(here, 1, 100), interval(there, row.get(f"{metric}_ci_lo"), row.get(f"{metric}_ci_hi")),
+                          fmt(drop, 1, 100)]
+            body.append(cells)
+        header = ["regime", "AUROC in-domain", "AUROC external [CI]", "drop, points", "accuracy in-domain",
+                  "accuracy external [CI]", "drop, points"]
+        differences, verdicts = paired_differences({**ext, "confidence": summary.get("confidence", 0.95)},
+                                                   n_classes)
+        sections.append({"name": name, "images": ext.get("images"), "removed": len(ext.get("removed") or []),
+                         "table": table(header, body), "differences": differences, "verdicts": verdicts})
+    return sections
