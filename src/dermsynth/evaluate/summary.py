@@ -40,14 +40,14 @@ def summarise_test_set(name: str, groups: Groups, labels: dict[str, pd.Series], 
     baseline = runs.get(("real", ""), [])
     for (regime, source), members in groups.items():
         train = members[0][0]
-        out.rows.append({"test_set": name, "regime": regime, "source": source, "seeds": len(members),
+        out.rows.append({"regime": regime, "source": source, "test_set": name, "seeds": len(members),
                          "train_images": len(train), "train_synthetic": int(train["synthetic"].sum()),
                          **summarize(runs[(regime, source)], config.bootstrap, config.confidence)})
         control = augmentation_control(parse_regime(regime))  # diffusion images vs cheap augmentation
         for base_name, base_runs in (("real", baseline if regime != "real" else []),
                                      (control, runs.get((control, ""), []) if control else [])):
             for row in compare(runs[(regime, source)], base_runs, config.bootstrap, config.confidence):
-                out.comparisons.append({"test_set": name, "regime": regime, "source": source,
+                out.comparisons.append({"regime": regime, "source": source, "test_set": name,
                                         "baseline": base_name, **row})
     rule = GroupRule(config.subgroup_min_images, config.subgroup_min_per_class)
     out.subgroups = [{"test_set": name, **row} for (regime, source), members in runs.items()
