@@ -16,7 +16,6 @@ stage 2 augments latents with the 8 symmetries of the square, as the pixel model
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,10 +290,3 @@ def _save_reconstructions(vae: AutoencoderKL, images: torch.Tensor, path: Path, 
     both = torch.cat([pixels, reconstruction]).permute(0, 2, 3, 1).cpu().numpy() / 2 + 0.5
     with atomic_path(path) as tmp:
         image_grid(both, rows=["real", "reconstruction"]).save(tmp, format="PNG")
-
-
-def read_autoencoder_record(model: Path) -> dict[str, Any] | None:
-    """Stage 1's record of a latent model folder (None for other families)."""
-    path = Path(model) / WORK_FOLDER / RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
