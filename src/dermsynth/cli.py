@@ -32,6 +32,13 @@ app = typer.Typer(
 )
 
 
+def _main_process() -> bool:
+    """False in the other processes of a torchrun / accelerate launch (only the main one prints results)."""
+    from dermsynth.distributed import current_share
+
+    return current_share().is_main
+
+
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict, only when ``value`` was given."""
     if value is None:
@@ -210,7 +217,10 @@ def generate(
         help="Inpainting with --init-images: 'lesion' (segmented) or a folder of masks named like the images.")
     ] = None,
 ) -> None:
-    """Generate synthetic images per class with QC, a manifest and provenance in every PNG; resumable."""
+    """Generate synthetic images per class with QC, a manifest and provenance in every PNG; resumable.
+
+    Under torchrun or accelerate launch, the processes share the work (one GPU each, or the CPU cores split
+    between them) and make the same images as one process would."""
     from dermsynth.diffusion.generate import generate as run_generate
 
     chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
@@ -219,6 +229,8 @@ def generate(
                           progress=not quiet, prompts=_class_prompts(prompt), negative_prompt=negative_prompt,
                           init_images=init_images, strength=strength, mask_from=mask_from,
                           prompts_from=prompts_from)
+    if not _main_process():
+        return
     summary = result.summary
     counts = ", ".join(f"{label} {n}" for label, n in summary["counts"].items())
     rejected = sum(summary["rejected"].values())
@@ -403,9 +415,14 @@ def validate(
         "--save-checkpoint/--no-save-checkpoint", help="Keep each run's selected classifier (default: off).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps (default: auto).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (1 is fastest on a busy CPU).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="K/N: only every N-th run, from the K-th (task K of a job array of N; see docs/scale.md).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Train classifiers on real, hybrid and synthetic training sets; test on real, patient-disjoint images."""
+    """Train classifiers on real, hybrid and synthetic training sets; test on real, patient-disjoint images.
+
+    Under torchrun or accelerate launch, the runs are dealt to the processes (one GPU each, or the CPU cores split
+    between them); the main process writes the summary."""
     from dermsynth.config import current_names, read_yaml, validate_config
     from dermsynth.evaluate.config import ValidateConfig
     from dermsynth.evaluate.validate import validate as run_validate
@@ -416,7 +433,8 @@ def validate(
         "synthetic_preprocess": synthetic_preprocess,
         "regimes": [r.strip() for r in regimes.split(",") if r.strip()] if regimes is not None else None,
         "real_per_class": real_per_class, "image_size": image_size, "bootstrap": bootstrap,
-        "save_checkpoint": save_checkpoint, "device": device, "threads": threads, "train.epochs": epochs,
+        "save_checkpoint": save_checkpoint, "device": device, "threads": threads, "shard": shard,
+        "train.epochs": epochs,
         "train.batch_size": batch_size, "train.precision": precision,
         "train.learning_rate": _old_option("--lr", lr, "--learning-rate", learning_rate),
     }.items():
@@ -427,6 +445,8 @@ def validate(
         raise DermsynthError("no real data: give --real PREPARED_FOLDER (or `real:` in --config)")
     cfg = validate_config(ValidateConfig, data, source=str(config) if config else "options")
     result = run_validate(cfg, out, progress=not quiet)
+    if not _main_process():  # under a launcher, the other processes' runs are in the main one's summary
+        return
     typer.echo((result.out / "summary.md").read_text(encoding="utf-8"))
     typer.echo(f"{result.out}: {len(result.ran)} run(s) trained, {len(result.skipped)} already done")
 

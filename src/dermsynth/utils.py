@@ -180,6 +180,19 @@ def pick_device(preferred: str | None = None) -> str:
 
 
 @contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (None: unchanged) for the block, then restored."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@contextlib.contextmanager
 def hub_access(allowed: bool) -> Iterator[None]:
     """Lift offline mode (the environment variable and huggingface_hub's flag) for the duration of a load the
     user explicitly pointed at the hub; both are restored afterwards, so later loads stay offline."""

@@ -8,6 +8,11 @@ Crash safety: each PNG is written to a temporary name and renamed; the manifest 
 disk (each carries its manifest row in its text chunks), so a killed run leaves no truncated image and no row
 without its image, and a rerun of the same command makes only what is missing. Images failing QC are listed in
 ``rejected.csv`` (never saved), and replaced by the class's next seeds.
+
+Several processes (``torchrun`` / ``accelerate launch``): each pass over the missing items is cut into the same
+batches a single process would draw, and batch ``b`` goes to rank ``b % world_size``. Every image therefore comes
+from the same seed in the same batch as in a single-process run (pixel-identical), each process writes only its
+own PNGs, and the main process writes the manifest and ``rejected.csv`` from what all ranks made, after a barrier.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dermsynth.diffusion.generate_config import FALLBACK_SAMPLING, GenerateConfi
 from dermsynth.diffusion.qc import QCLimits, qc_reason
 from dermsynth.diffusion.sampling import to_uint8
 from dermsynth.diffusion.schedulers import check_scheduler_name
+from dermsynth.distributed import ProcessShare, current_share
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
@@ -42,6 +48,7 @@ from dermsynth.utils import (
     read_json,
     relative_path,
     stable_hash,
+    torch_threads,
     write_csv_atomic,
     write_json_atomic,
 )
@@ -100,29 +107,80 @@ def generate(
         "guidance_scale": float(cfg.guidance if cfg.guidance is not None else sampling["guidance_scale"]),
         "seed": cfg.seed,
     }
+    share = current_share()
     ensure_writable_dir(out / "images")
-    generator = load_generator(model, info, cfg.device)
-    batch_size = cfg.batch_size if cfg.batch_size is not None else generator.batch_size
-    settings |= {"model": relative_path(model, out), "model_sha256": generator.sha256, "family": generator.family,
-                 "precision": generator.precision}
-    settings |= _text_image_options(generator, cfg.prompts, cfg.negative_prompt, cfg.init_images, cfg.strength,
-                                    cfg.mask_from, out)
-    if cfg.prompts_from is not None:
-        settings |= _metadata_prompts(generator, cfg.prompts_from, out)
-    state = _FolderState.open(out, settings, info["classes"])
-    write_json_atomic(out / "generate.json", _summary(state, plan, settings, "running", started, batch_size))
-
-    todo = _pending(state, plan, info["classes"], settings["seed"])
-    with _bar(progress, sum(len(items) for items in todo.values())) as advance:
-        while any(todo.values()):
-            for batch in _batches([item for items in todo.values() for item in items], batch_size):
-                _run_batch(generator, batch, settings, state, qc_limits)
-                advance(len(batch))
-            _check_rejections(state, plan)
-            todo = _pending(state, plan, info["classes"], settings["seed"])
-    summary = _summary(state, plan, settings, "complete", started, batch_size)
-    write_json_atomic(out / "generate.json", summary)
+    with torch_threads(share.cpu_threads(None)):
+        generator = load_generator(model, info, share.device(cfg.device))
+        batch_size = cfg.batch_size if cfg.batch_size is not None else generator.batch_size
+        settings |= {"model": relative_path(model, out), "model_sha256": generator.sha256,
+                     "family": generator.family, "precision": generator.precision}
+        settings |= _text_image_options(generator, cfg.prompts, cfg.negative_prompt, cfg.init_images,
+                                        cfg.strength, cfg.mask_from, out)
+        if cfg.prompts_from is not None:
+            settings |= _metadata_prompts(generator, cfg.prompts_from, out)
+        with share.main_first():  # the main process clears what a killed run left before the others read
+            state = _FolderState.open(out, settings, info["classes"], writer=share.is_main,
+                                      shared=share.distributed)
+        made = _generate_missing(generator, state, plan, info["classes"], settings, batch_size, share, qc_limits,
+                                 progress and share.is_main, started)
+    summary = _summary(state, plan, settings, "complete", started, batch_size, _split_record(share, made))
+    if share.is_main:
+        write_json_atomic(out / "generate.json", summary)
     return GenerateResult(out=out, manifest=state.manifest(), summary=summary)
+
+
+def _generate_missing(generator: ImageGenerator, state: _FolderState, plan: dict[str, int], classes: list[str],
+                      settings: dict[str, Any], batch_size: int, share: ProcessShare,
+                      qc_limits: QCLimits, progress: bool, started: float) -> list[list[Item]]:
+    """Make every missing image, pass after pass (QC rejections are replaced by the next seeds); this rank takes
+    every world_size-th batch of a pass. Returns, per rank, the items it made."""
+    if share.is_main:
+        write_json_atomic(state.root / "generate.json", _summary(state, plan, settings, "running", started,
+                                                                 batch_size))
+    made: list[list[Item]] = [[] for _ in range(share.world_size)]
+    todo = _pending(state, plan, classes, settings["seed"])
+    with _bar(progress, _share_size(todo, batch_size, share)) as advance:
+        while any(todo.values()):
+            batches = share.mine(list(_batches([item for items in todo.values() for item in items], batch_size)))
+            accepted, rejected = [], []
+            for batch in batches:
+                rows, refused = _run_batch(generator, batch, settings, state, qc_limits)
+                accepted += rows
+                rejected += refused
+                advance(len(batch))
+            tried = [item for batch in batches for item in batch]
+            for rank, (rows, refused, items) in enumerate(share.gather((accepted, rejected, tried))):
+                if rank != share.rank:  # this rank's own rows are in its state already
+                    for row in rows:
+                        state.accept(row)
+                    for row in refused:
+                        state.reject(row)
+                made[rank] += items
+            state.flush()
+            _check_rejections(state, plan)
+            todo = _pending(state, plan, classes, settings["seed"])
+    return made
+
+
+def _share_size(todo: dict[str, list[Item]], batch_size: int, share: ProcessShare) -> int:
+    """Images of this rank's first pass (the progress bar's total)."""
+    batches = list(_batches([item for items in todo.values() for item in items], batch_size))
+    return sum(len(batch) for batch in share.mine(batches))
+
+
+def _split_record(share: ProcessShare, made: list[list[Item]]) -> dict[str, Any]:
+    """How this call's work was split: per rank, the runs of consecutive indices it made, per class."""
+    ranks = []
+    for rank, items in enumerate(made):
+        runs: list[list[Any]] = []
+        for item in sorted(items, key=lambda i: (i.label, i.index)):
+            if runs and runs[-1][0] == item.label and runs[-1][2] == item.index - 1:
+                runs[-1][2] = item.index
+            else:
+                runs.append([item.label, item.index, item.index])
+        ranks.append({"rank": rank, "images_tried": len(items), "indices": runs})
+    return {"world_size": share.world_size, "rule": "each pass over the missing items is cut into batches of "
+            "batch_size; batch b goes to rank b % world_size", "ranks": ranks}
 
 
 def _resolve_config(config: GenerateConfig | Mapping[str, Any] | None, overrides: dict[str, Any]) -> GenerateConfig:
@@ -245,7 +303,9 @@ def _check_rejections(state: _FolderState, plan: dict[str, int]) -> None:
 
 
 def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str, Any], state: _FolderState,
-               limits: QCLimits) -> None:
+               limits: QCLimits) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sample one batch, write the PNGs that pass QC; the manifest rows and rejections it made."""
+    accepted, rejected = [], []
     images = generator([item.label for item in batch], [item.seed for item in batch], steps=settings["steps"],
                        scheduler=settings["scheduler"], guidance_scale=settings["guidance_scale"],
                        indices=[item.index for item in batch])
@@ -253,8 +313,9 @@ def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str,
     for item, image in zip(batch, images, strict=True):
         reason = qc_reason(image, limits)
         if reason:
-            state.reject({"image_id": item.image_id, "label": item.label, "seed": item.seed, "reason": reason,
-                          "created_utc": now})
+            rejected.append({"image_id": item.image_id, "label": item.label, "seed": item.seed, "reason": reason,
+                             "created_utc": now})
+            state.reject(rejected[-1])
             continue
         row = {
             "image_id": item.image_id, "path": f"images/{item.label}/{item.image_id}.png", "label": item.label,
@@ -266,7 +327,10 @@ def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str,
         }
         write_png(to_uint8(image), state.root / row["path"], row)
         state.accept(row)
-    state.flush()
+        accepted.append(row)
+    if not state.shared:
+        state.flush()
+    return accepted, rejected
 
 
 def write_png(pixels: np.ndarray, path: Path, row: dict[str, Any]) -> None:
@@ -281,34 +345,41 @@ def write_png(pixels: np.ndarray, path: Path, row: dict[str, Any]) -> None:
 class _FolderState:
     """What ``SYN`` already holds: rows recovered from its PNGs, and rejections from rejected.csv."""
 
-    def __init__(self, root: Path, rows: dict[str, dict[str, Any]], rejected: list[dict[str, Any]]):
+    def __init__(self, root: Path, rows: dict[str, dict[str, Any]], rejected: list[dict[str, Any]],
+                 writer: bool = True, shared: bool = False):
         self.root = root
         self.rows = rows
         self.rejected = rejected
+        self.writer = writer  # only one process writes manifest.csv and rejected.csv
+        self.shared = shared  # several processes fill the folder: the files are written once per pass
 
     @classmethod
-    def open(cls, root: Path, settings: dict[str, Any], classes: list[str]) -> _FolderState:
+    def open(cls, root: Path, settings: dict[str, Any], classes: list[str], writer: bool = True,
+             shared: bool = False) -> _FolderState:
+        """Read the folder; the ``writer`` also deletes what a killed run left half-written."""
         _check_same_settings(root, settings)
-        for stale in (root / "images").rglob(".*.tmp*"):
-            stale.unlink(missing_ok=True)  # left by a killed write; the image is made again
+        if writer:
+            for stale in (root / "images").rglob(".*.tmp*"):
+                stale.unlink(missing_ok=True)  # left by a killed write; the image is made again
         rows, damaged = {}, 0
         for path in sorted((root / "images").glob("*/*.png")):
             row = _row_from_png(path)
             if row == "damaged":  # truncated or overwritten after it was written: made again below
-                path.unlink()
+                if writer:
+                    path.unlink()
                 damaged += 1
                 continue
             if row is None or row.get("label") not in classes or path.parent.name != row["label"]:
                 raise DermsynthError(f"{path} was not made by dermsynth generate with these settings; "
                                      "use an empty --out folder")
             rows[row["image_id"]] = row
-        if damaged:
+        if damaged and writer:
             console.print(f"[yellow]{damaged} damaged image(s) in {root} removed; they are made again[/yellow]")
         rejected_path = root / "rejected.csv"
         rejected = (read_csv(rejected_path, "delete it (its images are then tried again) or use another --out",
                              REJECTED_COLUMNS, dtype={"image_id": str, "label": str}).to_dict("records")
                     if rejected_path.is_file() else [])
-        state = cls(root, rows, rejected)
+        state = cls(root, rows, rejected, writer, shared)
         state.flush()
         return state
 
@@ -334,6 +405,8 @@ class _FolderState:
         return frame.sort_values(["label", "image_id"]).reset_index(drop=True)
 
     def flush(self) -> None:
+        if not self.writer:
+            return
         write_csv_atomic(self.root / "manifest.csv", self.manifest())
         if self.rejected:
             write_csv_atomic(self.root / "rejected.csv", pd.DataFrame(self.rejected, columns=REJECTED_COLUMNS))
@@ -370,7 +443,7 @@ def _check_same_settings(root: Path, settings: dict[str, Any]) -> None:
 
 
 def _summary(state: _FolderState, plan: dict[str, int], settings: dict[str, Any], status: str, started: float,
-             batch_size: int) -> dict[str, Any]:
+             batch_size: int, processes: dict[str, Any] | None = None) -> dict[str, Any]:
     seconds = time.monotonic() - started
     return {
         "status": status,
@@ -382,6 +455,7 @@ def _summary(state: _FolderState, plan: dict[str, int], settings: dict[str, Any]
         "rejected": {label: state.rejected_count(label) for label in plan},
         "rejected_by_reason": pd.Series([r["reason"] for r in state.rejected], dtype=str).value_counts().to_dict(),
         "seconds_this_run": round(seconds, 1),
+        "processes": processes,
         "updated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

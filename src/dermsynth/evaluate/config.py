@@ -82,10 +82,24 @@ class ValidateConfig(StrictModel):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
     save_checkpoint: bool = Field(False, description="Save each run's selected classifier under <run>/checkpoint/.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")
+    shard: str | None = Field(
+        None, description="K/N: run only every N-th run of the plan, starting at the K-th (one task of a job array "
+        "of N; each writes its own run folders, and any call's summary lists the runs not finished yet).")
     threads: int | None = Field(
         None, ge=1, le=256,
         description="CPU threads for torch; null = torch's default. 1 is several times faster on a CPU that other "
                     "processes keep busy (measured in bench/RESULTS.md).")
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_form(cls, value: str | None) -> str | None:
+        from dermsynth.distributed import parse_shard
+        from dermsynth.errors import DermsynthError
+
+        try:
+            return str(parse_shard(value)) if value is not None else None
+        except DermsynthError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("regimes")
     @classmethod

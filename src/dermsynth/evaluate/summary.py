@@ -59,8 +59,9 @@ def summarise_test_set(name: str, groups: Groups, labels: dict[str, pd.Series], 
 
 
 def write_summary_files(root: Path, tables: list[TestSetSummary], config: ValidateConfig,
-                        external: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write every summary file; returns the summary and comparison tables (all test sets)."""
+                        external: dict[str, dict[str, Any]], missing: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write every summary file; returns the summary and comparison tables (all test sets). ``missing``: runs
+    of the plan not finished yet (a job-array shard not run, or killed), named so that none is lost silently."""
     internal, others = tables[0], tables[1:]
     summary = pd.DataFrame([row for t in tables for row in t.rows])
     comparisons = pd.DataFrame([row for t in tables for row in t.comparisons])
@@ -73,8 +74,9 @@ def write_summary_files(root: Path, tables: list[TestSetSummary], config: Valida
         "subgroup_gaps": internal.gaps,
         "external": {t.name: {"regimes": t.rows, "comparisons": t.comparisons, "subgroups": t.subgroups,
                               "subgroup_gaps": t.gaps, **external.get(t.name, {})} for t in others},
-        "confidence": config.confidence, "bootstrap": config.bootstrap}))
-    text = summary_markdown(pd.DataFrame(internal.rows), pd.DataFrame(internal.comparisons), config.confidence)
+        "confidence": config.confidence, "bootstrap": config.bootstrap, "missing_runs": missing}))
+    text = _missing_markdown(missing)
+    text += summary_markdown(pd.DataFrame(internal.rows), pd.DataFrame(internal.comparisons), config.confidence)
     text += subgroup_markdown(internal.gaps, internal.subgroups)
     for t in others:
         removed = len(external.get(t.name, {}).get("removed", []))
@@ -84,6 +86,13 @@ def write_summary_files(root: Path, tables: list[TestSetSummary], config: Valida
         text += subgroup_markdown(t.gaps, t.subgroups)
     write_text_atomic(root / "summary.md", text)
     return summary, comparisons
+
+
+def _missing_markdown(missing: list[str]) -> str:
+    if not missing:
+        return ""
+    return (f"**Incomplete: {len(missing)} run(s) not finished yet** (rerun the same command, or the missing "
+            f"shards, to add them): {', '.join(missing)}\n\n")
 
 
 def json_safe(value: Any) -> Any:

@@ -14,16 +14,19 @@ once on the real, patient-disjoint test split, and write ``OUT/validation/<regim
 Then ``OUT/validation/summary.csv|json|md`` (one row per regime: mean, sd and intervals of every metric) and
 ``comparisons.csv`` (each regime minus ``real``, paired by seed and test image). Finished runs with the same
 settings are skipped on a rerun; an interrupted run restarts from scratch.
+
+Several processes (``torchrun`` / ``accelerate launch``) deal the unfinished runs round-robin; each writes its
+own run folders, and the main process writes the summary once all have finished. A job-array task
+(``shard: K/N``) takes every N-th run of the full list; the summary lists the runs no shard has finished yet.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import pandas as pd
 from dermsynth.config import validate_config
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
 from dermsynth.data.synthetic_folders import comparable_folder
+from dermsynth.distributed import ProcessShare, current_share, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.augment import RECIPE as AUGMENT_RECIPE
 from dermsynth.evaluate.augment import copy_seed, strong_augment
@@ -56,17 +60,17 @@ from dermsynth.evaluate.summary import json_safe, summarise_test_set, write_summ
 from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
     ensure_writable_dir,
-    pick_device,
     seed_everything,
     sha256_file,
     stable_hash,
+    torch_threads,
     write_csv_atomic,
     write_json_atomic,
 )
 
 # Settings that do not change a run's result (or are handled per run) stay out of its settings hash.
 NOT_IN_RUN_HASH = {"synthetic", "regimes", "seeds", "first_seed", "bootstrap", "confidence", "save_checkpoint",
-                   "device", "threads", "subgroups", "subgroup_min_images", "subgroup_min_per_class"}
+                   "device", "threads", "shard", "subgroups", "subgroup_min_images", "subgroup_min_per_class"}
 
 
 @dataclass
@@ -112,46 +116,47 @@ def validate(config: ValidateConfig | Mapping[str, Any], out: str | Path, *, pro
     """Run (or resume) every regime x synthetic folder x seed of ``config``; write runs and the summary."""
     if not isinstance(config, ValidateConfig):
         config = validate_config(ValidateConfig, dict(config))
-    with torch_threads(config.threads):
-        return _validate(config, Path(out), progress)
+    share = current_share()
+    with torch_threads(share.cpu_threads(config.threads)):
+        return _validate(config, Path(out), progress, share)
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads or saved)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResult:
+def _validate(config: ValidateConfig, out: Path, progress: bool,
+              share: ProcessShare = ProcessShare()) -> ValidateResult:
     from dermsynth.evaluate.classifiers import build_classifier
 
     started = time.monotonic()
     root = ensure_writable_dir(out / "validation")
-    device = pick_device(config.device)
+    device = share.device(config.device)
     prepared = load_prepared(config.real)
     size = config.image_size or prepared.image_size
     spec = build_classifier(config.model, prepared.classes, None if _pretrained(config) else size,
                             config.architecture).spec
-    data = load_data(config, prepared, spec.size, progress, cache=root / "synthetic-preprocessed")
+    with share.main_first():  # the main process writes the preprocessed-synthetic cache the others then read
+        data = load_data(config, prepared, spec.size, progress and share.is_main,
+                         cache=root / "synthetic-preprocessed")
     plans = plan_runs(config, data, root)
-    _load_training_images(data, plans, progress)
-    _write_truth(data, root)
-    ran, skipped = [], []
-    for plan in plans:
-        if _finished(plan):
-            skipped.append(plan.label + f" seed {plan.seed}")
-            continue
+    shard = parse_shard(config.shard)
+    assigned = shard.take(plans) if shard else plans
+    todo = [plan for plan in assigned if not _finished(plan)]
+    share.barrier()  # every rank has read the same finished runs before any rank adds one
+    mine = share.mine(todo)
+    _load_training_images(data, mine, progress and share.is_main)
+    if share.is_main:
+        _write_truth(data, root)
+    for plan in mine:
         execute_run(plan, config, data, device, progress)
-        ran.append(plan.label + f" seed {plan.seed}")
-    summary, comparisons = write_summary(config, data, plans, root)
+    ran = [name for names in share.gather([_run_name(plan) for plan in mine]) for name in names]
+    skipped = [_run_name(plan) for plan in assigned if all(plan is not other for other in todo)]
+    if not share.is_main:
+        return ValidateResult(root, pd.DataFrame(), pd.DataFrame(), ran, skipped)
+    missing = [_run_name(plan) for plan in plans if not _finished(plan)]
+    summary, comparisons = write_summary(config, data, plans, root, missing)
     write_json_atomic(root / "validate.json", json_safe({
         "config": config.model_dump(mode="json"), "device": device, "image_size": spec.size,
+        "processes": {"world_size": share.world_size, "shard": str(shard) if shard else None,
+                      "rule": "the unfinished runs (of this shard) in plan order; run i goes to rank i % world_size"},
+        "missing_runs": missing,
         "classes": data.classes, "counts": _counts(data), "fingerprints": data.fingerprints,
         "unreadable_synthetic": sorted(data.bank.failed), "ran": ran, "skipped": skipped,
         "augment_recipe": AUGMENT_RECIPE.as_dict() if any(p.regime.uses_augmented for p in plans) else None,
@@ -160,6 +165,10 @@ def _validate(config: ValidateConfig, out: Path, progress: bool) -> ValidateResu
                      for name, ext in data.external.items()},
         "seconds_this_call": round(time.monotonic() - started, 1)}))
     return ValidateResult(root, summary, comparisons, ran, skipped)
+
+
+def _run_name(plan: RunPlan) -> str:
+    return f"{plan.label} seed {plan.seed}"
 
 
 def _pretrained(config: ValidateConfig) -> bool:
@@ -253,6 +262,8 @@ def plan_runs(config: ValidateConfig, data: Data, root: Path) -> list[RunPlan]:
 
 def _load_training_images(data: Data, plans: list[RunPlan], progress: bool) -> None:
     """The real training images of every run, and the augmented copies the augmentation controls draw."""
+    if not plans:  # every run of this process's share is finished already
+        return
     frames = [p.train for p in plans]
     real = pd.concat([f[~f["synthetic"]] for f in frames]).drop_duplicates("path")
     augmented = pd.concat([f[f["path"].str.startswith("augment:")] for f in frames]).drop_duplicates("path")
@@ -396,10 +407,10 @@ def _read_run(plan: RunPlan, data: Data, test_set: str = "test") -> RunPredictio
     return RunPredictions(plan.seed, frame["target"].to_numpy(np.int64), probs, record.metrics["threshold"])
 
 
-def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root: Path
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root: Path,
+                  missing: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """summary.csv|json|md, comparisons.csv and the subgroup tables from every finished run of ``plans``, for the
-    internal test split and every external test set."""
+    internal test split and every external test set; ``missing`` names the runs not finished yet."""
     labels = {"test": data.test_groups} | {name: ext.groups for name, ext in data.external.items()}
     tables = []
     for test_set, groups_of_set in labels.items():
@@ -410,4 +421,4 @@ def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root
                 groups.setdefault((plan.regime.name, plan.source or ""), []).append((plan.train, run))
         tables.append(summarise_test_set(test_set, groups, groups_of_set, data.classes, config))
     external = {name: {"images": len(ext.frame), "removed": ext.removed} for name, ext in data.external.items()}
-    return write_summary_files(root, tables, config, external)
+    return write_summary_files(root, tables, config, external, missing or [])

@@ -1,0 +1,147 @@
+"""Work split across processes: ``torchrun`` / ``accelerate launch`` ranks, and job-array shards (``--shard K/N``).
+
+Under a launcher (``WORLD_SIZE`` > 1 in the environment) every process runs the same command; :func:`current`
+joins them in a gloo process group used only for barriers and small objects (:func:`current_share`), so it
+works beside the NCCL group
+that `finetune`'s Accelerator may already hold. Work is dealt round-robin over a list that every rank computes
+identically, so which process makes what is deterministic, and results do not depend on the number of
+processes. A job-array shard needs no process group: shard K of N takes items K-1, K-1+N, ... of the full list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from dermsynth.errors import DermsynthError
+from dermsynth.utils import pick_device
+
+T = TypeVar("T")
+
+# A barrier waits for the slowest rank's share (hours in a large sweep), not for a network round trip.
+BARRIER_TIMEOUT = timedelta(days=7)
+_GROUP: Any = None
+
+
+@dataclass(frozen=True)
+class ProcessShare:
+    """This process's place among those running one command."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def mine(self, items: Sequence[T]) -> list[T]:
+        """This rank's deal of ``items``: every world_size-th, starting at its rank."""
+        return list(items[self.rank::self.world_size])
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier(group=_GROUP)
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's ``value``, in rank order, on every rank (small picklable objects only)."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value, group=_GROUP)
+        return values
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """The main process runs the block first (it may write caches the others then read), then the rest."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def device(self, preferred: str = "auto") -> str:
+        """``preferred``, except that "auto" gives each process of a multi-GPU launch its own GPU."""
+        device = pick_device(preferred)
+        if preferred == "auto" and device == "cuda" and self.distributed:
+            import torch
+
+            return f"cuda:{self.local_rank % torch.cuda.device_count()}"
+        return device
+
+    def cpu_threads(self, threads: int | None) -> int | None:
+        """``threads``, or (several processes on one machine) the machine's cores split between them."""
+        if threads is not None or self.local_world_size == 1:
+            return threads
+        return max(1, (os.cpu_count() or 1) // self.local_world_size)
+
+    def describe(self) -> dict[str, int]:
+        return {"rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank}
+
+
+def current_share() -> ProcessShare:
+    """The share of this process (a single process unless a launcher set ``WORLD_SIZE`` > 1); joins the process
+    group on first use."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return ProcessShare()
+    share = ProcessShare(_env_int("RANK", 0), world, _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", world))
+    _join_group()
+    return share
+
+
+def _join_group() -> None:
+    global _GROUP
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+        _GROUP = None  # the default group is ours
+    elif _GROUP is None and dist.get_backend() != "gloo":
+        _GROUP = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise DermsynthError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class JobShard:
+    """Shard ``index`` (1-based) of ``count``: a job-array task's part of a list that every task computes alike."""
+
+    index: int
+    count: int
+
+    def take(self, items: Sequence[T]) -> list[T]:
+        return list(items[self.index - 1::self.count])
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str | None) -> JobShard | None:
+    """``"K/N"`` (1 <= K <= N) as a :class:`JobShard`; None stays None."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise DermsynthError(f"shard {text!r} is not K/N with 1 <= K <= N (e.g. 3/8 for task 3 of an 8-task array)")
+    return JobShard(int(match[1]), int(match[2]))
