@@ -11,6 +11,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 HELPERS = {"smoke_data.py"}  # imported by the scripts, not a benchmark
+OWN_TESTS = {"bench_sd_full_size.py"}  # both of its smoke modes: tests/test_bench_sd_full_size.py
 # Arguments before --smoke, per script (subcommands); every other script takes --smoke alone.
 RUNS = {
     "ab_recipe.py": [[]],
@@ -21,7 +22,7 @@ BROWSER = Path("/usr/bin/chromium").exists() or bool(os.environ.get("DERMSYNTH_R
 
 def smoke_runs() -> list:
     runs = []
-    for script in sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS):
+    for script in sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS | OWN_TESTS):
         for args in RUNS.get(script, [[]]):
             marks = [pytest.mark.skipif(not BROWSER, reason="needs /usr/bin/chromium")] \
                 if script == "check_report_render.py" else []

@@ -22,6 +22,7 @@ from dermsynth.distributed import JobShard, ProcessShare, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.validate import validate
 from tests.test_diffusion_scratch import TINY, make_prepared
+from tests.test_pipeline import TINY_STUDY
 from tests.test_validate import config as validate_settings
 from tests.test_validate import make_prep, make_synthetic
 
@@ -190,3 +191,20 @@ def test_bad_shard_is_a_one_line_error(text, cli, prep, tmp_path):
         parse_shard(text)
     code, _, err = cli("validate", "--real", prep, "--out", tmp_path / "v", "--shard", text)
     assert code == 2 and "K/N" in err and len(err.strip().splitlines()) == 1
+
+
+def test_whole_study_under_torchrun(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_STUDY)
+    out = tmp_path / "run"
+    output = finish(dermsynth("run", config, "--out", out, processes=2), timeout=900)
+    assert output.count("ran prepare, train, generate, audit, validate") == 1
+    for stage in ("prepared", "model", "synthetic", "audit", "validation"):
+        assert (out / stage / ".stage.json").is_file(), stage
+    assert json.loads((out / "synthetic" / "generate.json").read_text())["processes"]["world_size"] == 2
+    assert len(pd.read_csv(out / "synthetic" / "manifest.csv")) == 80
+    validation = json.loads((out / "validation" / "validate.json").read_text())
+    assert validation["processes"]["world_size"] == 2 and len(validation["ran"]) == 4
+    assert (out / "report.html").is_file()
+    rerun = finish(dermsynth("run", config, "--out", out, processes=2), timeout=600)
+    assert rerun.count("ran nothing") == 1

@@ -373,6 +373,8 @@ def demo(
 
 
 def _finish_run(outcomes) -> None:
+    if not _main_process():
+        return
     ran = [o.name for o in outcomes if o.status == "ran"]
     skipped = [o.name for o in outcomes if o.status == "skipped"]
     folder = outcomes[0].folder.parent if outcomes else Path(".")

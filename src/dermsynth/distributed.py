@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 # A barrier waits for the slowest rank's share (hours in a large sweep), not for a network round trip.
 BARRIER_TIMEOUT = timedelta(days=7)
-_GROUP: Any = None
+_GROUP: Any = None  # None: the default group (gloo) serves
+_JOINED = False
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,28 @@ def current_share() -> ProcessShare:
     if world <= 1:
         return ProcessShare()
     share = ProcessShare(_env_int("RANK", 0), world, _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", world))
-    _join_group()
+    _join_group(share.local_rank)
     return share
 
 
-def _join_group() -> None:
-    global _GROUP
+def _join_group(local_rank: int) -> None:
+    """Join the launch's process group once: NCCL for GPU tensors beside gloo for CPU objects, as accelerate
+    sets it up (so `finetune` in the same process reuses it), and a gloo group of our own for the barriers."""
+    global _GROUP, _JOINED
+    if _JOINED:
+        return
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-        _GROUP = None  # the default group is ours
-    elif _GROUP is None and dist.get_backend() != "gloo":
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            dist.init_process_group("cuda:nccl,cpu:gloo", timeout=BARRIER_TIMEOUT)
+        else:
+            dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+    if dist.get_backend() != "gloo":
         _GROUP = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    _JOINED = True
 
 
 def _env_int(name: str, default: int) -> int:

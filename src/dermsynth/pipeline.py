@@ -25,6 +25,7 @@ from dermsynth.data.config import PrepareConfig
 from dermsynth.diffusion.generate_config import GenerateConfig
 from dermsynth.diffusion.scratch import PresetName
 from dermsynth.diffusion.sd_config import FinetuneConfig
+from dermsynth.distributed import current_share
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.layout import RUN_FOLDERS
@@ -150,6 +151,9 @@ class Stage:
     run: Callable[[Path], Any]
     # False for stages that keep their own cache keyed by settings (prepare reuses processed images).
     fresh_on_change: bool = True
+    # Under a launcher, a stage that shares its work between the processes runs in all of them; the others run
+    # in the main process while the rest wait.
+    shares_work: bool = False
 
 
 @dataclass
@@ -187,18 +191,18 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
         stages.append(stage("train", config.train, ["prepare"], lambda folder: _train(config, prepared, folder)))
     if config.finetune:
         stages.append(stage("finetune", config.finetune, ["prepare"],
-                            lambda folder: _finetune(config, prepared, folder)))
+                            lambda folder: _finetune(config, prepared, folder), shares_work=True))
     if config.generate:
         maker = "train" if config.train else "finetune"
         stages.append(stage("generate", config.generate, [maker],
-                            lambda folder: _generate(config, model, prepared, folder)))
+                            lambda folder: _generate(config, model, prepared, folder), shares_work=True))
     if config.audit:
         stages.append(stage("audit", config.audit, ["prepare", "generate"],
                             lambda folder: _audit(config, prepared, synthetic, folder)))
     if config.validate_:
         upstream = ["prepare", "generate"] if config.generate else ["prepare"]
         stages.append(stage("validate", config.validate_, upstream,
-                            lambda folder: _validate(config, prepared, synthetic, folder)))
+                            lambda folder: _validate(config, prepared, synthetic, folder), shares_work=True))
     return stages
 
 
@@ -255,10 +259,16 @@ def _marker_hash(folder: Path, name: str = MARKER) -> str | None:
 
 
 def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
-    """Run (or resume) every configured stage into ``out``."""
+    """Run (or resume) every configured stage into ``out``.
+
+    Under ``torchrun`` / ``accelerate launch`` every process runs this: finetune, generate and validate share their
+    work between the processes; prepare, train, audit, the markers and the report are the main process's."""
+    share = current_share()
     out = ensure_writable_dir(out)
     _check_not_inside_inputs(config, out)
-    _write_provenance(config, out)
+    if share.is_main:
+        _write_provenance(config, out)
+    say = console.print if share.is_main else _silent
     hashes: dict[str, str] = {}
     outcomes = []
     stages = build_stages(config, out)
@@ -267,25 +277,36 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
         digest = stable_hash({"settings": stage.settings, "upstream": [hashes[u] for u in stage.upstream]})
         hashes[stage.name] = digest
         started = time.time()
-        if _marker_hash(folder) == digest:
-            console.print(f"[{index}/{len(stages)}] {stage.name}: up to date, skipped")
+        up_to_date = _marker_hash(folder) == digest
+        share.barrier()  # every process has read the marker before the main one changes it
+        if up_to_date:
+            say(f"[{index}/{len(stages)}] {stage.name}: up to date, skipped")
             outcomes.append(StageOutcome(stage.name, "skipped", 0.0, folder))
             if stage.name == "prepare":
                 check_synthetic_supply(config, folder)
             continue
-        console.print(f"[{index}/{len(stages)}] {stage.name} ...")
-        _start_stage(folder, digest, stage.fresh_on_change)
-        stage.run(folder)
+        say(f"[{index}/{len(stages)}] {stage.name} ...")
+        if share.is_main:
+            _start_stage(folder, digest, stage.fresh_on_change)
+        share.barrier()
+        if stage.shares_work or share.is_main:
+            stage.run(folder)
+        share.barrier()  # the others wait for a main-process stage here
         seconds = time.time() - started
-        write_json_atomic(folder / MARKER, {"hash": digest, "finished_utc": _now(), "seconds": round(seconds, 2)})
-        (folder / RUNNING).unlink(missing_ok=True)
-        console.print(f"[{index}/{len(stages)}] {stage.name}: done in {seconds:.0f} s")
+        if share.is_main:
+            write_json_atomic(folder / MARKER, {"hash": digest, "finished_utc": _now(), "seconds": round(seconds, 2)})
+            (folder / RUNNING).unlink(missing_ok=True)
+        say(f"[{index}/{len(stages)}] {stage.name}: done in {seconds:.0f} s")
         outcomes.append(StageOutcome(stage.name, "ran", seconds, folder))
         if stage.name == "prepare":
             check_synthetic_supply(config, folder)
-    if config.report:
+    if config.report and share.is_main:
         _report(out)
     return outcomes
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def check_synthetic_supply(config: RunConfig, prepared: Path) -> None:
