@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from dermsynth.diffusion.train_scratch import train
-from dermsynth.distributed import JobShard, ProcessShare, parse_shard
+from dermsynth.distributed import JobShard, ProcessShare, current_share, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.validate import validate
 from tests.test_diffusion_scratch import TINY, make_prepared
@@ -26,7 +26,9 @@ from tests.test_pipeline import TINY_STUDY
 from tests.test_validate import config as validate_settings
 from tests.test_validate import make_prep, make_synthetic
 
-FAST = ["--steps", "3", "--scheduler", "ddim"]
+# One thread per process in every run (--threads 1, and threads: 1 in the validate configs), so that a thread
+# count cannot be what differs.
+FAST = ["--steps", "3", "--scheduler", "ddim", "--threads", "1"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
@@ -39,8 +41,7 @@ def model(tmp_path_factory) -> Path:
 
 
 def environment() -> dict[str, str]:
-    # one thread per process in every run, so that a thread count cannot be what differs
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
 
 
 def _pythonpath() -> str:
@@ -110,7 +111,7 @@ def _worker_pids(launcher_pid: int) -> dict[int, int]:
 def test_killed_process_then_rerun_loses_and_duplicates_nothing(model, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "syn"
     common = ["generate", "--model", model, "--per-class", 12, "--batch-size", 1, "--steps", "8", "--scheduler",
-              "ddim", "--quiet"]
+              "ddim", "--threads", "1", "--quiet"]
     finish(dermsynth(*common, "--out", reference))
     launcher = dermsynth(*common, "--out", out, processes=2)
     deadline = time.monotonic() + 120
@@ -208,3 +209,19 @@ def test_whole_study_under_torchrun(tmp_path):
     assert (out / "report.html").is_file()
     rerun = finish(dermsynth("run", config, "--out", out, processes=2), timeout=600)
     assert rerun.count("ran nothing") == 1
+
+
+def test_mpi_processes_without_world_size_are_refused(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    with pytest.raises(DermsynthError, match="torchrun"):
+        current_share()
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    assert not current_share().distributed
+
+
+def test_a_study_takes_no_validate_shard(cli, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(TINY_STUDY.replace("  seeds: 2\n", "  seeds: 2\n  shard: 1/2\n"))
+    code, _, err = cli("run", config, "--out", tmp_path / "run")
+    assert code == 2 and "validate --shard" in err and len(err.strip().splitlines()) == 1

@@ -204,6 +204,9 @@ def generate(
     batch_size: Annotated[int | None, typer.Option(
         help="Images per sampling batch (default: the model family's, 64 from scratch, 8 Stable Diffusion).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for torch (default: all cores; under a launcher, the cores split between processes).")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     prompt: Annotated[list[str] | None, typer.Option(
         help="CLASS=PROMPT for text-to-image models; repeat per class (default: the model's).")] = None,
@@ -226,9 +229,9 @@ def generate(
     chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     result = run_generate(model, out, per_class=per_class, balance=balance, classes=chosen, seed=seed, steps=steps,
                           scheduler=scheduler, guidance=guidance, batch_size=batch_size, device=device,
-                          progress=not quiet, prompts=_class_prompts(prompt), negative_prompt=negative_prompt,
-                          init_images=init_images, strength=strength, mask_from=mask_from,
-                          prompts_from=prompts_from)
+                          threads=threads, progress=not quiet, prompts=_class_prompts(prompt),
+                          negative_prompt=negative_prompt, init_images=init_images, strength=strength,
+                          mask_from=mask_from, prompts_from=prompts_from)
     if not _main_process():
         return
     summary = result.summary

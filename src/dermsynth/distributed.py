@@ -1,9 +1,8 @@
 """Work split across processes: ``torchrun`` / ``accelerate launch`` ranks, and job-array shards (``--shard K/N``).
 
 Under a launcher (``WORLD_SIZE`` > 1 in the environment) every process runs the same command; :func:`current`
-joins them in a gloo process group used only for barriers and small objects (:func:`current_share`), so it
-works beside the NCCL group
-that `finetune`'s Accelerator may already hold. Work is dealt round-robin over a list that every rank computes
+joins them (:func:`current_share`) and keeps a gloo group of its own for barriers and small objects, beside the
+default group that `finetune`'s Accelerator uses. Work is dealt round-robin over a list that every rank computes
 identically, so which process makes what is deterministic, and results do not depend on the number of
 processes. A job-array shard needs no process group: shard K of N takes items K-1, K-1+N, ... of the full list.
 """
@@ -23,10 +22,11 @@ from dermsynth.utils import pick_device
 
 T = TypeVar("T")
 
-# A barrier waits for the slowest rank's share (hours in a large sweep), not for a network round trip.
+# A barrier waits for the slowest rank's share (hours in a large sweep), not for a network round trip; the default
+# group (finetune's gradients) keeps torch's timeout, so a hung collective there still fails.
 BARRIER_TIMEOUT = timedelta(days=7)
-_GROUP: Any = None  # None: the default group (gloo) serves
-_JOINED = False
+_GROUP: Any = None
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,17 @@ class ProcessShare:
             import torch.distributed as dist
 
             dist.barrier(group=_GROUP)
+
+    def broadcast(self, value: T) -> T:
+        """The main process's ``value``, on every rank: what it read from the shared folder is what all act on
+        (another rank's view may lag behind, e.g. on a network file system)."""
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        values: list[Any] = [value if self.is_main else None]
+        dist.broadcast_object_list(values, src=0, group=_GROUP)
+        return values[0]
 
     def gather(self, value: T) -> list[T]:
         """Every rank's ``value``, in rank order, on every rank (small picklable objects only)."""
@@ -85,13 +96,19 @@ class ProcessShare:
         return device
 
     def cpu_threads(self, threads: int | None) -> int | None:
-        """``threads``, or (several processes on one machine) the machine's cores split between them."""
+        """``threads``, or (several processes on one machine) the cores this process may use, split between them.
+        (A launcher sets OMP_NUM_THREADS=1 in every process; dermsynth sets torch's thread count itself.)"""
         if threads is not None or self.local_world_size == 1:
             return threads
-        return max(1, (os.cpu_count() or 1) // self.local_world_size)
+        return max(1, usable_cores() // self.local_world_size)
 
-    def describe(self) -> dict[str, int]:
-        return {"rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank}
+
+def usable_cores() -> int:
+    """The cores this process may run on (CPU affinity: SLURM --cpus-per-task, containers), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def current_share() -> ProcessShare:
@@ -99,6 +116,7 @@ def current_share() -> ProcessShare:
     group on first use."""
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
+        _refuse_mpi_without_world_size()
         return ProcessShare()
     share = ProcessShare(_env_int("RANK", 0), world, _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", world))
     _join_group(share.local_rank)
@@ -106,10 +124,10 @@ def current_share() -> ProcessShare:
 
 
 def _join_group(local_rank: int) -> None:
-    """Join the launch's process group once: NCCL for GPU tensors beside gloo for CPU objects, as accelerate
-    sets it up (so `finetune` in the same process reuses it), and a gloo group of our own for the barriers."""
-    global _GROUP, _JOINED
-    if _JOINED:
+    """Join the launch's process group once, as accelerate would (NCCL for GPU tensors beside gloo for CPU
+    objects; `finetune` in the same process reuses it), and make our own gloo group for the barriers."""
+    global _GROUP
+    if _GROUP is not None:
         return
     import torch
     import torch.distributed as dist
@@ -117,12 +135,19 @@ def _join_group(local_rank: int) -> None:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
-            dist.init_process_group("cuda:nccl,cpu:gloo", timeout=BARRIER_TIMEOUT)
+            dist.init_process_group("cuda:nccl,cpu:gloo")
         else:
-            dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-    if dist.get_backend() != "gloo":
-        _GROUP = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
-    _JOINED = True
+            dist.init_process_group("gloo")
+    _GROUP = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+
+
+def _refuse_mpi_without_world_size() -> None:
+    """mpirun starts several processes without torch's variables: each would think it is alone and all would
+    write one output folder."""
+    for name in MPI_SIZE_VARIABLES:
+        if _env_int(name, 1) > 1:
+            raise DermsynthError(f"{name}={os.environ[name]}: several MPI processes, but no WORLD_SIZE; launch "
+                                 "with torchrun or accelerate launch (docs/scale.md)")
 
 
 def _env_int(name: str, default: int) -> int:

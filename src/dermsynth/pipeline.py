@@ -25,12 +25,19 @@ from dermsynth.data.config import PrepareConfig
 from dermsynth.diffusion.generate_config import GenerateConfig
 from dermsynth.diffusion.scratch import PresetName
 from dermsynth.diffusion.sd_config import FinetuneConfig
-from dermsynth.distributed import current_share
+from dermsynth.distributed import ProcessShare, current_share, usable_cores
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.layout import RUN_FOLDERS
 from dermsynth.progress import console
-from dermsynth.utils import ensure_writable_dir, marker_hash, stable_hash, write_json_atomic, write_text_atomic
+from dermsynth.utils import (
+    ensure_writable_dir,
+    marker_hash,
+    stable_hash,
+    torch_threads,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 MARKER = ".stage.json"
 RUNNING = ".stage-running.json"
@@ -77,6 +84,15 @@ class ValidateStage(ValidateConfig):
     real: Path | None = Field(None, description="Filled in by the run: its prepared dataset.")
     extra_synthetic: list[Path] = Field(
         default_factory=list, description="Synthetic folders made elsewhere, validated beside the run's own.")
+
+    @field_validator("shard")
+    @classmethod
+    def _no_shard_in_a_study(cls, value: str | None) -> str | None:
+        # A study's stage is done when its marker is written; one shard of it is not the stage.
+        if value is not None:
+            raise ValueError("a study runs every validation run; for a job array, run `dermsynth validate --shard "
+                             "K/N` on the run's folders (docs/scale.md)")
+        return value
 
 
 class RunConfig(StrictModel):
@@ -228,8 +244,9 @@ def _generate(config: RunConfig, model: Path, prepared: Path, folder: Path) -> N
     from dermsynth.diffusion.generate import generate
 
     g = config.generate
-    settings = g.model_dump(exclude={"balance", "per_class", "device"})
+    settings = g.model_dump(exclude={"balance", "per_class", "device", "threads"})
     generate(model, folder, GenerateConfig(**settings, device=g.device or config.device,
+                                           threads=g.threads or config.threads,
                                            per_class=None if g.balance else g.per_class,
                                            balance=prepared if g.balance else None))
 
@@ -277,8 +294,8 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
         digest = stable_hash({"settings": stage.settings, "upstream": [hashes[u] for u in stage.upstream]})
         hashes[stage.name] = digest
         started = time.time()
-        up_to_date = _marker_hash(folder) == digest
-        share.barrier()  # every process has read the marker before the main one changes it
+        # The main process reads the marker (before it changes it) and tells the others.
+        up_to_date = share.broadcast(_marker_hash(folder) == digest if share.is_main else None)
         if up_to_date:
             say(f"[{index}/{len(stages)}] {stage.name}: up to date, skipped")
             outcomes.append(StageOutcome(stage.name, "skipped", 0.0, folder))
@@ -290,7 +307,8 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
             _start_stage(folder, digest, stage.fresh_on_change)
         share.barrier()
         if stage.shares_work or share.is_main:
-            stage.run(folder)
+            with torch_threads(share.cpu_threads(config.threads) if stage.shares_work else _main_threads(share)):
+                stage.run(folder)
         share.barrier()  # the others wait for a main-process stage here
         seconds = time.time() - started
         if share.is_main:
@@ -303,6 +321,11 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
     if config.report and share.is_main:
         _report(out)
     return outcomes
+
+
+def _main_threads(share: ProcessShare) -> int | None:
+    """A stage the main process runs alone may use every core (a launcher sets OMP_NUM_THREADS=1)."""
+    return usable_cores() if share.distributed else None
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,25 @@ def preprocessed_copy(folder: str | Path, settings: PreprocessConfig, cache: str
     record = read_marker(target / MARKER)
     if record.get("key") == key:
         return target, record
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # A folder of our own (job-array tasks may build the same copy at once): never one another's.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        record = _write_copy(folder, files, settings, tmp, key, progress)
+        if read_marker(target / MARKER).get("key") == key:  # another task finished it meanwhile: keep theirs
+            return target, read_marker(target / MARKER)
+        shutil.rmtree(target, ignore_errors=True)  # a stale or half-deleted copy
+        os.replace(tmp, target)
+    except OSError:
+        if read_marker(target / MARKER).get("key") != key:
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, record
+
+
+def _write_copy(folder: Path, files: list[Path], settings: PreprocessConfig, tmp: Path, key: str,
+                progress: bool) -> dict[str, Any]:
     skipped: list[str] = []
     for class_dir in class_folders(folder):
         (tmp / "images" / class_dir.name).mkdir(parents=True, exist_ok=True)
@@ -64,9 +82,7 @@ def preprocessed_copy(folder: str | Path, settings: PreprocessConfig, cache: str
     record = {"source": folder.name, "images": len(files) - len(skipped), "skipped": skipped,
               "settings": settings.model_dump(mode="json"), "key": key}
     write_json_atomic(tmp / MARKER, record)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target, record
+    return record
 
 
 def comparable_folder(folder: str | Path, prepared_summary: dict[str, Any], enabled: bool, cache: str | Path,

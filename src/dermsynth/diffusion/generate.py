@@ -109,7 +109,7 @@ def generate(
     }
     share = current_share()
     ensure_writable_dir(out / "images")
-    with torch_threads(share.cpu_threads(None)):
+    with torch_threads(share.cpu_threads(cfg.threads)):
         generator = load_generator(model, info, share.device(cfg.device))
         batch_size = cfg.batch_size if cfg.batch_size is not None else generator.batch_size
         settings |= {"model": relative_path(model, out), "model_sha256": generator.sha256,
@@ -118,15 +118,21 @@ def generate(
                                         cfg.strength, cfg.mask_from, out)
         if cfg.prompts_from is not None:
             settings |= _metadata_prompts(generator, cfg.prompts_from, out)
-        with share.main_first():  # the main process clears what a killed run left before the others read
-            state = _FolderState.open(out, settings, info["classes"], writer=share.is_main,
-                                      shared=share.distributed)
+        state = _open_folder(out, settings, info["classes"], share)
         made = _generate_missing(generator, state, plan, info["classes"], settings, batch_size, share, qc_limits,
                                  progress and share.is_main, started)
     summary = _summary(state, plan, settings, "complete", started, batch_size, _split_record(share, made))
     if share.is_main:
         write_json_atomic(out / "generate.json", summary)
     return GenerateResult(out=out, manifest=state.manifest(), summary=summary)
+
+
+def _open_folder(out: Path, settings: dict[str, Any], classes: list[str], share: ProcessShare) -> _FolderState:
+    """The folder's state as the main process reads it (after clearing what a killed run left), sent to every
+    rank: all of them then plan from the same view, whatever their file system shows them."""
+    state = _FolderState.open(out, settings, classes, shared=share.distributed) if share.is_main else None
+    rows, rejected = share.broadcast((state.rows, state.rejected) if state else None)
+    return state or _FolderState(out, rows, rejected, writer=False, shared=True)
 
 
 def _generate_missing(generator: ImageGenerator, state: _FolderState, plan: dict[str, int], classes: list[str],
@@ -354,32 +360,29 @@ class _FolderState:
         self.shared = shared  # several processes fill the folder: the files are written once per pass
 
     @classmethod
-    def open(cls, root: Path, settings: dict[str, Any], classes: list[str], writer: bool = True,
-             shared: bool = False) -> _FolderState:
-        """Read the folder; the ``writer`` also deletes what a killed run left half-written."""
+    def open(cls, root: Path, settings: dict[str, Any], classes: list[str], shared: bool = False) -> _FolderState:
+        """Read the folder, deleting what a killed run left half-written."""
         _check_same_settings(root, settings)
-        if writer:
-            for stale in (root / "images").rglob(".*.tmp*"):
-                stale.unlink(missing_ok=True)  # left by a killed write; the image is made again
+        for stale in (root / "images").rglob(".*.tmp*"):
+            stale.unlink(missing_ok=True)  # left by a killed write; the image is made again
         rows, damaged = {}, 0
         for path in sorted((root / "images").glob("*/*.png")):
             row = _row_from_png(path)
             if row == "damaged":  # truncated or overwritten after it was written: made again below
-                if writer:
-                    path.unlink()
+                path.unlink()
                 damaged += 1
                 continue
             if row is None or row.get("label") not in classes or path.parent.name != row["label"]:
                 raise DermsynthError(f"{path} was not made by dermsynth generate with these settings; "
                                      "use an empty --out folder")
             rows[row["image_id"]] = row
-        if damaged and writer:
+        if damaged:
             console.print(f"[yellow]{damaged} damaged image(s) in {root} removed; they are made again[/yellow]")
         rejected_path = root / "rejected.csv"
         rejected = (read_csv(rejected_path, "delete it (its images are then tried again) or use another --out",
                              REJECTED_COLUMNS, dtype={"image_id": str, "label": str}).to_dict("records")
                     if rejected_path.is_file() else [])
-        state = cls(root, rows, rejected, writer, shared)
+        state = cls(root, rows, rejected, shared=shared)
         state.flush()
         return state
 
@@ -408,8 +411,9 @@ class _FolderState:
         if not self.writer:
             return
         write_csv_atomic(self.root / "manifest.csv", self.manifest())
-        if self.rejected:
-            write_csv_atomic(self.root / "rejected.csv", pd.DataFrame(self.rejected, columns=REJECTED_COLUMNS))
+        if self.rejected:  # sorted: the same file whichever process or batch found them
+            rejected = pd.DataFrame(self.rejected, columns=REJECTED_COLUMNS).sort_values(["label", "image_id"])
+            write_csv_atomic(self.root / "rejected.csv", rejected)
 
 
 def _row_from_png(path: Path) -> dict[str, Any] | str | None:

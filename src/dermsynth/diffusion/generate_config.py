@@ -27,6 +27,9 @@ class GenerateConfig(StrictModel):
     batch_size: int | None = Field(
         None, ge=1, description="Images per sampling batch (default: the model family's; see `ImageGenerator`).")
     device: str = Field("auto", description="auto, cpu, cuda, mps.")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="CPU threads for torch; null = torch's default, or under a launcher the "
+        "cores split between the processes on the machine.")
     prompts: dict[str, str] | None = Field(
         None, description="CLASS: PROMPT for text-to-image models (default: the model's).")
     negative_prompt: str | None = Field(None, description="Negative prompt (default: the model's).")

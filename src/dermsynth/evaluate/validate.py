@@ -132,22 +132,25 @@ def _validate(config: ValidateConfig, out: Path, progress: bool,
     size = config.image_size or prepared.image_size
     spec = build_classifier(config.model, prepared.classes, None if _pretrained(config) else size,
                             config.architecture).spec
+    cache = root / "synthetic-preprocessed"
     with share.main_first():  # the main process writes the preprocessed-synthetic cache the others then read
-        data = load_data(config, prepared, spec.size, progress and share.is_main,
-                         cache=root / "synthetic-preprocessed")
+        if share.distributed:
+            preprocess_synthetic(config, prepared, cache, progress and share.is_main)
+    data = load_data(config, prepared, spec.size, progress and share.is_main, cache=cache)
     plans = plan_runs(config, data, root)
     shard = parse_shard(config.shard)
     assigned = shard.take(plans) if shard else plans
-    todo = [plan for plan in assigned if not _finished(plan)]
-    share.barrier()  # every rank has read the same finished runs before any rank adds one
-    mine = share.mine(todo)
+    # The main process decides which runs are finished, before any rank adds one, and tells the others.
+    unfinished = share.broadcast([i for i, plan in enumerate(assigned) if not _finished(plan)]
+                                 if share.is_main else None)
+    mine = share.mine([assigned[i] for i in unfinished])
     _load_training_images(data, mine, progress and share.is_main)
     if share.is_main:
         _write_truth(data, root)
     for plan in mine:
-        execute_run(plan, config, data, device, progress)
+        execute_run(plan, config, data, device, progress and share.is_main)
     ran = [name for names in share.gather([_run_name(plan) for plan in mine]) for name in names]
-    skipped = [_run_name(plan) for plan in assigned if all(plan is not other for other in todo)]
+    skipped = [_run_name(plan) for i, plan in enumerate(assigned) if i not in set(unfinished)]
     if not share.is_main:
         return ValidateResult(root, pd.DataFrame(), pd.DataFrame(), ran, skipped)
     missing = [_run_name(plan) for plan in plans if not _finished(plan)]
@@ -215,6 +218,12 @@ def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, prog
     data.external = load_external(config, bank, pd.concat([data.train, *pools.values()]), data.train, classes,
                                   progress)
     return data
+
+
+def preprocess_synthetic(config: ValidateConfig, prepared: PreparedDataset, cache: Path, progress: bool) -> None:
+    """Build the preprocessed copies of the synthetic folders that need them (cached; load_data reuses them)."""
+    for original in config.synthetic:
+        comparable_folder(Path(original), prepared.summary, config.synthetic_preprocess, cache, progress)
 
 
 def _read_pool(bank: ImageBank, pool: pd.DataFrame, folder: Path, name: str, progress: bool) -> pd.DataFrame:
