@@ -113,6 +113,11 @@ def test_too_few_synthetic_images_for_a_regime_fail_before_training(tmp_path, cl
                       .replace("  per_class: 40\n", "  balance: true\n"))
     code, _, stderr = cli("run", config, "--out", out)
     assert code == 2 and "generate.balance fills the smaller classes only" in stderr.strip().splitlines()[-1]
+    # the augmentation controls take copies of real images, none from generate
+    from dermsynth.pipeline import check_synthetic_supply, load_run_config
+
+    config.write_text(TINY_STUDY.replace("regimes: [real, hybrid:0.5]", "regimes: [real, augment-add:1000]"))
+    check_synthetic_supply(load_run_config(config), out / "prepared")
 
 
 @pytest.mark.slow

@@ -350,7 +350,10 @@ def check_synthetic_supply(config: RunConfig, prepared: Path) -> None:
     if stage.real_per_class:
         real = [min(n, stage.real_per_class) for n in real]
     for text in stage.regimes:
-        needed = synthetic_counts(parse_regime(text), real, stage.class_mix)
+        regime = parse_regime(text)
+        if not regime.uses_synthetic:  # real-only, or the augmentation controls (copies of real images)
+            continue
+        needed = synthetic_counts(regime, real, stage.class_mix)
         short = [(label, n) for label, n in zip(data.classes, needed, strict=True) if n > made[label]]
         if short:
             label, n = short[0]
