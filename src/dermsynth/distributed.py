@@ -9,6 +9,7 @@ processes. A job-array shard needs no process group: shard K of N takes items K-
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -139,6 +140,16 @@ def _join_group(local_rank: int) -> None:
         else:
             dist.init_process_group("gloo")
     _GROUP = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    atexit.register(_leave_group)
+
+
+def _leave_group() -> None:
+    """Tear the process groups down before the interpreter does: left to exit, gloo's threads can abort a
+    finished rank ("terminate called without an active exception") and fail the whole launch."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _refuse_mpi_without_world_size() -> None:
