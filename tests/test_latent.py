@@ -89,9 +89,15 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_in_stage_one_gives_the_uninterrupted_autoencoder(prepared, tmp_path, monkeypatch):
+# The patch discriminator starts mid-run, so the resumed run restores its weights and optimiser too.
+WITH_CRITIC = TINY_LATENT | {"autoencoder": TINY_LATENT["autoencoder"] | {
+    "crop_size": 32, "discriminator_weight": 0.5, "discriminator_start": 2}}
+
+
+@pytest.mark.parametrize("settings", [TINY_LATENT, WITH_CRITIC], ids=["plain", "discriminator"])
+def test_resume_in_stage_one_gives_the_uninterrupted_autoencoder(settings, prepared, tmp_path, monkeypatch):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    train(prepared, whole, config=TINY_LATENT, progress=False)
+    train(prepared, whole, config=settings, progress=False)
 
     original = latent_module.AutoencoderTrainer.train_step
 
@@ -102,12 +108,14 @@ def test_resume_in_stage_one_gives_the_uninterrupted_autoencoder(prepared, tmp_p
 
     monkeypatch.setattr(latent_module.AutoencoderTrainer, "train_step", stop_after_four)
     with pytest.raises(Interrupt):
-        train(prepared, cut, config=TINY_LATENT, progress=False)
+        train(prepared, cut, config=settings, progress=False)
     monkeypatch.setattr(latent_module.AutoencoderTrainer, "train_step", original)
     assert [p.name for p in list_checkpoints(cut / "autoencoder")] == ["step-000003"]
+    critic = list_checkpoints(cut / "autoencoder")[0] / "discriminator.safetensors"
+    assert critic.is_file() == (settings is WITH_CRITIC)
     with pytest.raises(DermsynthError, match="unfinished training run"):
-        train(prepared, cut, config=TINY_LATENT, progress=False)  # without --resume nothing is overwritten
-    train(prepared, cut, config=TINY_LATENT, progress=False, resume=True)
+        train(prepared, cut, config=settings, progress=False)  # without --resume nothing is overwritten
+    train(prepared, cut, config=settings, progress=False, resume=True)
     for weights in (VAE_WEIGHTS, UNET_WEIGHTS):
         _assert_same(whole / weights, cut / weights)
 
@@ -130,6 +138,22 @@ def test_resume_in_stage_two_keeps_the_autoencoder(prepared, tmp_path):
     changed = TINY_LATENT | {"autoencoder": TINY_LATENT["autoencoder"] | {"kl_weight": 1e-3}}
     with pytest.raises(DermsynthError, match="kl_weight"):
         train(prepared, cut, config=changed | {"max_steps": 8}, progress=False, resume=True)
+
+
+def test_the_discriminator_changes_the_autoencoder_and_needs_crops_it_can_judge(prepared, tmp_path):
+    plain, judged = tmp_path / "plain", tmp_path / "judged"
+    crops = TINY_LATENT | {"autoencoder": TINY_LATENT["autoencoder"] | {"crop_size": 32}}
+    train(prepared, plain, config=crops, progress=False)
+    train(prepared, judged, config=WITH_CRITIC, progress=False)
+    a, b = load_file(plain / VAE_WEIGHTS), load_file(judged / VAE_WEIGHTS)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the adversarial term reached the decoder
+    real = torch.randn(2, 3, 32, 32)
+    critic = latent_module.patch_discriminator()
+    assert critic(real).shape == (2, 1, 2, 2)  # one score per patch
+    assert float(latent_module.hinge_critic_loss(torch.full((4,), 2.0), torch.full((4,), -2.0))) == 0.0
+    small = TINY_LATENT | {"autoencoder": TINY_LATENT["autoencoder"] | {"discriminator_weight": 0.5}}
+    with pytest.raises(DermsynthError, match="crop_size of at least 32"):
+        resolve_train_config("cpu-fast", small)
 
 
 def _assert_same(a, b) -> None:

@@ -1,8 +1,8 @@
 """Stage 1 of the latent family: the autoencoder, and the latents stage 2 trains on.
 
-:func:`train_autoencoder` fits a diffusers ``AutoencoderKL`` to random crops of the training images (L1, 1 - SSIM
-and a small KL term) in the working folder ``MODEL/autoencoder/``, with the harness's budget, checkpoints and
-resume. It then
+:func:`train_autoencoder` fits a diffusers ``AutoencoderKL`` to random crops of the training images (L1, 1 - SSIM,
+a small KL term and, when ``discriminator_weight`` > 0, a patch discriminator's hinge loss) in the working
+folder ``MODEL/autoencoder/``, with the harness's budget, checkpoints and resume. It then
 
 - measures reconstruction PSNR/SSIM on val images beside a bicubic down-and-up baseline of the same factor;
 - saves ``MODEL/vae/`` (``AutoencoderKL.from_pretrained`` reads it) with ``shift_factor`` and ``scaling_factor``
@@ -84,6 +84,38 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return structural_similarity_index_measure(a.float(), b.float(), data_range=2.0)
 
 
+def patch_discriminator(channels: int = 64, layers: int = 3) -> torch.nn.Sequential:
+    """A PatchGAN critic (pix2pix's design, GroupNorm for batch independence): one real/fake score per ~70 px
+    receptive field, so it judges texture, which L1 and SSIM leave blurred."""
+    blocks: list[torch.nn.Module] = [torch.nn.Conv2d(3, channels, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+    width = channels
+    for level in range(1, layers + 1):
+        wider = channels * min(2 ** level, 8)
+        stride = 2 if level < layers else 1
+        blocks += [torch.nn.Conv2d(width, wider, 4, stride, 1, bias=False), torch.nn.GroupNorm(32, wider),
+                   torch.nn.LeakyReLU(0.2)]
+        width = wider
+    blocks.append(torch.nn.Conv2d(width, 1, 4, 1, 1))
+    critic = torch.nn.Sequential(*blocks)
+    for module in critic.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, 0.0, 0.02)
+    return critic
+
+
+def hinge_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean())
+
+
+def adaptive_adversarial_weight(reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor,
+                                last_layer: torch.Tensor) -> torch.Tensor:
+    """How much the adversarial term may count: the ratio of the two losses' gradient norms at the decoder's last
+    layer (Esser et al. 2021), so that it sharpens texture without swamping reconstruction."""
+    reconstruction_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    adversarial_grad = torch.autograd.grad(adversarial_loss, last_layer, retain_graph=True)[0]
+    return (reconstruction_grad.norm() / (adversarial_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -106,6 +138,10 @@ class AutoencoderTrainer(TrainingHarness):
         self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=ae.learning_rate)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: self.lr_factor(step, ae.warmup_steps, "cosine"))
+        self.critic, self.critic_optimizer = None, None
+        if ae.discriminator_weight > 0:
+            self.critic = patch_discriminator().to(device).train()
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=ae.learning_rate, betas=(0.5, 0.9))
         self.generator = torch.Generator(device).manual_seed(cfg.seed)
         self.images = images.to(device)
 
@@ -120,18 +156,36 @@ class AutoencoderTrainer(TrainingHarness):
             turn = self._masks(len(crops))  # decode a turned latent as the turned image (stage 2 turns latents)
             reconstruction = self.vae.decode(dihedral(latents, turn)).sample.float()
         target = dihedral(crops, turn)
-        loss = (F.l1_loss(reconstruction, target) + self.ae.ssim_weight * (1 - ssim(reconstruction, target))
-                + self.ae.kl_weight * posterior.kl().float().mean())
-        return self.optimizer_step(loss, self.vae.parameters(), self.ae.max_grad_norm)
+        reconstruction_loss = F.l1_loss(reconstruction, target) + self.ae.ssim_weight * (
+            1 - ssim(reconstruction, target))
+        loss = reconstruction_loss + self.ae.kl_weight * posterior.kl().float().mean()
+        adversarial = self.critic is not None and self.step >= self.ae.discriminator_start
+        if adversarial:
+            fooling = -self.critic(reconstruction).mean()
+            weight = adaptive_adversarial_weight(reconstruction_loss, fooling, self.vae.decoder.conv_out.weight)
+            loss = loss + self.ae.discriminator_weight * weight * fooling
+        value = self.optimizer_step(loss, self.vae.parameters(), self.ae.max_grad_norm)
+        if adversarial:
+            self._critic_step(target, reconstruction.detach())
+        return value
+
+    def _critic_step(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+        self.critic_optimizer.zero_grad(set_to_none=True)  # also drops what the autoencoder's step left here
+        hinge_critic_loss(self.critic(real), self.critic(fake)).backward()
+        self.critic_optimizer.step()
 
     def _masks(self, count: int) -> torch.Tensor:
         return torch.rand((count, 3), generator=self.generator, device=self.device) < 0.5
 
     def write_state(self, folder: Path) -> dict[str, Any]:
         save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, folder / "vae.safetensors")
-        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()},
-                   folder / "training_state.pt")
+        state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.critic is not None:
+            save_file({k: v.contiguous() for k, v in self.critic.state_dict().items()},
+                      folder / "discriminator.safetensors")
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        torch.save(state, folder / "training_state.pt")
         return {}
 
     def read_state(self, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -139,11 +193,19 @@ class AutoencoderTrainer(TrainingHarness):
         if set(weights) != set(self.vae.state_dict()):
             raise KeyError("weights do not match the autoencoder")
         training = torch.load(folder / "training_state.pt", map_location=self.device, weights_only=True)
-        return {"weights": weights, "training": training}
+        saved = {"weights": weights, "training": training}
+        if self.critic is not None:
+            saved["critic"] = load_file(folder / "discriminator.safetensors", device=str(self.device))
+            if set(saved["critic"]) != set(self.critic.state_dict()) or "critic_optimizer" not in training:
+                raise KeyError("weights do not match the discriminator")
+        return saved
 
     def apply_state(self, saved: dict[str, Any]) -> None:
         training = saved["training"]
         self.vae.load_state_dict(saved["weights"])
+        if self.critic is not None:
+            self.critic.load_state_dict(saved["critic"])
+            self.critic_optimizer.load_state_dict(training["critic_optimizer"])
         self.optimizer.load_state_dict(training["optimizer"])
         self.lr_scheduler.load_state_dict(training["lr_scheduler"])
         self.generator.set_state(training["generator"].cpu())

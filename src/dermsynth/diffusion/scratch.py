@@ -74,6 +74,11 @@ class AutoencoderConfig(StrictModel):
     ssim_weight: float = Field(
         0.5, ge=0, description="Weight of the (1 - SSIM) loss beside L1; it sharpens edges and texture.")
     kl_weight: float = Field(1e-6, ge=0, description="Weight of the KL term that keeps the latent space smooth.")
+    discriminator_weight: float = Field(
+        0.0, ge=0, description="Weight of a patch discriminator's adversarial (hinge) loss on the reconstructions, "
+        "scaled against the reconstruction loss's gradient as latent diffusion's autoencoders do; 0 = off.")
+    discriminator_start: int = Field(
+        250, ge=0, description="Step at which the discriminator starts (L1 and SSIM alone shape the first steps).")
     max_steps: int = Field(4000, ge=1, description="Stop stage 1 after this many optimisation steps.")
     max_minutes: float | None = Field(20.0, gt=0, description="Stop stage 1 when it has run this long (all runs).")
     checkpoint_every: int = Field(250, ge=1, description="Save a resumable checkpoint every N steps.")
@@ -92,6 +97,8 @@ class AutoencoderConfig(StrictModel):
             raise ValueError("norm_num_groups must divide every entry of block_out_channels")
         if self.crop_size is not None and self.crop_size % self.downsample:
             raise ValueError(f"crop_size must be divisible by the downsampling factor {self.downsample}")
+        if self.discriminator_weight > 0 and self.crop_size is not None and self.crop_size < 32:
+            raise ValueError("the patch discriminator needs crop_size of at least 32")
         return self
 
 
