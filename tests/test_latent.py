@@ -194,3 +194,17 @@ def test_a_corrupt_vae_is_a_one_line_error(prepared, tmp_path):
     assert "cannot be read" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     with pytest.raises(DermsynthError, match="trained autoencoder cannot be read"):
         train(prepared, out, config=TINY_LATENT | {"max_steps": 8}, progress=False, resume=True)
+
+
+def test_the_spectrum_loss_asks_for_texture_energy_not_position(prepared, tmp_path):
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    shifted = image.roll(shifts=(5, 3), dims=(2, 3))  # same texture, moved: a circular shift keeps amplitudes
+    blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1, padding=1, count_include_pad=False)
+    assert float(latent_module.spectrum_l1(image, shifted)) < 1e-5
+    assert float(latent_module.spectrum_l1(image, blurred)) > 0.05
+    plain, spectral = tmp_path / "plain", tmp_path / "spectral"
+    train(prepared, plain, config=TINY_LATENT, progress=False)
+    train(prepared, spectral, config=TINY_LATENT | {"autoencoder": TINY_LATENT["autoencoder"] | {
+        "frequency_weight": 1.0}}, progress=False)
+    a, b = load_file(plain / VAE_WEIGHTS), load_file(spectral / VAE_WEIGHTS)
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -1,8 +1,8 @@
 """Stage 1 of the latent family: the autoencoder, and the latents stage 2 trains on.
 
 :func:`train_autoencoder` fits a diffusers ``AutoencoderKL`` to random crops of the training images (L1, 1 - SSIM,
-a small KL term and, when ``discriminator_weight`` > 0, a patch discriminator's hinge loss) in the working
-folder ``MODEL/autoencoder/``, with the harness's budget, checkpoints and resume. It then
+a small KL term and, optionally, an amplitude-spectrum L1 and a patch discriminator's hinge loss) in the
+working folder ``MODEL/autoencoder/``, with the harness's budget, checkpoints and resume. It then
 
 - measures reconstruction PSNR/SSIM on val images beside a bicubic down-and-up baseline of the same factor;
 - saves ``MODEL/vae/`` (``AutoencoderKL.from_pretrained`` reads it) with ``shift_factor`` and ``scaling_factor``
@@ -77,6 +77,15 @@ def random_crops(images: torch.Tensor, size: int | None, generator: torch.Genera
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def spectrum_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between the 2-D amplitude spectra (orthonormal FFT, so on the pixels' scale by Parseval).
+    Amplitudes only: where edges sit is L1's job; this term asks that the fine texture's energy be there."""
+    def amplitude(x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft2(x.float(), norm="ortho").abs()
+
+    return (amplitude(a) - amplitude(b)).abs().mean()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -158,6 +167,8 @@ class AutoencoderTrainer(TrainingHarness):
         target = dihedral(crops, turn)
         reconstruction_loss = F.l1_loss(reconstruction, target) + self.ae.ssim_weight * (
             1 - ssim(reconstruction, target))
+        if self.ae.frequency_weight > 0:
+            reconstruction_loss = reconstruction_loss + self.ae.frequency_weight * spectrum_l1(reconstruction, target)
         loss = reconstruction_loss + self.ae.kl_weight * posterior.kl().float().mean()
         adversarial = self.critic is not None and self.step >= self.ae.discriminator_start
         if adversarial:

@@ -74,6 +74,9 @@ class AutoencoderConfig(StrictModel):
     ssim_weight: float = Field(
         0.5, ge=0, description="Weight of the (1 - SSIM) loss beside L1; it sharpens edges and texture.")
     kl_weight: float = Field(1e-6, ge=0, description="Weight of the KL term that keeps the latent space smooth.")
+    frequency_weight: float = Field(
+        0.0, ge=0, description="Weight of an L1 loss between the amplitude spectra of reconstruction and image: "
+        "it asks for the fine texture's energy, which L1 and SSIM let the decoder smooth away; 0 = off.")
     discriminator_weight: float = Field(
         0.0, ge=0, description="Weight of a patch discriminator's adversarial (hinge) loss on the reconstructions, "
         "scaled against the reconstruction loss's gradient as latent diffusion's autoencoders do; 0 = off.")
