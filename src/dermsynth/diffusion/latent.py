@@ -189,12 +189,11 @@ class AutoencoderTrainer(TrainingHarness):
         return torch.rand((count, 3), generator=self.generator, device=self.device) < 0.5
 
     def write_state(self, folder: Path) -> dict[str, Any]:
-        save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, folder / "vae.safetensors")
+        _save_weights(self.vae, folder / "vae.safetensors")
         state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
         if self.critic is not None:
-            save_file({k: v.contiguous() for k, v in self.critic.state_dict().items()},
-                      folder / "discriminator.safetensors")
+            _save_weights(self.critic, folder / "discriminator.safetensors")
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
         torch.save(state, folder / "training_state.pt")
         return {}
@@ -221,6 +220,10 @@ class AutoencoderTrainer(TrainingHarness):
         self.lr_scheduler.load_state_dict(training["lr_scheduler"])
         self.generator.set_state(training["generator"].cpu())
         torch.set_rng_state(training["torch_rng"].cpu())
+
+
+def _save_weights(module: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, path)
 
 
 # --------------------------------------------------------------------------- stage 1
