@@ -308,6 +308,36 @@ def _class_prompts(pairs: list[str] | None) -> dict[str, str] | None:
     return prompts
 
 
+# --------------------------------------------------------------------------- reconstruct
+
+
+@app.command()
+def reconstruct(
+    data: Annotated[Path, typer.Option("--data", help="The prepared real dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the reconstructions (audit reads it).")],
+    model: Annotated[Path | None, typer.Option(help="A latent-family model folder: pass the images through its "
+                                                    "autoencoder.")] = None,
+    bicubic: Annotated[int | None, typer.Option(help="Instead, a bicubic down-and-up by this factor (the "
+                                                     "reference a latent of that size must beat).")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    max_images: Annotated[int | None, typer.Option(help="A seeded sample of at most this many images.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Real images through an autoencoder (or bicubic): audit the folder to measure the decoder's ceiling.
+
+    A latent model's samples can be no closer to real images than its autoencoder's reconstructions, so
+    `dermsynth audit --synthetic OUT` on them splits a fidelity gap into the decoder's share and stage 2's.
+    The images are derived from real patients' images: not synthetic, not for sharing or training."""
+    from dermsynth.diffusion.reconstruct import reconstruct as run_reconstruct
+
+    record = run_reconstruct(data, out, model=model, bicubic=bicubic, split=split, max_images=max_images,
+                             device=device, progress=not quiet)
+    typer.echo(f"{out}: {record['images']} {split} images through {record['through']}; PSNR "
+               f"{record['psnr']:.2f} dB, SSIM {record['ssim']:.3f}"
+               + (f"; skipped {len(record['skipped'])} unreadable" if record["skipped"] else ""))
+
+
 # --------------------------------------------------------------------------- audit
 
 

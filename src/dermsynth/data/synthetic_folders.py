@@ -24,11 +24,19 @@ from dermsynth.progress import track
 from dermsynth.utils import read_marker, stable_hash, write_json_atomic
 
 MARKER = "preprocessed.json"
+RECONSTRUCTION_RECORD = "reconstruct.json"  # `dermsynth reconstruct`: real images through an autoencoder
 
 
 def made_by_dermsynth(folder: str | Path) -> bool:
+    """Written by `generate` (or `reconstruct`) from the prepared images, so already in their preprocessing."""
     folder = Path(folder)
-    return (folder / "manifest.csv").is_file() and (folder / "generate.json").is_file()
+    return (folder / "manifest.csv").is_file() and any(
+        (folder / record).is_file() for record in ("generate.json", RECONSTRUCTION_RECORD))
+
+
+def is_reconstruction(folder: str | Path) -> bool:
+    """Reconstructions of real images: derived from patients' images, so never a synthetic training set."""
+    return (Path(folder) / RECONSTRUCTION_RECORD).is_file()
 
 
 def class_folders(folder: Path) -> list[Path]:

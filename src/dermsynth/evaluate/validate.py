@@ -36,7 +36,7 @@ import pandas as pd
 
 from dermsynth.config import validate_config
 from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
-from dermsynth.data.synthetic_folders import comparable_folder
+from dermsynth.data.synthetic_folders import comparable_folder, is_reconstruction
 from dermsynth.distributed import ProcessShare, current_share, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.augment import RECIPE as AUGMENT_RECIPE
@@ -201,6 +201,9 @@ def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, prog
     pools = {}
     preprocessing: dict[str, Any] = {}
     for name, original in unique_names(config.synthetic).items():
+        if is_reconstruction(original):
+            raise DermsynthError(f"{original}: holds reconstructions of real images (dermsynth reconstruct), not "
+                                 "synthetic ones; audit it, do not train on it")
         pool = _read_pool(bank, synthetic_frame(original, classes), original, name, progress)
         check_no_copies(bank, pool, evaluation)  # a held-out image is a leak however it is later framed
         folder, preprocessing[name] = comparable_folder(original, prepared.summary, config.synthetic_preprocess

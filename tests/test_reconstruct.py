@@ -1,0 +1,120 @@
+"""`dermsynth reconstruct`: real images through a latent model's autoencoder or a bicubic down-and-up, as a
+folder the audit reads without re-preprocessing and validate refuses to train on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dermsynth.data.images import load_image
+from dermsynth.data.synthetic_folders import comparable_folder, made_by_dermsynth
+from dermsynth.diffusion.reconstruct import reconstruct
+from dermsynth.diffusion.train_scratch import train
+from dermsynth.errors import DermsynthError
+from tests.test_diffusion_scratch import make_prepared, run_cli
+from tests.test_latent import TINY_LATENT
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = make_prepared(tmp_path_factory.mktemp("reconstruct") / "prep", size=32,
+                         per_class={"benign": 8, "malignant": 6})
+    summary = json.loads((root / "prepare.json").read_text())
+    summary["settings"] = {"preprocess": {"image_size": 32}}
+    (root / "prepare.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture(scope="module")
+def latent_model(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reconstruct-model") / "model"
+    train(prepared, out, config=TINY_LATENT, progress=False)
+    return out
+
+
+def test_autoencoder_reconstructions_are_an_auditable_folder(prepared, latent_model, tmp_path):
+    out = tmp_path / "rec"
+    record = reconstruct(prepared, out, model=latent_model, split="val", progress=False)
+    manifest = pd.read_csv(out / "manifest.csv")
+    val = pd.read_csv(prepared / "metadata.csv").query("split == 'val'")
+    assert sorted(manifest["source_image_id"]) == sorted(val["image_id"])
+    assert record["images"] == len(val) == 2 and record["split"] == "val" and record["factor"] == 2
+    assert not manifest["synthetic"].any() and "not synthetic" in record["what"]
+    assert record["model"] == "../model" or not record["model"].startswith("/")  # no machine path
+    assert made_by_dermsynth(out)  # the audit reads it as is: it comes from the prepared images
+    folder, how = comparable_folder(out, {}, True, tmp_path / "cache", progress=False)
+    assert folder == out and not how["preprocessed"]
+    # The PNG is the decoder's output of that very image, and its PSNR is recorded against the source.
+    first = manifest.iloc[0]
+    made = np.asarray(Image.open(out / first["path"]).convert("RGB"))
+    source = load_image(prepared / val.set_index("image_id").loc[first["source_image_id"], "path"], 32)
+    mse = np.mean((made.astype(np.float64) - source) ** 2)
+    assert first["psnr"] == pytest.approx(10 * np.log10(255**2 / mse), abs=0.01)
+    assert Image.open(out / first["path"]).text["dermsynth"].startswith("reconstructions of real")
+
+
+def test_bicubic_reference_loses_more_at_a_larger_factor(prepared, tmp_path):
+    two = reconstruct(prepared, tmp_path / "x2", bicubic=2, split="train", progress=False)
+    eight = reconstruct(prepared, tmp_path / "x8", bicubic=8, split="train", progress=False)
+    assert two["images"] == eight["images"] == 10
+    assert two["psnr"] > eight["psnr"] and two["ssim"] > eight["ssim"]
+    row = pd.read_csv(tmp_path / "x2" / "manifest.csv").iloc[0]
+    source = pd.read_csv(prepared / "metadata.csv").set_index("image_id").loc[row["source_image_id"], "path"]
+    pixels = torch.from_numpy(np.array(load_image(prepared / source, 32))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    small = F.interpolate(pixels, size=16, mode="bicubic", antialias=True, align_corners=False)
+    expected = ((F.interpolate(small, size=32, mode="bicubic", align_corners=False).clamp(-1, 1) + 1) * 127.5 + 0.5)
+    made = np.asarray(Image.open(tmp_path / "x2" / row["path"]).convert("RGB"))
+    assert np.array_equal(made, expected.to(torch.uint8)[0].permute(1, 2, 0).numpy())
+
+
+def test_max_images_takes_a_seeded_sample(prepared, tmp_path):
+    a = reconstruct(prepared, tmp_path / "a", bicubic=2, split="train", max_images=3, progress=False)
+    reconstruct(prepared, tmp_path / "b", bicubic=2, split="train", max_images=3, progress=False)
+    assert a["images"] == 3
+    assert list(pd.read_csv(tmp_path / "a" / "manifest.csv")["image_id"]) == list(
+        pd.read_csv(tmp_path / "b" / "manifest.csv")["image_id"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "exactly one of --model"),
+    (["--bicubic", "3"], "divides the image size"),
+    (["--bicubic", "2", "--split", "holdout"], "--split must be one of"),
+    (["--bicubic", "2", "--max-images", "0"], "--max-images must be 1 or more"),
+])
+def test_bad_options_are_one_line_errors(prepared, tmp_path, capsys, args, message):
+    code, _, err = run_cli(["reconstruct", "--data", str(prepared), "--out", str(tmp_path / "rec"), *args], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "rec").exists()
+
+
+def test_model_without_or_with_a_corrupt_autoencoder(prepared, latent_model, tmp_path, capsys):
+    code, _, err = run_cli(["reconstruct", "--data", str(prepared), "--out", str(tmp_path / "rec"),
+                            "--model", str(tmp_path)], capsys)
+    assert code == 2 and "no vae/ autoencoder" in err
+    broken = tmp_path / "broken"
+    (broken / "vae").mkdir(parents=True)
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        (broken / "vae" / name).write_bytes((latent_model / "vae" / name).read_bytes()[:100])
+    code, _, err = run_cli(["reconstruct", "--data", str(prepared), "--out", str(tmp_path / "rec"),
+                            "--model", str(broken)], capsys)
+    assert code == 2 and "cannot be read" in err and "Traceback" not in err
+    assert not (tmp_path / "rec").exists()
+
+
+def test_finished_folder_is_kept_and_validate_refuses_it(prepared, tmp_path, capsys):
+    out = tmp_path / "rec"
+    reconstruct(prepared, out, bicubic=2, progress=False)
+    with pytest.raises(DermsynthError, match="already holds reconstructions"):
+        reconstruct(prepared, out, bicubic=4, progress=False)
+    assert json.loads((out / "reconstruct.json").read_text())["factor"] == 2
+    code, _, err = run_cli(["validate", "--real", str(prepared), "--synthetic", str(out), "--out",
+                            str(tmp_path / "val"), "--model", "cnn", "--epochs", "1"], capsys)
+    assert code == 2 and "reconstructions of real images" in err
