@@ -17,12 +17,13 @@ from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.version import __version__
 
 __all__ = ["DermsynthError", "PrepareConfig", "PrepareResult", "PreparedDataset", "TrainConfig", "ValidateConfig",
-           "__version__", "generate", "load_prepared", "prepare", "train", "validate"]
+           "__version__", "generate", "load_prepared", "prepare", "reconstruct", "train", "validate"]
 
 # Lazily imported (they import torch, which `import dermsynth` and `dermsynth --help` must not).
 _LAZY = {
     "train": "dermsynth.diffusion.train_scratch",
     "generate": "dermsynth.diffusion.generate",
+    "reconstruct": "dermsynth.diffusion.reconstruct",
     "TrainConfig": "dermsynth.diffusion.scratch",
 }
 
