@@ -48,7 +48,9 @@ def test_autoencoder_reconstructions_are_an_auditable_folder(prepared, latent_mo
     assert sorted(manifest["source_image_id"]) == sorted(val["image_id"])
     assert record["images"] == len(val) == 2 and record["split"] == "val" and record["factor"] == 2
     assert not manifest["synthetic"].any() and "not synthetic" in record["what"]
-    assert record["model"] == "../model" or not record["model"].startswith("/")  # no machine path
+    # Paths are relative to the folder: no machine path in an artifact.
+    assert (out / record["model"]).resolve() == latent_model.resolve()
+    assert (out / record["prepared"]).resolve() == prepared.resolve()
     assert made_by_dermsynth(out)  # the audit reads it as is: it comes from the prepared images
     folder, how = comparable_folder(out, {}, True, tmp_path / "cache", progress=False)
     assert folder == out and not how["preprocessed"]
@@ -115,6 +117,11 @@ def test_finished_folder_is_kept_and_validate_refuses_it(prepared, tmp_path, cap
     with pytest.raises(DermsynthError, match="already holds reconstructions"):
         reconstruct(prepared, out, bicubic=4, progress=False)
     assert json.loads((out / "reconstruct.json").read_text())["factor"] == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DermsynthError, match="not an empty folder"):
+        reconstruct(prepared, tmp_path / "mine", bicubic=2, progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     code, _, err = run_cli(["validate", "--real", str(prepared), "--synthetic", str(out), "--out",
                             str(tmp_path / "val"), "--model", "cnn", "--epochs", "1"], capsys)
     assert code == 2 and "reconstructions of real images" in err

@@ -55,6 +55,8 @@ def reconstruct(data: str | Path, out: str | Path, model: str | Path | None = No
     out = Path(out)
     if (out / RECONSTRUCTION_RECORD).is_file():
         raise DermsynthError(f"{out}: already holds reconstructions; choose another --out or delete it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DermsynthError(f"{out}: exists and is not an empty folder; choose a new --out")
     device = pick_device(device)
     codec = _AutoencoderCodec(Path(model), device) if model is not None else _BicubicCodec(bicubic,
                                                                                            prepared.image_size)
@@ -63,7 +65,7 @@ def reconstruct(data: str | Path, out: str | Path, model: str | Path | None = No
         raise DermsynthError(f"{data}: the {split} split is empty")
     if max_images is not None and len(frame) > max_images:
         frame = frame.sample(n=max_images, random_state=seed).sort_values("image_id")
-    ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    ensure_writable_dir(out.parent)
     work = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(work, ignore_errors=True)
     rows, skipped = _write_images(prepared, frame.reset_index(drop=True), codec, work, batch_size, progress)
@@ -73,13 +75,13 @@ def reconstruct(data: str | Path, out: str | Path, model: str | Path | None = No
     manifest = pd.DataFrame(rows)
     manifest.to_csv(work / "manifest.csv", index=False)
     record = {"what": NOT_SYNTHETIC, "through": codec.description, "split": split, "prepared": relative_path(
-        prepared.root, out.parent), "image_size": codec.size, "images": len(manifest),
+        prepared.root, out), "image_size": codec.size, "images": len(manifest),
         "counts": manifest["label"].value_counts().sort_index().to_dict(), "skipped": skipped,
         "psnr": round(float(manifest["psnr"].mean()), 4), "ssim": round(float(manifest["ssim"].mean()), 4),
-        **codec.record(out.parent)}
+        **codec.record(out)}
     write_json_atomic(work / RECONSTRUCTION_RECORD, record)
     if out.exists():
-        shutil.rmtree(out)  # an earlier incomplete attempt; a finished one was refused above
+        out.rmdir()  # empty (checked above)
     work.rename(out)
     return record
 
