@@ -341,10 +341,8 @@ def reconstruction_scores(vae: AutoencoderKL, images: torch.Tensor, factor: int,
     sums = {"psnr": 0.0, "ssim": 0.0, "bicubic_psnr": 0.0, "bicubic_ssim": 0.0}
     for start in range(0, len(images), batch):
         pixels = images[start:start + batch].to(vae.device).float() / 127.5 - 1.0
-        reconstruction = _reconstruct(vae, pixels, bf16).clamp(-1, 1)
-        side = pixels.shape[-1]
-        small = F.interpolate(pixels, size=side // factor, mode="bicubic", antialias=True, align_corners=False)
-        bicubic = F.interpolate(small, size=side, mode="bicubic", align_corners=False).clamp(-1, 1)
+        reconstruction = autoencode(vae, pixels, bf16).clamp(-1, 1)
+        bicubic = bicubic_down_up(pixels, factor).clamp(-1, 1)
         for name, made in (("", reconstruction), ("bicubic_", bicubic)):
             for one_real, one_made in zip(pixels, made, strict=True):  # per image, then averaged
                 sums[f"{name}psnr"] += float(peak_signal_noise_ratio(one_made[None], one_real[None], data_range=2.0))
@@ -352,7 +350,15 @@ def reconstruction_scores(vae: AutoencoderKL, images: torch.Tensor, factor: int,
     return {key: round(value / len(images), 4) for key, value in sums.items()} | {"images": len(images)}
 
 
-def _reconstruct(vae: AutoencoderKL, pixels: torch.Tensor, bf16: bool) -> torch.Tensor:
+def bicubic_down_up(pixels: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bicubic down by ``factor`` (antialiased) and back up: what a code of that size keeps unlearned."""
+    side = pixels.shape[-1]
+    small = F.interpolate(pixels, size=side // factor, mode="bicubic", antialias=True, align_corners=False)
+    return F.interpolate(small, size=side, mode="bicubic", align_corners=False)
+
+
+def autoencode(vae: AutoencoderKL, pixels: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Encoder mean, then decoder (unclipped), as samples are decoded."""
     with _autocast(pixels.device, bf16):
         latents = vae.encode(pixels).latent_dist.mean
         return vae.decode(latents).sample.float()
@@ -362,7 +368,7 @@ def _reconstruct(vae: AutoencoderKL, pixels: torch.Tensor, bf16: bool) -> torch.
 def _save_reconstructions(vae: AutoencoderKL, images: torch.Tensor, path: Path, bf16: bool) -> None:
     """Two rows: real val images, and their reconstructions."""
     pixels = images.to(vae.device).float() / 127.5 - 1.0
-    reconstruction = _reconstruct(vae, pixels, bf16)
+    reconstruction = autoencode(vae, pixels, bf16)
     both = torch.cat([pixels, reconstruction]).permute(0, 2, 3, 1).cpu().numpy() / 2 + 0.5
     with atomic_path(path) as tmp:
         image_grid(both, rows=["real", "reconstruction"]).save(tmp, format="PNG")

@@ -17,7 +17,6 @@ hidden name and renamed when complete, so it is whole or absent.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.images import ImageReadError, load_image, save_image
@@ -164,13 +162,9 @@ class _AutoencoderCodec:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        pixels = _to_pixels(images, self.device)
-        autocast = (torch.autocast(pixels.device.type, dtype=torch.bfloat16) if self.bf16
-                    else contextlib.nullcontext())
-        with autocast:
-            latents = self.vae.encode(pixels).latent_dist.mean
-            decoded = self.vae.decode(latents).sample.float()
-        return _to_uint8(decoded)
+        from dermsynth.diffusion.latent import autoencode
+
+        return _to_uint8(autoencode(self.vae, _to_pixels(images, self.device), self.bf16))
 
     def record(self, base: Path) -> dict[str, Any]:
         return {"model": relative_path(self.model, base), "vae_sha256": self.sha256, "factor": self.factor,
@@ -190,10 +184,9 @@ class _BicubicCodec:
         self.description = f"bicubic down by {factor}x (antialiased) and back up"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        pixels = _to_pixels(images, "cpu")
-        small = F.interpolate(pixels, size=self.size // self.factor, mode="bicubic", antialias=True,
-                              align_corners=False)
-        return _to_uint8(F.interpolate(small, size=self.size, mode="bicubic", align_corners=False))
+        from dermsynth.diffusion.latent import bicubic_down_up
+
+        return _to_uint8(bicubic_down_up(_to_pixels(images, "cpu"), self.factor))
 
     def record(self, base: Path) -> dict[str, Any]:
         return {"factor": self.factor}
