@@ -17,6 +17,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,9 +59,19 @@ class DomScan(HTMLParser):
         self.text.append(data)
 
 
+def short_temp_dir() -> Path:
+    """A private folder with a short path. Chromium puts its singleton socket in $TMPDIR and aborts (SIGABRT)
+    when that socket's path passes the 107-byte Unix limit, as it does under pytest's deep tmp_path."""
+    base = tempfile.gettempdir()
+    if len(base) > 40 and Path("/tmp").is_dir():
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="dermsynth-chromium-", dir=base))
+
+
 def run_chromium(args: list[str], user_dir: Path, timeout: float) -> subprocess.CompletedProcess:
     command = [CHROMIUM, *FLAGS, f"--user-data-dir={user_dir}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    env = {**os.environ, "TMPDIR": str(user_dir)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
 def decodes_as_png(src: str) -> bool:
@@ -113,7 +124,7 @@ def save_small(png: Path, target: Path, width: int, max_bytes: int = 500_000) ->
 def check(report: Path, require_results: bool, window: str, timeout: float, save: Path | None,
           save_width: int) -> dict:
     url = report.resolve().as_uri()
-    user_dir = Path(tempfile.mkdtemp(prefix="dermsynth-chromium-"))
+    user_dir = short_temp_dir()
     try:
         shot = user_dir / "screenshot.png"
         screenshot = run_chromium([f"--screenshot={shot}", f"--window-size={window}", url], user_dir, timeout)

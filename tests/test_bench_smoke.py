@@ -46,3 +46,21 @@ def test_benchmark_smoke_mode_runs(script, args, tmp_path):
 def test_every_benchmark_has_a_smoke_mode():
     missing = [p.name for p in BENCH.glob("*.py") if p.name not in HELPERS and "--smoke" not in p.read_text()]
     assert not missing
+
+
+@pytest.mark.skipif(not BROWSER, reason="needs /usr/bin/chromium")
+def test_report_render_check_survives_a_deep_temp_folder(tmp_path, monkeypatch):
+    # Chromium aborts when its singleton socket under $TMPDIR passes the 107-byte Unix socket limit; the check
+    # must give it a short private folder whatever the caller's TMPDIR (pytest's own can be that deep).
+    monkeypatch.syspath_prepend(str(BENCH))
+    from smoke_data import sample_prepared
+
+    from dermsynth.report.build import build_report
+
+    sample_prepared(tmp_path / "run" / "prepared")
+    report = build_report(tmp_path / "run")[0]
+    deep = tmp_path / ("d" * 60) / ("e" * 40)
+    deep.mkdir(parents=True)
+    done = subprocess.run([sys.executable, str(BENCH / "check_report_render.py"), str(report)], capture_output=True,
+                          text=True, env={**os.environ, "TMPDIR": str(deep)}, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-1500:]
