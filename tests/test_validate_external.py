@@ -85,3 +85,23 @@ def test_an_external_set_that_is_the_training_data_or_has_other_classes_is_refus
     meta.to_csv(other / "metadata.csv", index=False)
     with pytest.raises(DermsynthError, match=r"classes .* differ"):
         validate(config(prep, test=[other]), tmp_path / "v", progress=False)
+
+
+def test_an_external_set_without_the_subgroup_fields_is_summarised_with_a_note(prep, tmp_path):  # noqa: F811
+    """A class-folder tree has empty sex/age/site columns: its subgroups are 'no such field', never a crash."""
+    external, _ = make_external(prep, tmp_path / "folder-set")
+    meta = pd.read_csv(external / "metadata.csv", dtype=str)
+    meta[["sex", "age_approx", "anatom_site"]] = ""
+    meta.to_csv(external / "metadata.csv", index=False)
+    validate(config(prep, regimes=["real", "augment:0.5"], seeds=2, test=[external],
+                    subgroups=["sex", "age_band", "anatom_site"], subgroup_min_images=4, subgroup_min_per_class=1),
+             tmp_path / "v", progress=False)
+    root = tmp_path / "v" / "validation"
+    info = json.loads((root / "validate.json").read_text())
+    assert info["external"]["folder-set"]["absent_subgroups"] == ["sex", "age_band", "anatom_site"]
+    text = (root / "summary.md").read_text()
+    assert "no field sex, age_band, anatom_site in this set's metadata" in text
+    summary = pd.read_csv(root / "summary.csv")
+    assert set(summary["test_set"]) == {"test", "folder-set"}
+    rows = pd.read_csv(root / "subgroups.csv")
+    assert set(rows["test_set"]) == {"test"}  # the internal split still has its subgroups

@@ -27,6 +27,7 @@ class ExternalSet:
     removed: list[dict[str, Any]]
     groups: dict[str, pd.Series]
     fingerprint: str
+    absent_subgroups: list[str]  # subgroup fields this set has no values for (another collection's metadata)
 
 
 
@@ -56,8 +57,12 @@ def load_external(config: ValidateConfig, bank: ImageBank, training: pd.DataFram
         keep = ~frame.index.isin(list(best))
         fingerprint = stable_hash([sha256_file(Path(folder) / "metadata.csv")[:16],
                                    config.external_duplicate_threshold, sorted(r["image_id"] for r in removed)])
-        groups = subgroup_labels(meta[keep].reset_index(drop=True), config.subgroups, f"--test {folder}")
-        external[name] = ExternalSet(frame[keep].reset_index(drop=True), removed, groups, fingerprint)
+        absent: list[str] = []
+        groups = subgroup_labels(meta[keep].reset_index(drop=True), config.subgroups, f"--test {folder}", absent)
+        external[name] = ExternalSet(frame[keep].reset_index(drop=True), removed, groups, fingerprint, absent)
+        if progress and absent:
+            console.print(f"[yellow]--test {name}: no subgroup field {', '.join(absent)} in its metadata; "
+                          "those subgroups are skipped for this set[/yellow]")
         if progress and removed:
             console.print(f"[yellow]--test {name}: removed {len(removed)} image(s) that duplicate training "
                           "images[/yellow]")

@@ -31,32 +31,42 @@ class GroupRule:
     min_per_class: int = 10
 
 
-def subgroup_labels(test: pd.DataFrame, fields: list[str] | None = None, where: str = "the test split"
-                    ) -> dict[str, pd.Series]:
-    """Per attribute, each image's group (NaN where unknown); age in bands. ``fields`` names the attributes (an
-    absent one is an error); None takes those of ATTRIBUTES the metadata has."""
+def subgroup_labels(test: pd.DataFrame, fields: list[str] | None = None, where: str = "the test split",
+                    absent: list[str] | None = None) -> dict[str, pd.Series]:
+    """Per attribute, each image's group (NaN where unknown); age in bands. ``fields`` names the attributes; None
+    takes those of ATTRIBUTES the metadata has. A named field the metadata lacks is an error (a typo must not pass
+    unseen), unless ``absent`` is a list: then that field, and a field with no known value (a class-folder tree
+    has empty sex/age/site columns), is skipped for this set and appended to ``absent``."""
     if fields is not None:
         columns = {*test.columns, "age_band"} if "age_approx" in test else set(test.columns)
         missing = [f for f in fields if f not in columns and not any(c.lower().startswith(f) for c in test.columns)]
-        if missing:
+        if missing and absent is None:
             raise DermsynthError(f"subgroups: no field {', '.join(map(repr, missing))} in the metadata of {where} "
                                  f"(it has: {', '.join(sorted(columns - {'path', 'prompt', 'image_id'}))})")
     labels: dict[str, pd.Series] = {}
     for attribute in fields if fields is not None else ATTRIBUTES:
-        if attribute == "age_band":
-            if "age_approx" not in test:
-                continue
-            age = pd.to_numeric(test["age_approx"], errors="coerce")
-            values = age.map(lambda a: next(name for top, name in AGE_BANDS if a < top) if a == a else np.nan)
-        else:
-            column = next((c for c in test.columns if c.lower().startswith(attribute)), None)
-            if column is None:
-                continue
-            values = test[column].where(test[column].notna()).astype("object").map(
-                lambda v: str(v) if v == v and v is not None else np.nan)
+        values = _attribute_values(test, attribute)
+        if values is None or (absent is not None and not values.notna().any()):
+            if fields is not None and absent is not None:
+                absent.append(attribute)
+            continue
         if fields is not None or (values.notna().any() and values.dropna().nunique() > 1):  # one group: no comparison
             labels[attribute] = values.reset_index(drop=True)
     return labels
+
+
+def _attribute_values(test: pd.DataFrame, attribute: str) -> pd.Series | None:
+    """Each image's group for one attribute (NaN where unknown), or None when the metadata has no such column."""
+    if attribute == "age_band":
+        if "age_approx" not in test:
+            return None
+        age = pd.to_numeric(test["age_approx"], errors="coerce")
+        return age.map(lambda a: next(name for top, name in AGE_BANDS if a < top) if a == a else np.nan)
+    column = next((c for c in test.columns if c.lower().startswith(attribute)), None)
+    if column is None:
+        return None
+    return test[column].where(test[column].notna()).astype("object").map(
+        lambda v: str(v) if v == v and v is not None else np.nan)
 
 
 def _subset(run: RunPredictions, mask: np.ndarray) -> RunPredictions:
@@ -103,7 +113,9 @@ def gap_rows(groups: dict[tuple[str, str], Sequence[RunPredictions]], labels: di
              rows: list[dict], confidence: float) -> list[dict]:
     """Per regime and attribute: the worst group, the best-worst gap in AUROC, and its change from real-only."""
     table = pd.DataFrame(rows)
-    out = []
+    out: list[dict] = []
+    if table.empty:  # no attribute with a known group in this set: nothing to compare
+        return out
     for attribute, values in labels.items():
         for (regime, source), runs in groups.items():
             mine = table[(table["regime"] == regime) & (table["source"] == source)

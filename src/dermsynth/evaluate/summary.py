@@ -83,6 +83,9 @@ def write_summary_files(root: Path, tables: list[TestSetSummary], config: Valida
         text += (f"\n## External test set {t.name} ({external.get(t.name, {}).get('images', '?')} images; "
                  f"{removed} removed as duplicates of training images)\n\n")
         text += summary_markdown(pd.DataFrame(t.rows), pd.DataFrame(t.comparisons), config.confidence)
+        absent = external.get(t.name, {}).get("absent_subgroups", [])
+        if absent:
+            text += f"\nSubgroups: no field {', '.join(absent)} in this set's metadata.\n"
         text += subgroup_markdown(t.gaps, t.subgroups)
     write_text_atomic(root / "summary.md", text)
     return summary, comparisons

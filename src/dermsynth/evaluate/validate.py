@@ -164,8 +164,8 @@ def _validate(config: ValidateConfig, out: Path, progress: bool,
         "unreadable_synthetic": sorted(data.bank.failed), "ran": ran, "skipped": skipped,
         "augment_recipe": AUGMENT_RECIPE.as_dict() if any(p.regime.uses_augmented for p in plans) else None,
         "synthetic_preprocessing": data.preprocessing,
-        "external": {name: {"images": len(ext.frame), "removed_duplicates": ext.removed}
-                     for name, ext in data.external.items()},
+        "external": {name: {"images": len(ext.frame), "removed_duplicates": ext.removed,
+                            "absent_subgroups": ext.absent_subgroups} for name, ext in data.external.items()},
         "seconds_this_call": round(time.monotonic() - started, 1)}))
     return ValidateResult(root, summary, comparisons, ran, skipped)
 
@@ -432,5 +432,6 @@ def write_summary(config: ValidateConfig, data: Data, plans: list[RunPlan], root
             if run is not None:
                 groups.setdefault((plan.regime.name, plan.source or ""), []).append((plan.train, run))
         tables.append(summarise_test_set(test_set, groups, groups_of_set, data.classes, config))
-    external = {name: {"images": len(ext.frame), "removed": ext.removed} for name, ext in data.external.items()}
+    external = {name: {"images": len(ext.frame), "removed": ext.removed, "absent_subgroups": ext.absent_subgroups}
+                for name, ext in data.external.items()}
     return write_summary_files(root, tables, config, external, missing or [])
