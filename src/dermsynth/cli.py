@@ -13,9 +13,11 @@ from typing import Annotated, Any
 
 import typer
 
+from dermsynth.audit.config import feature_spaces_help
 from dermsynth.data.readers import readers_help
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.models import classifiers_help
+from dermsynth.evaluate.regimes import regimes_help
 
 # No network at run time unless the user names a hub model (stages that accept hub ids lift this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -159,14 +161,34 @@ def info(prep: Annotated[Path, typer.Argument(help="A prepared dataset folder.")
 # --------------------------------------------------------------------------- train / generate
 
 
+_STAGES_HELP = ("A two-stage preset (latent: autoencoder, then diffusion) splits the budget between its stages in the "
+                "ratio of their preset step budgets.")
+
+
+def _presets_help() -> str:
+    from dermsynth.diffusion.scratch import PRESETS
+
+    def describe(name: str, preset: dict[str, Any]) -> str:
+        ae = preset.get("autoencoder")
+        steps = f"latent, {ae['max_steps']} + {preset['max_steps']} steps" if ae else f"{preset['max_steps']} steps"
+        return f"{name} ({preset['model']['image_size']} px, {steps})"
+
+    return "One of: " + ", ".join(describe(name, p) for name, p in PRESETS.items()) + "."
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option("--data", help="A prepared dataset folder (its train split is used).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
-    preset: Annotated[str, typer.Option(help="cpu-fast (32 px, minutes on a CPU) or gpu (64 px).")] = "cpu-fast",
-    config: Annotated[Path | None, typer.Option(help="YAML with training settings, on top of the preset.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time (all runs).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimisation steps.")] = None,
+    preset: Annotated[str, typer.Option(help=_presets_help())] = "cpu-fast",
+    config: Annotated[Path | None, typer.Option(
+        help="YAML with training settings, stacked on --preset (so a file written for another preset needs that "
+             "--preset too).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Also stop after this much training time, all runs and stages together; off by default, since a "
+             "minute cap makes the model depend on the machine's speed. " + _STAGES_HELP)] = None,
+    max_steps: Annotated[int | None, typer.Option(
+        help="Optimisation steps of the whole run (default: the preset's). " + _STAGES_HELP)] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed (default: 0).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps (default: auto).")] = None,
     real_per_class: Annotated[int | None, typer.Option(
@@ -349,7 +371,7 @@ def audit(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for audit.json, flagged.csv, figures.")],
     config: Annotated[Path | None, typer.Option(help="YAML with audit settings (options override it).")] = None,
     features: Annotated[str | None, typer.Option(
-        help="classifier (trained here on real train) | classifier:PATH | hf:ID_OR_PATH (default: classifier).")
+        help=f"{feature_spaces_help()} (default: classifier).")
     ] = None,
     image_size: Annotated[int | None, typer.Option(help="Compare images at this size (default: 64).")] = None,
     max_images: Annotated[int | None, typer.Option(help="Cap per image set (default: 5000).")] = None,
@@ -431,8 +453,8 @@ def validate(
         "--test", help="External test set: a prepared dataset from another source, all of it tested on (after "
         "removing content duplicates of training images); repeat for several.")] = None,
     regimes: Annotated[str | None, typer.Option(
-        help="Comma-separated: real, hybrid:<fraction>, add:<n>, synthetic; the augmentation controls "
-             "augment:<fraction> and augment-add:<n> (default: real,hybrid:0.5,synthetic).")
+        help=f"Comma-separated, of: {regimes_help()} (augment: the classical-augmentation controls; default: "
+             "real,hybrid:0.5,synthetic).")
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds per regime (default: 3).")] = None,
     model: Annotated[str | None, typer.Option(help=f"{classifiers_help()} (default: cnn).")] = None,

@@ -11,10 +11,10 @@ import typing
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from dermsynth.errors import DermsynthError
@@ -24,6 +24,18 @@ from dermsynth.progress import console
 # precision: auto (the stage's measured choice for the device), no (fp32), bf16 or fp16 autocast; a stage that
 # cannot run one of them leaves it out of its Literal.
 Precision = Literal["auto", "no", "bf16", "fp16"]
+# A trainer's threads: a count, None (fixed at torch's count: all cores, or this process's share under a launcher), or
+# "adaptive" (diffusion/threads.py: faster on a busy machine, but the weights then depend on step timings).
+def _thread_setting(value: Any) -> Any:
+    if value is None or value == "adaptive" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"threads must be a number >= 1, null (all cores, fixed) or 'adaptive', not {value!r}")
+
+
+ThreadSetting = Annotated[int | Literal["adaptive"] | None, BeforeValidator(_thread_setting)]
+THREADS_HELP = ("CPU threads for training: a number, null = all cores, fixed so that the same command gives the same "
+                "weights; or adaptive = switch between 1 and all cores by measured step time (up to 10x faster on a "
+                "busy machine, but not bitwise reproducible).")
 # Old values of shared fields, read (with a notice) until the next release.
 OLD_VALUES: dict[str, dict[str, str]] = {"precision": {"fp32": "no"}}
 

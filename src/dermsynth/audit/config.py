@@ -8,12 +8,20 @@ from pydantic import Field
 
 from dermsynth.config import StrictModel
 
+# The feature spaces an audit can measure in (audit/run.py builds them; audit/features.py says what each is).
+FEATURE_SPACES = {
+    "classifier": "a CNN trained by the audit on the real train split",
+    "classifier:PATH": "a saved classifier folder",
+    "hf:ID_OR_PATH": "a transformers vision backbone, local folder or named hub id",
+}
+
+
+def feature_spaces_help() -> str:
+    return ", ".join(f"{form} ({what})" for form, what in FEATURE_SPACES.items())
+
 
 class AuditConfig(StrictModel):
-    features: str = Field(
-        "classifier",
-        description="Feature space: classifier (a CNN trained here on the real train split), classifier:PATH "
-                    "(a saved classifier folder) or hf:ID_OR_PATH (a transformers vision backbone).")
+    features: str = Field("classifier", description=f"Feature space: {feature_spaces_help()}.")
     feature_split: Literal["half", "all"] = Field(
         "half",
         description="With features: classifier, the CNN learns from one patient-grouped half of the real train split "

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermsynth.audit.config import AuditConfig
+from dermsynth.audit.config import FEATURE_SPACES, AuditConfig
 from dermsynth.audit.features import FeatureSpace, classifier_space, hf_space, trained_classifier_space
 from dermsynth.audit.fidelity import compare
 from dermsynth.audit.memorization import (
@@ -113,7 +113,7 @@ def _feature_space(config: AuditConfig, real: dict[str, LoadedSet], classes: lis
         return classifier_space(path, f"penultimate features of the classifier in {path}", device)
     if spec.startswith("hf:"):
         return hf_space(spec.split(":", 1)[1], device)
-    raise DermsynthError(f"features: unknown feature space {spec!r} (classifier, classifier:PATH, hf:ID_OR_PATH)")
+    raise DermsynthError(f"features: unknown feature space {spec!r} ({', '.join(FEATURE_SPACES)})")
 
 
 def _cached_features(space: FeatureSpace, loaded: LoadedSet, cache: Path) -> np.ndarray:

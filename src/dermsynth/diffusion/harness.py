@@ -247,6 +247,19 @@ class TrainingHarness:
             "steps": self.step, "seconds": round(seconds, 1), "stopped_by": stopped_by,
             "final_loss": self.smoothed_loss,
             "device": str(device),
-            "threads": {"final": self.threads.current, "switches": self.threads.switches},
+            "threads": {"final": self.threads.current, "switches": self.threads.switches,
+                        "adaptive": self.threads.adaptive},
+            "reproducible": self.reproducibility(device),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+    def reproducibility(self, device: torch.device) -> dict[str, Any]:
+        """Whether the same command on the same machine gives these weights bit for bit, and if not, why not."""
+        reasons = []
+        if self.threads.adaptive:
+            reasons.append("threads: adaptive (the thread count, and so the float sums, follow step timings)")
+        if self.loop.max_minutes:
+            reasons.append("max_minutes (where the run stops and its learning-rate schedule follow wall-clock time)")
+        if device.type == "cuda":
+            reasons.append("CUDA kernels (not bitwise deterministic unless torch's deterministic algorithms are on)")
+        return {"bitwise": not reasons, "reasons": reasons, "threads": self.threads.max_threads}

@@ -32,7 +32,7 @@ from dermsynth.diffusion.grid import image_grid
 from dermsynth.diffusion.harness import LoopSettings, TrainingHarness, changed_settings
 from dermsynth.diffusion.sampling import VAE_FOLDER
 from dermsynth.diffusion.scratch import AUTOENCODER_RESUMABLE, AutoencoderConfig, TrainConfig, build_autoencoder
-from dermsynth.diffusion.threads import ThreadTuner
+from dermsynth.diffusion.threads import thread_tuner
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.progress import track
 from dermsynth.utils import atomic_path, read_json, save_pretrained_atomic, sha256_file, stable_hash, write_json_atomic
@@ -139,7 +139,7 @@ class AutoencoderTrainer(TrainingHarness):
         loop = LoopSettings(max_steps=ae.max_steps, max_minutes=ae.max_minutes, log_every=ae.log_every,
                             checkpoint_every=ae.checkpoint_every, checkpoints_total_limit=ae.checkpoints_total_limit,
                             resumable=frozenset(AUTOENCODER_RESUMABLE), task="autoencoder")
-        threads = ThreadTuner(cfg.threads if device.type == "cpu" else torch.get_num_threads())
+        threads = thread_tuner(cfg.threads, device)
         super().__init__(work, ae, threads, loop, identity, progress)
         self.ae, self.device, self.bf16 = ae, device, bf16
         torch.manual_seed(cfg.seed)
@@ -260,7 +260,8 @@ def train_autoencoder(cfg: TrainConfig, images: torch.Tensor, data_sha256: str,
               "seconds": round(seconds, 1), "stopped_by": stopped_by, "final_loss": trainer.smoothed_loss,
               "downsample": ae.downsample, "latent_shape": list(latents.shape[1:]), "shift_factor": shift,
               "scaling_factor": scale, "reconstruction": scores, "vae_sha256": sha,
-              "reconstructions_grid": f"{WORK_FOLDER}/reconstructions.png"}
+              "reconstructions_grid": f"{WORK_FOLDER}/reconstructions.png",
+              "reproducible": trainer.reproducibility(device)}
     write_json_atomic(work / RECORD, record)
     return Autoencoder(vae, sha, record)
 

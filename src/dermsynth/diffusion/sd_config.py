@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dermsynth.config import Precision, StrictModel
+from dermsynth.config import THREADS_HELP, Precision, StrictModel, ThreadSetting
 
 Method = Literal["dreambooth", "lora", "captions"]
 DEFAULT_LR = {"dreambooth": 5e-6, "lora": 1e-4, "captions": 1e-5}
@@ -112,8 +112,7 @@ class FinetuneConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Steps between rows of train_log.csv.")
     seed: int = Field(0, description="Seed of data order, noise and LoRA initialisation.")
     device: str = Field("auto", description="auto, cpu, cuda, mps (under `accelerate launch`, accelerate decides).")
-    threads: int | None = Field(None, ge=1, description="CPU threads; None = switch between 1 and all cores, "
-                                                        "whichever measures faster (the schedule is checkpointed).")
+    threads: ThreadSetting = Field(None, description=THREADS_HELP)
     sample: SampleSettings = Field(default_factory=SampleSettings)
 
     @field_validator("resolution")

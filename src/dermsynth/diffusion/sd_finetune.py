@@ -51,7 +51,7 @@ from dermsynth.diffusion.sd_data import (
     to_pixels,
 )
 from dermsynth.diffusion.sd_models import base_sha256, describe_base, load_pipeline
-from dermsynth.diffusion.threads import ThreadTuner
+from dermsynth.diffusion.threads import thread_tuner
 from dermsynth.errors import DermsynthError
 from dermsynth.utils import (
     atomic_path,
@@ -146,8 +146,7 @@ class FinetuneTrainer(TrainingHarness):
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=self.precision)
         self.device = self.accelerator.device
-        # On a CPU, pick 1 or all threads by measured step time (other processes may compete for the cores).
-        threads = ThreadTuner(cfg.threads if self.device.type == "cpu" else torch.get_num_threads(), every=10)
+        threads = thread_tuner(cfg.threads, self.device)
         super().__init__(out, cfg, threads, progress=progress, callback=callback)
         self.cfg, self.dataset = cfg, dataset
         self.prompts = self._resolve_prompts()

@@ -1,7 +1,10 @@
-"""Pick torch's intra-op thread count by timing real training steps, and follow changes in machine load.
+"""torch's intra-op thread count for training: fixed by default, or (``threads: adaptive``) picked by timing real
+training steps and following changes in machine load.
 
-On an idle 2-core machine two threads train ~1.5x faster than one. When other processes compete for the
-cores, OpenMP threads wait for each other at every parallel region and a multi-threaded step can become
+The thread count changes floating-point results (a backward pass with 1 and 2 threads differs by ~1e-6, and
+training amplifies it), so only a fixed count gives the same weights for the same command, and an exact resume.
+That is the default. On an idle 2-core machine two threads train ~1.5x faster than one. When other processes
+compete for the cores, OpenMP threads wait for each other at every parallel region and a multi-threaded step can become
 10-25x slower than a single-threaded one (measured here: 0.06 vs 1.5 steps/s with a load average of ~5).
 So now and then one step runs with the other thread count; if it beats the recent median of the current
 setting by a margin, that setting is adopted. A probe that loses doubles the wait until the next one.
@@ -23,15 +26,15 @@ T = TypeVar("T")
 
 
 class ThreadTuner:
-    def __init__(self, threads: int | None = None, every: int = 10, every_seconds: float = 20.0,
-                 max_every: int = 1000, margin: float = 0.9):
-        """``threads`` fixes the count; None adapts between 1 and torch's default (the physical cores).
+    def __init__(self, threads: int | None = None, adaptive: bool = False, every: int = 10,
+                 every_seconds: float = 20.0, max_every: int = 1000, margin: float = 0.9):
+        """``threads`` (None: torch's current count) is the count; ``adaptive`` switches between 1 and it.
 
         A probe is due after ``every`` steps or ``every_seconds`` (whichever comes first: a step that has become
         20x slower must not delay the probe that would fix it); a losing probe doubles both.
         """
         self.max_threads = threads or torch.get_num_threads()
-        self.fixed = threads is not None
+        self.fixed = not adaptive
         self.current = self.max_threads if self.fixed or not machine_is_busy() else 1
         self.base = (every, every_seconds)
         self.every, self.every_seconds, self.max_every, self.margin = every, every_seconds, max_every, margin
@@ -102,6 +105,15 @@ class ThreadTuner:
         self.seconds_since_probe = float(state["seconds_since_probe"])
         self.switches = int(state["switches"])
         torch.set_num_threads(self.current)
+
+
+def thread_tuner(setting: int | str | None, device: torch.device, every: int = 10) -> ThreadTuner:
+    """The tuner a training config's ``threads`` asks for (a GPU run keeps torch's count, fixed)."""
+    if device.type != "cpu":
+        return ThreadTuner(torch.get_num_threads())
+    if setting == "adaptive":
+        return ThreadTuner(None, adaptive=True, every=every)
+    return ThreadTuner(int(setting) if setting is not None else None)
 
 
 def machine_is_busy() -> bool:

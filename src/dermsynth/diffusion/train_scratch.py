@@ -56,7 +56,7 @@ from dermsynth.diffusion.scratch import (
     build_unet,
     resolve_train_config,
 )
-from dermsynth.diffusion.threads import ThreadTuner
+from dermsynth.diffusion.threads import thread_tuner
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import track
 from dermsynth.utils import (
@@ -253,7 +253,7 @@ class ScratchTrainer(TrainingHarness):
         loop = LoopSettings(max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, log_every=cfg.log_every,
                             checkpoint_every=cfg.checkpoint_every, checkpoints_total_limit=cfg.checkpoints_total_limit,
                             resumable=frozenset(RESUMABLE_FIELDS), task="diffusion" if autoencoder else "train")
-        threads = ThreadTuner(cfg.threads if device.type == "cpu" else torch.get_num_threads())
+        threads = thread_tuner(cfg.threads, device)
         data_sha = data.summary["sha256"]
         if autoencoder is not None:
             data_sha = stable_hash([data_sha, autoencoder.sha256])
@@ -399,9 +399,12 @@ class ScratchTrainer(TrainingHarness):
         }
         if self.autoencoder is not None:
             record = self.autoencoder.record
-            info["autoencoder"] = {key: record[key] for key in (
+            info["autoencoder"] = {key: record.get(key) for key in (
                 "steps", "seconds", "stopped_by", "downsample", "latent_shape", "reconstruction", "vae_sha256",
-                "reconstructions_grid")}
+                "reconstructions_grid", "reproducible")}
+            stage1 = record.get("reproducible") or {"reasons": ["its autoencoder predates the reproducibility record"]}
+            reasons = info["reproducible"]["reasons"] + [f"autoencoder: {r}" for r in stage1["reasons"]]
+            info["reproducible"] |= {"bitwise": not reasons, "reasons": reasons}
         write_json_atomic(self.out / MODEL_JSON, info)
         return info
 

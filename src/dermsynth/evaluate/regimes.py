@@ -33,6 +33,17 @@ Kind = Literal["real", "hybrid", "add", "synthetic", "augment", "augment-add"]
 ClassMix = Literal["proportional", "balanced"]
 
 
+# Every regime's written form (parse_regime reads them; the CLI's help and the errors list them from here).
+REGIME_FORMS: dict[Kind, str] = {
+    "real": "real", "hybrid": "hybrid:<fraction>", "add": "add:<n>", "synthetic": "synthetic",
+    "augment": "augment:<fraction>", "augment-add": "augment-add:<n>",
+}
+
+
+def regimes_help() -> str:
+    return ", ".join(REGIME_FORMS.values())
+
+
 @dataclass(frozen=True)
 class Regime:
     kind: Kind
@@ -84,8 +95,7 @@ def parse_regime(text: str) -> Regime:
         if not value.isdigit() or int(value) < 1:
             raise DermsynthError(f"regime {text!r}: {kind}:<n> needs a positive whole number of images")
         return Regime(kind, int(value))  # type: ignore[arg-type]
-    raise DermsynthError(f"unknown regime {text!r}: use real, hybrid:<fraction>, add:<n>, synthetic, "
-                         "augment:<fraction> or augment-add:<n>")
+    raise DermsynthError(f"unknown regime {text!r}: use one of {regimes_help()}")
 
 
 def round_half_up(x: float) -> int:

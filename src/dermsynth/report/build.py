@@ -707,6 +707,7 @@ def provenance_section(run: RunFolder) -> Section:
         hashes.append(("base model weights (sha256)", model.get("base_sha256") or "n/a (hub id: see its revision)"))
     if model:
         hashes.append(("diffusion model weights (sha256)", model.get("weights_sha256", "n/a")))
+        hashes.append(("the same command gives these weights bit for bit", _reproducible(model.get("reproducible"))))
     if manifest is not None and "model_sha256" in manifest:
         used = sorted(manifest["model_sha256"].dropna().astype(str).unique())
         hashes.append(("model that made the synthetic images", ", ".join(used) or "n/a"))
@@ -722,6 +723,12 @@ def provenance_section(run: RunFolder) -> Section:
                                                    for k, v in versions.items()]),
         "config": run.text("config.resolved.yaml"),
     }
+
+
+def _reproducible(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "not recorded (a model from an older version)"
+    return "yes (fixed threads, a step budget)" if record["bitwise"] else "no: " + "; ".join(record["reasons"])
 
 
 def _source_name(summary: dict[str, Any], meta: pd.DataFrame | None) -> str:
