@@ -43,7 +43,6 @@ train:
     sample_every: 6
     checkpoint_every: 3
     samples_per_class: 1
-    threads: 1
 """
 
 

@@ -321,14 +321,16 @@ def test_thread_tuner_moves_to_the_faster_setting(monkeypatch):
 
     torch.set_num_threads(2)
     monkeypatch.setattr(threads, "machine_is_busy", lambda: False)
-    tuner = threads.ThreadTuner(every=5)
+    tuner = threads.ThreadTuner(adaptive=True, every=5)
     assert tuner.current == 2
     for _ in range(8):
         tuner.run(step_on_a_busy_machine)
     assert tuner.current == 1 and tuner.switches == 1
     monkeypatch.setattr(threads, "machine_is_busy", lambda: True)
-    assert threads.ThreadTuner().current == 1
-    assert threads.ThreadTuner(threads=2).adaptive is False
+    assert threads.ThreadTuner(adaptive=True).current == 1
+    torch.set_num_threads(2)
+    assert threads.ThreadTuner().adaptive is False and threads.ThreadTuner().current == 2  # the default: fixed
+    assert threads.ThreadTuner(threads=2, adaptive=False).adaptive is False
 
 
 def test_cosine_schedule_anneals_over_whichever_budget_ends_first(prepared):

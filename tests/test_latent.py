@@ -27,7 +27,6 @@ TINY_LATENT = TINY | {
     "autoencoder": {"block_out_channels": [8, 16], "norm_num_groups": 4, "latent_channels": 3, "crop_size": 16,
                     "batch_size": 4, "max_steps": 6, "max_minutes": None, "checkpoint_every": 3, "warmup_steps": 1,
                     "log_every": 2},
-    "threads": 1,
 }
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"

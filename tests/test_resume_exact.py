@@ -1,5 +1,6 @@
-"""Exact resume: `dermsynth train` and `dermsynth finetune` killed with SIGKILL after a checkpoint, then resumed,
-end with weights bitwise equal to an uninterrupted run; the thread tuner's schedule survives a checkpoint."""
+"""Exact resume: `dermsynth train` and `dermsynth finetune` with default settings, killed with SIGKILL after a
+checkpoint, then resumed, end with weights bitwise equal to an uninterrupted run; the adaptive thread tuner's
+schedule survives a checkpoint."""
 
 from __future__ import annotations
 
@@ -63,8 +64,7 @@ def _yaml(path: Path, settings: dict) -> Path:
 
 def test_scratch_train_killed_and_resumed_is_bitwise_identical(tmp_path):
     prepared = make_prepared(tmp_path / "prep")
-    settings = TINY | {"max_steps": 250, "checkpoint_every": 25, "sample_every": 10_000, "log_every": 5,
-                       "threads": 1}
+    settings = TINY | {"max_steps": 250, "checkpoint_every": 25, "sample_every": 10_000, "log_every": 5}
     config = _yaml(tmp_path / "train.yaml", settings)
     common = ["train", "--data", str(prepared), "--config", str(config)]
     run_to_end([*common, "--out", str(tmp_path / "whole")])
@@ -86,7 +86,7 @@ def test_sd_finetune_killed_and_resumed_is_bitwise_identical(tmp_path):
                 "class_prompt": "dermoscopy image of a skin lesion", "num_class_images": 2,
                 "max_steps": 120, "checkpointing_steps": 10, "checkpoints_total_limit": 3,
                 "train_batch_size": 2, "learning_rate": 1e-3, "use_ema": True, "log_every": 5,
-                "sample": {"steps": 2, "scheduler": "ddim"}, "threads": 1}
+                "sample": {"steps": 2, "scheduler": "ddim"}}  # default threads
     config = _yaml(tmp_path / "finetune.yaml", settings)
     common = ["finetune", "--method", "lora", "--base", str(base), "--data", str(prepared), "--config", str(config)]
     run_to_end([*common, "--out", str(tmp_path / "whole")])
@@ -121,7 +121,7 @@ def thread_trace(monkeypatch, tuner: ThreadTuner, clock: FakeClock, steps: int) 
 
 def adaptive_tuner() -> ThreadTuner:
     torch.set_num_threads(2)
-    return ThreadTuner(None)  # switches between 1 and 2 threads
+    return ThreadTuner(None, adaptive=True)  # switches between 1 and 2 threads
 
 
 @pytest.mark.parametrize("resume_with_state", [True, False])
