@@ -60,6 +60,20 @@ def test_writes_images_manifest_provenance_and_summary(model, tmp_path):
     assert summary["settings"]["steps"] == 3 and result.summary == summary
 
 
+def test_hf_datasets_imagefolder_reads_the_images_with_their_provenance(model, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    result = generate(model, tmp_path / "syn", per_class=3, progress=False, **FAST)
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "syn" / "images"), split="train")
+    assert len(loaded) == 6
+    assert {"image", "label", "seed", "prompt", "model_sha256", "synthetic"} <= set(loaded.column_names)
+    manifest = result.manifest.set_index("image_id")
+    for row in loaded:
+        expected = manifest.loc[row["image_id"]]
+        assert row["label"] == expected["label"] and row["prompt"] == expected["prompt"]
+        assert row["seed"] == expected["seed"] and row["model_sha256"] == expected["model_sha256"]
+        assert row["synthetic"] is True and row["image"].size == Image.open(tmp_path / "syn" / expected["path"]).size
+
+
 def test_same_command_same_images_whatever_the_batch_size(model, tmp_path):
     generate(model, tmp_path / "a", per_class=3, batch_size=6, progress=False, **FAST)
     generate(model, tmp_path / "b", per_class=3, batch_size=1, progress=False, **FAST)

@@ -410,10 +410,21 @@ class _FolderState:
     def flush(self) -> None:
         if not self.writer:
             return
-        write_csv_atomic(self.root / "manifest.csv", self.manifest())
+        manifest = self.manifest()
+        write_csv_atomic(self.root / "manifest.csv", manifest)
+        write_csv_atomic(self.root / "images" / "metadata.csv", imagefolder_metadata(manifest))
         if self.rejected:  # sorted: the same file whichever process or batch found them
             rejected = pd.DataFrame(self.rejected, columns=REJECTED_COLUMNS).sort_values(["label", "image_id"])
             write_csv_atomic(self.root / "rejected.csv", rejected)
+
+
+def imagefolder_metadata(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest as Hugging Face ``datasets``' imagefolder reads it: ``file_name`` relative to ``SYN/images``,
+    then the manifest's columns: the class as ``label`` (its folder name) and the provenance (seed, prompt, model
+    hash, the ``synthetic`` flag)."""
+    frame = manifest.drop(columns=["path"])
+    frame.insert(0, "file_name", manifest["path"].str.removeprefix("images/"))
+    return frame
 
 
 def _row_from_png(path: Path) -> dict[str, Any] | str | None:
