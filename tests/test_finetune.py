@@ -294,6 +294,7 @@ def test_inpainting_the_segmented_lesion(lora_model, prepared, tmp_path):
     ("pickle", "--trust-pickle"),
     ("empty-instance-dir", "no instance images"),
     ("empty-prompt", "instance_prompt"),
+    ("explicit-empty-prompt", "instance_prompt is empty"),  # given empty: not replaced by prepare's default
     ("resolution", "multiple of 8"),
     ("single-file-offline", "--base-config"),
     ("not-stable-diffusion", "cannot load base model"),
@@ -315,6 +316,8 @@ def test_bad_input_is_aone_line_error(case, fragment, tiny_sd, prepared, tmp_pat
         extra = ["--instance-dir", tmp_path / "empty"]
     elif case == "empty-prompt":
         extra = ["--instance-prompt", "  "]
+    elif case == "explicit-empty-prompt":
+        extra = ["--instance-prompt", ""]
     elif case == "resolution":
         extra = ["--resolution", 60]
     elif case == "single-file-offline":

@@ -147,12 +147,3 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DermsynthError(f"{path}: expected a mapping of settings at the top level")
     return data
-
-
-def load_config(model: type[Model], path: str | Path | None, overrides: dict[str, Any] | None = None) -> Model:
-    """Read ``path`` (if given), apply non-None ``overrides`` on top, validate."""
-    data = read_yaml(path) if path else {}
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-    return validate_config(model, data, source=str(path) if path else "options")

@@ -223,13 +223,10 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
 
 
 def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
-    import torch
-
     from dermsynth.diffusion.train_scratch import train
 
-    # A fixed thread count: the adaptive choice follows machine load, and float sums then differ from run to run.
-    settings = {"device": config.device, "threads": config.threads or torch.get_num_threads(),
-                **config.train.settings}
+    # None is train's own default: a fixed count (all cores of this process), so float sums repeat run to run.
+    settings = {"device": config.device, "threads": config.threads, **config.train.settings}
     # resume=True: an interrupted run continues from its newest checkpoint instead of starting over.
     train(prepared, folder, config.train.preset, settings, resume=True, progress=True)
 
@@ -245,8 +242,8 @@ def _generate(config: RunConfig, model: Path, prepared: Path, folder: Path) -> N
 
     g = config.generate
     settings = g.model_dump(exclude={"balance", "per_class", "device", "threads"})
-    generate(model, folder, GenerateConfig(**settings, device=g.device or config.device,
-                                           threads=g.threads or config.threads,
+    generate(model, folder, GenerateConfig(**settings, device=g.device if g.device is not None else config.device,
+                                           threads=g.threads if g.threads is not None else config.threads,
                                            per_class=None if g.balance else g.per_class,
                                            balance=prepared if g.balance else None))
 

@@ -32,7 +32,7 @@ from dermsynth.data.dataset import PreparedDataset, load_prepared
 from dermsynth.data.images import ImageReadError
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import console, track
-from dermsynth.utils import ensure_writable_dir, pick_device, write_csv_atomic, write_json_atomic
+from dermsynth.utils import atomic_path, ensure_writable_dir, pick_device, write_csv_atomic, write_json_atomic
 
 
 @dataclass
@@ -129,10 +129,8 @@ def _cached_features(space: FeatureSpace, loaded: LoadedSet, cache: Path) -> np.
             pass
         console.print(f"[yellow]feature cache {path.name} is damaged: computing the features again[/yellow]")
     features = space(loaded.images).astype(np.float32)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, features, allow_pickle=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # its name ends in .npy, so np.save adds no suffix
+        np.save(tmp, features, allow_pickle=False)
     return features
 
 
@@ -408,7 +406,7 @@ def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: Audi
     from dermsynth.data.synthetic_folders import comparable_folder
     from dermsynth.evaluate.datasets import synthetic_frame
 
-    config = config or AuditConfig()
+    config = config if config is not None else AuditConfig()
     started = time.time()
     out = ensure_writable_dir(out)
     prepared = load_prepared(real)

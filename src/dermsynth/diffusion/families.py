@@ -9,7 +9,6 @@ dependencies cost nothing to the others.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ import numpy as np
 
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.registry import Registry
+from dermsynth.utils import read_json
 
 MODEL_JSON = "dermsynth_model.json"
 
@@ -124,10 +124,7 @@ def read_model_info(folder: str | Path) -> dict[str, Any]:
     path = folder / MODEL_JSON
     if not path.is_file():
         raise DermsynthError(f"{folder} is not a finished dermsynth model (no {MODEL_JSON})")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise DermsynthError(f"{path}: not valid JSON") from None
+    info = read_json(path, "train or fine-tune the model again")
     FAMILIES.get(info.get("family"), where=str(path))  # an unknown family: one line naming the known ones
     if not info.get("classes"):
         raise DermsynthError(f"{path}: no classes recorded")
@@ -135,7 +132,7 @@ def read_model_info(folder: str | Path) -> dict[str, Any]:
 
 
 def load_generator(folder: str | Path, info: dict[str, Any] | None = None, device: str = "auto") -> ImageGenerator:
-    info = info or read_model_info(folder)
+    info = info if info is not None else read_model_info(folder)
     adapter = get_family(info["family"]).adapter()
     try:
         return adapter.from_folder(Path(folder), info, device)

@@ -102,7 +102,7 @@ def generate(
     plan = make_plan(info["classes"], cfg.per_class, cfg.balance, cfg.classes)
     sampling = {**FALLBACK_SAMPLING, **info.get("sampling", {})}
     settings = {
-        "scheduler": check_scheduler_name(cfg.scheduler or sampling["scheduler"]),
+        "scheduler": check_scheduler_name(cfg.scheduler if cfg.scheduler is not None else sampling["scheduler"]),
         "steps": cfg.steps if cfg.steps is not None else sampling["steps"],
         "guidance_scale": float(cfg.guidance if cfg.guidance is not None else sampling["guidance_scale"]),
         "seed": cfg.seed,

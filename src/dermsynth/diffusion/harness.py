@@ -15,6 +15,7 @@ A family subclasses :class:`TrainingHarness` and supplies only what is its own::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import math
@@ -62,7 +63,7 @@ def changed_settings(config: BaseModel, saved: dict[str, Any], ignore: frozenset
     return sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
 
 
-class TrainingHarness:
+class TrainingHarness(abc.ABC):
     """Budget loop, log, checkpoints and resume checks around a family's ``train_step``."""
 
     data_description = "the prepared training data"  # named when a checkpoint's data hash differs
@@ -83,19 +84,19 @@ class TrainingHarness:
 
     # ----- what a family supplies
 
-    def train_step(self) -> float:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def train_step(self) -> float: ...
 
-    def write_state(self, folder: Path) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write_state(self, folder: Path) -> dict[str, Any]: ...
 
-    def read_state(self, folder: Path, state: dict[str, Any]) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_state(self, folder: Path, state: dict[str, Any]) -> Any: ...
 
-    def apply_state(self, saved: Any) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def apply_state(self, saved: Any) -> None: ...
 
-    def on_step(self, seconds: float) -> None:
+    def on_step(self, seconds: float) -> None:  # noqa: B027 (an optional hook: doing nothing is the default)
         """Called after every step with the training time so far (grids, validation images)."""
 
     def lr_factor(self, step: int, warmup: int, schedule: str) -> float:

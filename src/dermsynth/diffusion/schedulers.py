@@ -30,10 +30,6 @@ EDM_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def scheduler_names() -> list[str]:
-    return list(SCHEDULERS)
-
-
 def check_scheduler_name(name: str) -> str:
     if name not in SCHEDULERS:
         raise DermsynthError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")

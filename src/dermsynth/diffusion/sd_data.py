@@ -119,9 +119,6 @@ class BatchOrder:
         self.processes, self.rank = processes, rank
         self.per_epoch = max(1, size // self.batch)
 
-    def epoch_of(self, micro_step: int) -> int:
-        return (micro_step * self.processes + self.rank) // self.per_epoch
-
     def indices(self, micro_step: int) -> list[int]:
         k = micro_step * self.processes + self.rank
         epoch, position = divmod(k, self.per_epoch)

@@ -162,8 +162,9 @@ class FinetuneTrainer(TrainingHarness):
 
     def _resolve_prompts(self) -> dict[str, str]:
         defaults = prompt_defaults(self.dataset)
-        instance = self.cfg.instance_prompt or defaults.get("instance_prompt") or ""
-        klass = self.cfg.class_prompt or defaults.get("class_prompt") or ""
+        # An explicit prompt, even an empty one, is the user's: only a missing one takes prepare's default.
+        instance = _given(self.cfg.instance_prompt, defaults.get("instance_prompt") or "")
+        klass = _given(self.cfg.class_prompt, defaults.get("class_prompt") or "")
         if self.cfg.dreambooth_data and not instance.strip():
             raise DermsynthError("instance_prompt is empty")
         if self.cfg.dreambooth_data and self.cfg.with_prior_preservation and not klass.strip():
@@ -270,7 +271,7 @@ class FinetuneTrainer(TrainingHarness):
         from peft import LoraConfig
 
         lora = self.cfg.lora
-        alpha = lora.alpha or lora.rank
+        alpha = lora.alpha if lora.alpha is not None else lora.rank
         self.unet.add_adapter(LoraConfig(r=lora.rank, lora_alpha=alpha, lora_dropout=lora.dropout,
                                          init_lora_weights="gaussian", target_modules=lora.target_modules))
         if lora.text_encoder:
@@ -311,7 +312,7 @@ class FinetuneTrainer(TrainingHarness):
         cfg = self.cfg
         micro_per_epoch = self.order.per_epoch  # full micro-batches over all processes
         per_epoch = max(1, micro_per_epoch // (cfg.gradient_accumulation_steps * self.accelerator.num_processes))
-        total = min(cfg.max_steps or math.inf, (cfg.num_train_epochs or math.inf) * per_epoch)
+        total = min(_given(cfg.max_steps, math.inf), _given(cfg.num_train_epochs, math.inf) * per_epoch)
         if total == math.inf:
             raise DermsynthError("set max_steps or num_train_epochs")
         return int(total)
@@ -663,3 +664,8 @@ def _lora_metadata(module: torch.nn.Module) -> dict[str, Any]:
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(image), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was not given (None): an explicit 0 or empty string is kept."""
+    return default if value is None else value

@@ -129,7 +129,7 @@ def _validate(config: ValidateConfig, out: Path, progress: bool,
     root = ensure_writable_dir(out / "validation")
     device = share.device(config.device)
     prepared = load_prepared(config.real)
-    size = config.image_size or prepared.image_size
+    size = config.image_size if config.image_size is not None else prepared.image_size
     spec = build_classifier(config.model, prepared.classes, None if _pretrained(config) else size,
                             config.architecture).spec
     cache = root / "synthetic-preprocessed"
