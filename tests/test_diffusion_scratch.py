@@ -94,8 +94,13 @@ def prepared(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_preset_yaml_files_match_the_presets(preset):
-    from_file = resolve_train_config(preset, REPO / "configs" / f"train-{preset}.yaml")
-    assert from_file == resolve_train_config(preset)
+    """As the files' headers say to use them: --config alone, stacked on the preset the file names."""
+    path = REPO / "configs" / f"train-{preset}.yaml"
+    assert resolve_train_config(None, path) == resolve_train_config(preset)
+    assert resolve_train_config(preset, path) == resolve_train_config(preset)
+    other = next(name for name in PRESETS if name != preset)
+    with pytest.raises(DermsynthError, match=f"written for preset '{preset}' but --preset is '{other}'"):
+        resolve_train_config(other, path)
 
 
 def test_gpu_preset_builds_and_runs_a_step():

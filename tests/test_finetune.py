@@ -194,6 +194,13 @@ def test_single_file_safetensors_loads_with_local_config(tiny_sd):
         assert all(torch.equal(ours[k], theirs[k].reshape(ours[k].shape)) for k in ours)
 
 
+def test_single_file_without_configs_is_refused_by_the_api_too_even_online(tiny_sd, monkeypatch):
+    """The CLI sets offline mode; the API must follow the same rule and never fetch configs unasked."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(DermsynthError, match=r"single-file checkpoint needs the configs .* give base_config"):
+        load_pipeline(tiny_sd.parent / "tiny-sd.safetensors")
+
+
 def test_finetune_from_single_file(tiny_sd, prepared, tmp_path, cli):
     code, _, stderr = cli("finetune", "--method", "lora", "--base", tiny_sd.parent / "tiny-sd.safetensors",
                           "--base-config", tiny_sd, "--data", prepared, "--out", tmp_path / "m", "--resolution", SIZE,

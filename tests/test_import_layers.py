@@ -11,8 +11,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dermsynth"
 LAYERS = {"errors": 0, "utils": 0, "version": 0, "layout": 0, "progress": 0, "config": 0, "registry": 0,
-          "distributed": 0, "data": 1, "diffusion": 2, "audit": 2, "evaluate": 2, "report": 3, "pipeline": 4, "cli": 5,
-          "__main__": 6, "__init__": 6}
+          "distributed": 0, "data": 1, "diffusion": 2, "audit": 2, "evaluate": 2, "report": 3, "pipeline": 4,
+          "preflight": 4, "cli": 5, "__main__": 6, "__init__": 6}
 STAGE_EXCEPTIONS = {("audit", "evaluate")}
 
 

@@ -15,6 +15,7 @@ import typer
 
 from dermsynth.audit.config import feature_spaces_help
 from dermsynth.data.readers import readers_help
+from dermsynth.diffusion.sd_config import PICKLE_SUFFIXES
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.models import classifiers_help
 from dermsynth.evaluate.regimes import regimes_help
@@ -165,6 +166,13 @@ _STAGES_HELP = ("A two-stage preset (latent: autoencoder, then diffusion) splits
                 "ratio of their preset step budgets.")
 
 
+def _schedulers_help() -> str:
+    from dermsynth.diffusion.schedulers import EDM_SCHEDULERS, SCHEDULERS
+
+    return (f"{', '.join(SCHEDULERS)}; models trained with EDM (the cpu presets): {', '.join(EDM_SCHEDULERS)} "
+            "(default: the model's).")
+
+
 def _presets_help() -> str:
     from dermsynth.diffusion.scratch import PRESETS
 
@@ -180,10 +188,11 @@ def _presets_help() -> str:
 def train(
     data: Annotated[Path, typer.Option("--data", help="A prepared dataset folder (its train split is used).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
-    preset: Annotated[str, typer.Option(help=_presets_help())] = "cpu-fast",
+    preset: Annotated[str | None, typer.Option(
+        help=_presets_help() + " Default: the --config file's preset: key, else cpu-fast.")] = None,
     config: Annotated[Path | None, typer.Option(
-        help="YAML with training settings, stacked on --preset (so a file written for another preset needs that "
-             "--preset too).")] = None,
+        help="YAML with training settings, stacked on its own preset: key (the shipped configs/train-*.yaml name "
+             "theirs) or on --preset.")] = None,
     max_minutes: Annotated[float | None, typer.Option(
         help="Also stop after this much training time, all runs and stages together; off by default, since a "
              "minute cap makes the model depend on the machine's speed. " + _STAGES_HELP)] = None,
@@ -220,11 +229,11 @@ def generate(
     classes: Annotated[str | None, typer.Option(help="Comma-separated subset of the model's classes.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed; image i of class c gets seed + 1000000 * c + i.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Sampling steps (default: the model's).")] = None,
-    scheduler: Annotated[str | None, typer.Option(
-        help="ddim, ddpm, dpm++, dpm++-sde, unipc, euler, euler-a (default: the model's).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help=_schedulers_help())] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance (default: the model's).")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        help="Images per sampling batch (default: the model family's, 64 from scratch, 8 Stable Diffusion).")] = None,
+        help="Images per sampling batch; memory only, the images do not change (default: the model family's: 64 "
+             "pixel, 16 latent, 8 Stable Diffusion).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(
         help="CPU threads for torch (default: all cores; under a launcher, the cores split between processes).")
@@ -267,11 +276,12 @@ def generate(
 
 @app.command()
 def finetune(
-    method: Annotated[str, typer.Option(help="dreambooth, lora or captions.")],
-    base: Annotated[str, typer.Option(help="Base Stable Diffusion: a diffusers folder, a .safetensors file, or a "
-                                           "hub id (downloaded only when named, e.g. "
-                                           "stable-diffusion-v1-5/stable-diffusion-v1-5).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    method: Annotated[str | None, typer.Option(
+        help="dreambooth, lora or captions (or `method:` in --config; default: dreambooth).")] = None,
+    base: Annotated[str | None, typer.Option(
+        help="Base Stable Diffusion: a diffusers folder, a .safetensors file, or a hub id (downloaded only when "
+             "named, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5); or `base:` in --config.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset (train split: instance images "
                                                              "or captions).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML with fine-tuning settings (options override it).")] = None,
@@ -279,19 +289,23 @@ def finetune(
                                                     "folder.")] = None,
     base_config: Annotated[str | None, typer.Option(
         help="Single-file base: a local diffusers folder with the configs of the same architecture.")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow .ckpt pickle checkpoints "
-                                                                      "(they can run code).")] = False,
-    resolution: Annotated[int | None, typer.Option(help="Training image side, a multiple of 8 [512].")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=f"Allow pickle checkpoints "
+                                                                      f"({', '.join(sorted(PICKLE_SUFFIXES))}): "
+                                                                      "loading one can run code.")] = False,
+    allow_upsample: Annotated[bool, typer.Option("--allow-upsample", help="Train at a resolution above the prepared "
+                                                 "images' size (they are upsampled).")] = False,
+    resolution: Annotated[int | None, typer.Option(help="Training image side, a multiple of 8 (default: 512).")
+                          ] = None,
     instance_prompt: Annotated[str | None, typer.Option(help="DreamBooth instance prompt.")] = None,
     class_prompt: Annotated[str | None, typer.Option(help="DreamBooth class prompt.")] = None,
     instance_dir: Annotated[Path | None, typer.Option(help="Folder of instance images.")] = None,
     class_dir: Annotated[Path | None, typer.Option(help="Folder of class images (missing ones generated).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimisation steps [800].")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimisation steps (default: 800).")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time.")] = None,
     precision: Annotated[str | None, typer.Option(help="no (fp32), bf16, fp16 (GPU), or auto (fp16 on a GPU, else "
                                                         "no) (default: no).")] = None,
     mixed_precision: Annotated[str | None, typer.Option(hidden=True)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed [0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: 0).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -303,6 +317,7 @@ def finetune(
     if resume is not None and resume != "latest" and not Path(resume).is_dir():
         raise DermsynthError(f"--resume takes 'latest' or a checkpoint folder (got {resume!r})")
     values = {"method": method, "base": base, "base_config": base_config, "trust_pickle": trust_pickle or None,
+              "allow_upsample": allow_upsample or None,
               "resolution": resolution, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
               "instance_dir": instance_dir, "class_dir": class_dir, "max_steps": max_steps,
               "max_minutes": max_minutes, "seed": seed, "device": device,
@@ -409,12 +424,25 @@ def audit(
 def run(
     config: Annotated[Path, typer.Argument(help="A study YAML (see configs/).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<config name>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE on top of the file, dotted and repeatable: --set prepare.root=/data/ISIC2020 "
+                      "--set finetune.base=/models/sd15 (values read as YAML).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan of every stage (images per class made and taken, sizes, base model, disk) "
+                          "and what would stop the study; compute nothing. Every run checks this first.")] = False,
 ) -> None:
     """Run a whole study from one YAML; finished stages are skipped, interrupted ones resume."""
     from dermsynth.pipeline import load_run_config, run_pipeline
 
-    run_config = load_run_config(config)
-    _finish_run(run_pipeline(run_config, out or Path("runs") / config.stem))
+    run_config = load_run_config(config, set_)
+    folder = out or Path("runs") / config.stem
+    if dry_run:
+        from dermsynth.preflight import plan_study
+
+        plan = plan_study(run_config, folder)
+        typer.echo(plan.text())
+        raise typer.Exit(2 if plan.problems else 0)
+    _finish_run(run_pipeline(run_config, folder))
 
 
 @app.command()

@@ -122,6 +122,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "", as_option: b
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    if err["type"] == "value_error":  # a validator's own sentence; pydantic's label adds nothing
+        msg = msg.removeprefix("Value error, ")
     return f"{prefix}{key}: {msg}"
 
 

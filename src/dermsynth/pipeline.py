@@ -108,7 +108,10 @@ class RunConfig(StrictModel):
         None, ge=1, description="Limited-data study: the generator trains on, and validate's classifiers take, this "
                                 "many real training images per class, the same sample (null = the whole train split).")
     subsample_seed: int = Field(0, description="Seed of that real_per_class sample, for every stage.")
-    prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="Settings of the prepare stage.")
+    prepare: PrepareConfig | None = Field(None, description="Settings of the prepare stage.")
+    prepared: Path | None = Field(
+        None, description="An already prepared dataset folder (from `dermsynth prepare`) to use instead of a prepare "
+                          "stage; the run links it as its prepared/ folder and never writes into it.")
     train: TrainStage | None = Field(None, description="Train a diffusion model from scratch (omit to skip).")
     finetune: FinetuneConfig | None = Field(
         None, description="Fine-tune Stable Diffusion instead of training from scratch (see docs/finetune.md).")
@@ -146,6 +149,11 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _stages_have_inputs(self) -> RunConfig:
+        if self.prepare is None and self.prepared is None:
+            raise ValueError("the config has no prepare section: add one (e.g. prepare: {dataset: isic2020, root: "
+                             "DATA}), or name an already prepared folder with prepared: PATH")
+        if self.prepare is not None and self.prepared is not None:
+            raise ValueError("prepare and prepared both give the dataset: keep one of them")
         if self.train and self.finetune:
             raise ValueError("train and finetune both make the model: keep one of them")
         if self.generate and not (self.train or self.finetune):
@@ -180,16 +188,38 @@ class StageOutcome:
     folder: Path
 
 
-STAGE_KEYS = ("prepare", "train", "finetune", "generate", "audit", "validate")
+STAGE_KEYS = ("prepare", "prepared", "train", "finetune", "generate", "audit", "validate")
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """A run config; one that names no stage is refused (running the defaults would not be what was asked)."""
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """A run config; one that names no stage is refused (running the defaults would not be what was asked).
+    ``overrides`` are ``dotted.key=value`` settings (values read as YAML) applied on top of the file."""
     raw = read_yaml(path)
+    for item in overrides or []:
+        _set_dotted(raw, item)
     if not any(key in raw for key in STAGE_KEYS):
         raise DermsynthError(f"{path}: the config names no stages; add at least one of {', '.join(STAGE_KEYS)} "
                              "(see configs/demo.yaml)")
     return validate_config(RunConfig, raw, source=str(path))
+
+
+def _set_dotted(data: dict[str, Any], item: str) -> None:
+    """``prepare.root=/data/HAM10000`` into ``data`` (a missing section is made; a value is parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise DermsynthError(f"--set takes KEY=VALUE with a dotted key, e.g. prepare.root=/data/ISIC2020 "
+                             f"(got {item!r})")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise DermsynthError(f"--set {item}: the value is not valid YAML") from None
+    for part in parts[:-1]:
+        inner = data.setdefault(part, {})
+        if not isinstance(inner, dict):
+            raise DermsynthError(f"--set {item}: {part} is not a section of the config")
+        data = inner
+    data[parts[-1]] = value
 
 
 def build_stages(config: RunConfig, out: Path) -> list[Stage]:
@@ -202,7 +232,7 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
         return Stage(name, RUN_FOLDERS[name], settings.model_dump(mode="json"), upstream, run, **options)
 
     stages = [stage("prepare", config.prepare, [], lambda folder: prepare(config.prepare, folder, progress=True),
-                    fresh_on_change=False)]
+                    fresh_on_change=False)] if config.prepare is not None else []
     if config.train:
         stages.append(stage("train", config.train, ["prepare"], lambda folder: _train(config, prepared, folder)))
     if config.finetune:
@@ -277,13 +307,20 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
 
     Under ``torchrun`` / ``accelerate launch`` every process runs this: finetune, generate and validate share their
     work between the processes; prepare, train, audit, the markers and the report are the main process's."""
+    from dermsynth.preflight import check_study
+
     share = current_share()
+    _check_not_inside_inputs(config, Path(out))
+    if share.is_main:
+        check_study(config, Path(out))  # what cannot finish stops here, before any compute
     out = ensure_writable_dir(out)
-    _check_not_inside_inputs(config, out)
     if share.is_main:
         _write_provenance(config, out)
     say = console.print if share.is_main else _silent
     hashes: dict[str, str] = {}
+    if config.prepared is not None:  # no prepare stage: the named folder, linked in and hashed by its content
+        hashes["prepare"] = _link_prepared(config.prepared, out / RUN_FOLDERS["prepare"], share.is_main)
+        check_synthetic_supply(config, out / RUN_FOLDERS["prepare"])
     outcomes = []
     stages = build_stages(config, out)
     for index, stage in enumerate(stages, start=1):
@@ -320,6 +357,24 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
     return outcomes
 
 
+def _link_prepared(source: Path, link: Path, is_main: bool) -> str:
+    """``link`` -> the prepared folder ``source`` (so that every stage and the report find it where a prepare stage
+    puts it); the hash of its metadata and summary, which the downstream stages' hashes include."""
+    from dermsynth.data.dataset import load_prepared
+    from dermsynth.utils import sha256_file
+
+    load_prepared(source)  # a clear error when it is not a prepared folder
+    target = source.resolve()
+    if is_main:
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()
+        if link.exists() and not link.is_symlink():
+            raise DermsynthError(f"prepared: {link} already holds another prepared dataset; use another --out")
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    return stable_hash([sha256_file(target / "metadata.csv"), sha256_file(target / "prepare.json")])
+
+
 def _main_threads(share: ProcessShare) -> int | None:
     """A stage the main process runs alone may use every core (a launcher sets OMP_NUM_THREADS=1)."""
     return usable_cores() if share.distributed else None
@@ -330,33 +385,14 @@ def _silent(*args: Any, **kwargs: Any) -> None:
 
 
 def check_synthetic_supply(config: RunConfig, prepared: Path) -> None:
-    """Fail before training when `generate` will make fewer images than a validation regime takes from a class."""
-    from dermsynth.data.dataset import load_prepared
-    from dermsynth.diffusion.generate import make_plan
-    from dermsynth.evaluate.regimes import parse_regime, synthetic_counts
+    """Fail before training when a generator (from scratch or fine-tuned) makes fewer images of a class than a
+    validation regime takes: the preflight's check, on the prepared folder's real counts."""
+    from dermsynth.preflight import plan_study
 
-    stage, plan = config.validate_, config.generate
-    # A from-scratch model makes every prepared class; a fine-tuned one only the classes it was given.
-    if stage is None or plan is None or stage.extra_synthetic or not config.train:
-        return
-    data = load_prepared(prepared)
-    made = make_plan(data.classes, None if plan.balance else plan.per_class, prepared if plan.balance else None, None)
-    source = "generate.balance fills the smaller classes only" if plan.balance else "generate.per_class"
-    train = data.split("train")
-    real = [int((train["label"] == label).sum()) for label in data.classes]
-    if stage.real_per_class:
-        real = [min(n, stage.real_per_class) for n in real]
-    for text in stage.regimes:
-        regime = parse_regime(text)
-        if not regime.uses_synthetic:  # real-only, or the augmentation controls (copies of real images)
-            continue
-        needed = synthetic_counts(regime, real, stage.class_mix)
-        short = [(label, n) for label, n in zip(data.classes, needed, strict=True) if n > made[label]]
-        if short:
-            label, n = short[0]
-            raise DermsynthError(f"validate.regimes: {text} takes {n} synthetic {label!r} images but {source} "
-                                 f"({made[label]} for {label!r}); set generate.per_class to at least "
-                                 f"{max(n for _, n in short)} or drop the regime")
+    plan = plan_study(config.model_copy(update={"prepare": None, "prepared": prepared}), prepared.parent)
+    problems = [p for p in plan.problems if p.startswith("validate:")]
+    if problems:
+        raise DermsynthError(problems[0])
 
 
 def _report(out: Path) -> None:
@@ -376,7 +412,7 @@ def _start_stage(folder: Path, digest: str, fresh_on_change: bool) -> None:
 
 
 def _check_not_inside_inputs(config: RunConfig, out: Path) -> None:
-    root = config.prepare.root
+    root = config.prepare.root if config.prepare is not None else None
     if root is not None:
         root, target = root.resolve(), out.resolve()
         if target == root or root in target.parents:

@@ -88,6 +88,25 @@ class PrepareConfig(StrictModel):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reader_of_the_root(cls, data: Any) -> Any:
+        """A root without a dataset: the reader whose layout the root shows (said), never the embedded sample."""
+        if not isinstance(data, dict) or data.get("root") is None or data.get("dataset") is not None:
+            return data
+        from dermsynth.data.readers import infer_reader
+        from dermsynth.progress import console
+
+        root = Path(data["root"])
+        if not root.is_dir():
+            raise ValueError(f"root: folder not found: {root}")
+        found = infer_reader(root)
+        if found is None:
+            raise ValueError(f"root {root} is given without dataset, and its layout is not one dermsynth "
+                             f"recognises; name its reader with --dataset ({', '.join(READERS.names())})")
+        console.print(f"dataset: {found[0]} (inferred from {found[1]} in {root})", markup=False, highlight=False)
+        return {**data, "dataset": found[0]}
+
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:

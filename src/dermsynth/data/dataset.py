@@ -35,6 +35,20 @@ class PreparedDataset:
         except (KeyError, TypeError, ValueError):
             raise DermsynthError(f"{self.root / 'prepare.json'} records no preprocess.image_size; {REMEDY}") from None
 
+    def image_side(self) -> int | None:
+        """The short side of the first training image as it is on disk (what a model would train on); None when
+        there is none to read."""
+        from PIL import Image
+
+        train_split = self.split("train")
+        if train_split.empty:
+            return None
+        try:
+            with Image.open(self.paths(train_split.head(1))[0]) as image:
+                return min(image.size)
+        except OSError:
+            return None
+
     def split(self, name: str) -> pd.DataFrame:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}")

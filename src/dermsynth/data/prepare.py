@@ -88,6 +88,22 @@ def prepare(config: PrepareConfig, out: str | Path, progress: bool = True) -> Pr
 _TEMPLATE_FIELDS = set(CANONICAL_COLUMNS) | {"lesion"}
 
 
+def expected_split_counts(config: PrepareConfig) -> dict[str, dict[str, int]]:
+    """Images per split and class that `prepare` would make, without decoding an image: the metadata read, labelled,
+    subsampled and split as prepare does (a plan; images that fail to decode later, and content duplicates that
+    move between splits, can change it slightly)."""
+    read = read_dataset(config)
+    frame, _ = assign_labels(read.frame, config.label_scheme)
+    if config.max_images and len(frame) > config.max_images:
+        frame = _stratified_subsample(frame, config.max_images, config.split.seed)
+    _require_two_classes(frame, config.dataset, list(read.skipped))
+    frame = frame.reset_index(drop=True)
+    frame["split"] = grouped_split(frame, config.split.val, config.split.test, config.split.seed, [])
+    classes = class_order(frame["label"].unique())
+    return {split: {label: int(((frame["split"] == split) & (frame["label"] == label)).sum()) for label in classes}
+            for split in ("train", "val", "test")}
+
+
 def _check_output_location(config: PrepareConfig, out: Path) -> None:
     if config.root is None:
         return

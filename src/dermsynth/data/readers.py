@@ -42,19 +42,52 @@ class Reader:
     read: ReadFunction
     licence: str  # the report's provenance line; a reader may put a more specific one in its notes
     help: str  # a few words after the name in `dermsynth prepare --help`
+    # ``detect(root)``: the file or folder that shows ``root`` is in this reader's layout, or None
+    detect: Callable[[Path], str | None] | None = None
 
     def __call__(self, config: PrepareConfig) -> ReadResult:
         return self.read(config)
 
 
-def register_reader(name: str, *, licence: str, help: str) -> Callable[[ReadFunction], ReadFunction]:
-    """Decorator: make ``read`` the reader of ``--dataset name``."""
+def register_reader(name: str, *, licence: str, help: str, detect: Callable[[Path], str | None] | None = None
+                    ) -> Callable[[ReadFunction], ReadFunction]:
+    """Decorator: make ``read`` the reader of ``--dataset name``; ``detect`` lets `prepare --root` without
+    ``--dataset`` recognise the layout."""
 
     def add(read: ReadFunction) -> ReadFunction:
-        READERS.add(name, Reader(name, read, licence, help))
+        READERS.add(name, Reader(name, read, licence, help, detect))
         return read
 
     return add
+
+
+def infer_reader(root: Path) -> tuple[str, str] | None:
+    """(reader name, the evidence) of the one registered layout ``root`` is in; None when none or several match
+    (a guess between two readers would be wrong half the time)."""
+    found = [(reader.name, evidence) for _, reader in READERS.items()
+             if reader.detect is not None and (evidence := reader.detect(root)) is not None]
+    return found[0] if len(found) == 1 else None
+
+
+def _file_named(*names: str) -> Callable[[Path], str | None]:
+    def detect(root: Path) -> str | None:
+        return next((name for name in names if (root / name).is_file()), None)
+
+    return detect
+
+
+def _archive_layout(root: Path) -> str | None:
+    return "json_meta/" if (root / "json_meta").is_dir() else None
+
+
+def _class_folders(root: Path) -> str | None:
+    """Only sub-folders that hold images, and no metadata file of another layout beside them."""
+    if not root.is_dir() or any(root.glob("*.csv")) or (root / "json_meta").exists():
+        return None
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(folders) >= 2 and all(list_images(p) for p in folders):
+        return f"{len(folders)} class folders"
+    return None
 
 
 def get_reader(name: str) -> Reader:
@@ -139,7 +172,8 @@ def read_sample(config: PrepareConfig) -> ReadResult:
 
 @register_reader("isic2020",
                  licence="ISIC 2020 Challenge training data, CC BY-NC 4.0 (non-commercial use, attribution required)",
-                 help="GroundTruth CSV or Kaggle train.csv + JPEGs")
+                 help="GroundTruth CSV or Kaggle train.csv + JPEGs",
+                 detect=_file_named("ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv"))
 def read_isic2020(config: PrepareConfig, require_images: bool = True) -> ReadResult:
     """ISIC 2020: the official GroundTruth CSV (v1/v2) or Kaggle's train.csv, next to a folder of JPEGs."""
     root = config.root
@@ -244,7 +278,7 @@ def _archive_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 @register_reader("isic-archive", licence="ISIC Archive: the licence of each image is in its own record "
-                 "(attribution required unless CC0)", help="json_meta/*.json + images/")
+                 "(attribution required unless CC0)", help="json_meta/*.json + images/", detect=_archive_layout)
 def read_isic_archive(config: PrepareConfig, root: Path | None = None, source: str = "isic-archive") -> ReadResult:
     """ISIC Archive JSON metadata: ``json_meta/*.json`` (one record each) or API pages, images in ``images/``."""
     root = _require_dir(root or config.root, source)
@@ -275,7 +309,7 @@ def read_isic_archive(config: PrepareConfig, root: Path | None = None, source: s
 
 
 @register_reader("ham10000", licence="HAM10000, CC BY-NC-SA 4.0 (non-commercial use, attribution, share-alike)",
-                 help="HAM10000_metadata.csv + images")
+                 help="HAM10000_metadata.csv + images", detect=_file_named("HAM10000_metadata.csv"))
 def read_ham10000(config: PrepareConfig) -> ReadResult:
     """HAM10000: ``HAM10000_metadata.csv`` + images (``images/``, the two ``HAM10000_images_part_*`` or root)."""
     root = _require_dir(config.root, "ham10000")
@@ -313,7 +347,7 @@ def read_ham10000(config: PrepareConfig) -> ReadResult:
 
 
 @register_reader("folder", licence="user-supplied images: the licence is whatever their owner granted",
-                 help="root/<class>/*.jpg")
+                 help="root/<class>/*.jpg", detect=_class_folders)
 def read_folder(config: PrepareConfig) -> ReadResult:
     """``root/<class>/*.jpg|png``: the folder name is the label; no patient metadata."""
     root = _require_dir(config.root, "folder")
@@ -350,5 +384,6 @@ def read_dataset(config: PrepareConfig) -> ReadResult:
     return result
 
 
-__all__ = ["IMAGE_SUFFIXES", "READERS", "ReadResult", "Reader", "get_reader", "read_dataset", "readers_help",
+__all__ = ["IMAGE_SUFFIXES", "READERS", "ReadResult", "Reader", "get_reader", "infer_reader", "read_dataset",
+           "readers_help",
            "register_reader", "sample_root"]

@@ -276,16 +276,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+DEFAULT_PRESET = "cpu-fast"
+
+
+def preset_and_settings(preset: str | None, config: str | Path | dict[str, Any] | None
+                        ) -> tuple[str, dict[str, Any] | None]:
+    """The preset a run stacks on and the config's own settings: ``preset`` when given, else the file's ``preset:``
+    key, else cpu-fast. A file made for one preset and a --preset naming another is an error, not a silent mix."""
+    extra = None if config is None else dict(config) if isinstance(config, dict) else read_yaml(config)
+    named = extra.pop("preset", None) if extra is not None else None
+    if preset is not None and named is not None and named != preset:
+        raise DermsynthError(f"{config} is written for preset {named!r} but --preset is {preset!r}; give one of them")
+    chosen = preset or named or DEFAULT_PRESET
+    if chosen not in PRESETS:
+        raise DermsynthError(f"unknown preset {chosen!r}; choose one of {', '.join(PRESETS)}")
+    return chosen, extra
+
+
 def resolve_train_config(
-    preset: str = "cpu-fast", config: str | Path | dict[str, Any] | None = None, **overrides: Any
+    preset: str | None = None, config: str | Path | dict[str, Any] | None = None, **overrides: Any
 ) -> TrainConfig:
-    """Preset, then a YAML file (or dict) on top, then non-None keyword overrides on top of that."""
-    if preset not in PRESETS:
-        raise DermsynthError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    """Preset (``preset``, the file's ``preset:`` key, or cpu-fast), then a YAML file (or dict) on top, then non-None
+    keyword overrides on top of that."""
+    preset, extra = preset_and_settings(preset, config)
     data = _deep_merge({}, PRESETS[preset])
     source = f"preset {preset}"
-    if config is not None:
-        extra = config if isinstance(config, dict) else read_yaml(config)
+    if extra is not None:
         data = _deep_merge(data, current_names(TrainConfig, extra))  # old names must not sit beside the preset's
         source = str(config) if not isinstance(config, dict) else "config"
     budget = {key: overrides.pop(key, None) for key in ("max_steps", "max_minutes")}

@@ -14,6 +14,9 @@ DEFAULT_LR = {"dreambooth": 5e-6, "lora": 1e-4, "captions": 1e-5}
 DEFAULT_LORA_LR = 1e-4
 
 
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}  # checkpoints that load through pickle (trust_pickle)
+
+
 class LoraSettings(StrictModel):
     rank: int = Field(8, ge=1, le=256, description="LoRA rank r (4-16 is typical for Stable Diffusion).")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; the update is scaled by alpha / rank "
@@ -44,6 +47,8 @@ class FinetuneConfig(StrictModel):
                                                       "configs of the same architecture (needed offline).")
     trust_pickle: bool = Field(False, description="Allow .ckpt/.pt pickle checkpoints (they can run code on load).")
     resolution: int = Field(512, ge=8, le=2048, description="Training image side in pixels (a multiple of 8).")
+    allow_upsample: bool = Field(False, description="Train at a resolution above the prepared images' size "
+                                                    "(they are upsampled, and the model learns their blur).")
     random_flip: bool = Field(True, description="Random horizontal and vertical flips (lesions have no up or down).")
     # DreamBooth data
     instance_prompt: str | None = Field(None, description="DreamBooth instance prompt [default: prepare's "
@@ -53,6 +58,11 @@ class FinetuneConfig(StrictModel):
     instance_labels: list[str] | None = Field(None, description="Prepared labels used as instance images "
                                                                 "[default: the smallest class].")
     instance_diagnoses: list[str] | None = Field(None, description="Prepared diagnoses used as instance images.")
+    instance_prompts: dict[str, str] = Field(
+        {}, description="DreamBooth with one subject per class: label -> its own instance prompt (a rare token each, "
+        "e.g. sks for benign, zwx for malignant). Each label's training images are its instances (at most "
+        "max_instance_images per label), and `generate` makes every one of these classes. Instead of "
+        "instance_prompt / instance_labels."),
     max_instance_images: int | None = Field(None, ge=1, description="Use at most this many instance images "
                                                                     "(DreamBooth works with ~5-30).")
     with_prior_preservation: bool = Field(True, description="Add a prior-preservation loss on class images.")
@@ -128,7 +138,36 @@ class FinetuneConfig(StrictModel):
             value = getattr(self, name)
             if value is not None and not value.strip():
                 raise ValueError(f"{name} is empty")
+        blank = [label for label, prompt in self.instance_prompts.items() if not prompt.strip()]
+        if blank:
+            raise ValueError(f"instance_prompts: the prompt of {blank[0]!r} is empty")
+        if self.instance_prompts and any(getattr(self, k) is not None for k in (
+                "instance_prompt", "instance_labels", "instance_diagnoses", "instance_dir")):
+            raise ValueError("instance_prompts names each class's subject: leave instance_prompt, instance_labels, "
+                             "instance_diagnoses and instance_dir out")
+        if self.instance_prompts and len(set(self.instance_prompts.values())) < len(self.instance_prompts):
+            raise ValueError("instance_prompts: each class needs a prompt of its own (its own rare token)")
+        if self.dreambooth_data and len(self.instance_labels or []) > 1 and self.instance_dir is None:
+            raise ValueError("instance_labels: several labels under one instance prompt make one subject, and the "
+                             "model could not make each class; give each its prompt with instance_prompts")
         return self
+
+    def classes_made(self, train_counts: dict[str, int]) -> list[str]:
+        """The classes the fine-tuned model will generate, from the prepared train split's class counts: what
+        `generate` can make and a validation regime can take (FinetuneTrainer.class_prompts at the end)."""
+        if self.class_prompts:
+            return list(self.class_prompts)
+        if self.method == "captions":
+            return [c for c in train_counts if train_counts[c] and (not self.caption_labels or c in
+                                                                      self.caption_labels)]
+        if self.instance_prompts:
+            return list(self.instance_prompts)
+        if self.instance_labels:
+            return self.instance_labels[:1]
+        if self.instance_dir is not None:
+            return ["instance"]
+        present = {c: n for c, n in train_counts.items() if n}
+        return [min(present, key=lambda c: present[c])] if present and not self.instance_diagnoses else []
 
     @property
     def lora_enabled(self) -> bool:

@@ -57,6 +57,8 @@ def _folder_images(folder: Path, what: str) -> list[Path]:
 
 
 def instance_examples(cfg: FinetuneConfig, dataset: PreparedDataset | None, prompt: str) -> list[Example]:
+    if cfg.instance_prompts:
+        return subject_examples(cfg, dataset)
     if cfg.instance_dir is not None:
         paths = _folder_images(cfg.instance_dir, "instance image")
         label = cfg.instance_labels[0] if cfg.instance_labels else "instance"
@@ -75,6 +77,21 @@ def instance_examples(cfg: FinetuneConfig, dataset: PreparedDataset | None, prom
     if not examples:
         raise DermsynthError(f"no instance images in {where}")
     return examples[: cfg.max_instance_images] if cfg.max_instance_images else examples
+
+
+def subject_examples(cfg: FinetuneConfig, dataset: PreparedDataset | None) -> list[Example]:
+    """Multi-subject DreamBooth: per label of ``instance_prompts``, its first max_instance_images training images
+    under its own prompt."""
+    if dataset is None:
+        raise DermsynthError("instance_prompts chooses instance images from a prepared dataset (--data)")
+    examples = []
+    for label, prompt in cfg.instance_prompts.items():
+        frame = _train_rows(dataset, [label], None)
+        if frame.empty:
+            raise DermsynthError(f"instance_prompts: no training images of {label!r} in {dataset.root}")
+        rows = frame.head(cfg.max_instance_images) if cfg.max_instance_images else frame
+        examples += [Example(dataset.root / row.path, prompt, label) for row in rows.itertuples()]
+    return examples
 
 
 def real_class_examples(cfg: FinetuneConfig, dataset: PreparedDataset | None, prompt: str) -> list[Example]:

@@ -99,11 +99,21 @@ def finetune(
         raise DermsynthError("no base model given (--base: a diffusers folder, a .safetensors file or a hub id)")
     describe_base(cfg.base)
     dataset = load_prepared(data) if data is not None else None
+    if dataset is not None:
+        check_resolution(cfg, dataset.image_side(), dataset.root)
     out = Path(out)
     checkpoint = _resume_point(out, resume)
     ensure_writable_dir(out)
     trainer = FinetuneTrainer(cfg, dataset, out, progress, callback)
     return trainer.run(checkpoint)
+
+
+def check_resolution(cfg: FinetuneConfig, prepared_size: int | None, where: Path | str) -> None:
+    """Fine-tuning on upsampled images teaches the model blur: refuse unless the user asks for it."""
+    if prepared_size is not None and prepared_size < cfg.resolution and not cfg.allow_upsample:
+        raise DermsynthError(f"{where} holds {prepared_size} px images but finetune trains at {cfg.resolution} px; "
+                             f"prepare again with --image-size {cfg.resolution}, lower the resolution, or pass "
+                             "--allow-upsample")
 
 
 def _resume_point(out: Path, resume: str | None) -> Path | str | None:
@@ -164,6 +174,8 @@ class FinetuneTrainer(TrainingHarness):
         defaults = prompt_defaults(self.dataset)
         # An explicit prompt, even an empty one, is the user's: only a missing one takes prepare's default.
         instance = _given(self.cfg.instance_prompt, defaults.get("instance_prompt") or "")
+        if self.cfg.instance_prompts:  # one prompt per subject; the first stands for them in the summary
+            instance = next(iter(self.cfg.instance_prompts.values()))
         klass = _given(self.cfg.class_prompt, defaults.get("class_prompt") or "")
         if self.cfg.dreambooth_data and not instance.strip():
             raise DermsynthError("instance_prompt is empty")
@@ -560,6 +572,8 @@ class FinetuneTrainer(TrainingHarness):
     def class_prompts(self) -> dict[str, str]:
         if self.cfg.class_prompts:
             return dict(self.cfg.class_prompts)
+        if self.cfg.instance_prompts:
+            return dict(self.cfg.instance_prompts)
         if self.cfg.dreambooth_data:
             return {self.examples[0].label: self.prompts["instance"]}
         return most_common_prompts(self.examples)
@@ -611,9 +625,11 @@ class FinetuneTrainer(TrainingHarness):
                      if e.path.parent.resolve() == folder and e.path.name.startswith("class-")]
         return {"instance_prompt": self.prompts["instance"], "class_prompt": self.prompts["class"] if prior else None,
                 "instance_label": self.examples[0].label if self.examples else None,
+                "instance_prompts": dict(cfg.instance_prompts) or None,
                 "prior_preservation": prior, "prior_loss_weight": cfg.prior_loss_weight if prior else None,
                 "class_images": len(self.class_examples),
-                "class_images_dir": str(folder) if prior else None, "generated_class_images": len(generated)}
+                "class_images_dir": relative_path(folder, self.out) if prior else None,
+                "generated_class_images": len(generated)}
 
     def _save_lora(self) -> str:
         from diffusers import StableDiffusionPipeline

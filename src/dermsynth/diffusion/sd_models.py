@@ -13,19 +13,18 @@ A base model is one of:
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dermsynth.diffusion.sd_config import PICKLE_SUFFIXES
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import quiet_hf_libraries
 from dermsynth.utils import hub_access
 
 SINGLE_FILE_SUFFIXES = {".safetensors"}
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -114,14 +113,20 @@ def _load_single_file(path: Path, config: str | Path | None, trust_pickle: bool,
     if path.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
         raise DermsynthError(f"{path} is a pickle checkpoint, which can run arbitrary code when loaded; "
                              "convert it to .safetensors, or pass --trust-pickle if you trust its source")
-    if config is not None:
-        describe_base(config)  # must be a local diffusers folder
-        return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
-                                                        **common)
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise DermsynthError(f"{path}: a single-file checkpoint needs the configs of its architecture; offline, "
-                             "give base_config (--base-config DIR), a local diffusers folder of the same model")
-    return StableDiffusionPipeline.from_single_file(str(path), **common)
+    # One rule for the CLI and the API: nothing is fetched unless a hub id is named. A single file holds weights
+    # only; its components' configs and the tokenizer's vocabulary come from base_config.
+    if config is None:
+        raise DermsynthError(f"{path}: a single-file checkpoint needs the configs of its architecture and its "
+                             "tokenizer; give base_config (--base-config DIR), a local diffusers folder of the same "
+                             "model (or name its hub id there, fetched once)")
+    if describe_base(config) == "hub":
+        try:
+            return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                            **common)
+        except OSError:
+            with hub_access(True):
+                return StableDiffusionPipeline.from_single_file(str(path), config=str(config), **common)
+    return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True, **common)
 
 
 def check_tokenizer(tokenizer: Any, source: str | Path) -> None:

@@ -18,7 +18,6 @@ Output (``out``), in diffusers conventions plus our own record::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from dermsynth.diffusion.scratch import (
     TrainConfig,
     build_noise_scheduler,
     build_unet,
+    preset_and_settings,
     resolve_train_config,
 )
 from dermsynth.diffusion.threads import thread_tuner
@@ -98,7 +98,7 @@ class TrainingData:
 def train(
     data: str | Path,
     out: str | Path,
-    preset: str = "cpu-fast",
+    preset: str | None = None,
     config: str | Path | dict[str, Any] | TrainConfig | None = None,
     *,
     max_minutes: float | None = None,
@@ -118,6 +118,7 @@ def train(
     """
     if isinstance(config, TrainConfig):
         config = config.model_dump(mode="json")
+    preset = preset_and_settings(preset, config)[0]
     cfg = resolve_train_config(preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed, device=device,
                                real_per_class=real_per_class)
     check_scheduler_name(cfg.sample_scheduler)
@@ -142,17 +143,11 @@ def train(
 
 def _check_prepared_size(dataset: PreparedDataset, size: int) -> None:
     """Training on upsampled images would teach the model blur: refuse a model larger than the prepared images."""
-    from PIL import Image
-
-    train_split = dataset.split("train")
-    if train_split.empty:
-        return  # load_training_data names the empty split
-    with contextlib.suppress(OSError), Image.open(dataset.paths(train_split.head(1))[0]) as image:
-        side = min(image.size)
-        if side < size:
-            raise DermsynthError(f"{dataset.root} holds {side} px images but the model makes {size} px ones; "
-                                 f"prepare again with --image-size {size}, or choose a smaller preset or "
-                                 "model.image_size")
+    side = dataset.image_side()  # None: load_training_data names the empty split
+    if side is not None and side < size:
+        raise DermsynthError(f"{dataset.root} holds {side} px images but the model makes {size} px ones; "
+                             f"prepare again with --image-size {size}, or choose a smaller preset or "
+                             "model.image_size")
 
 
 def _latent_training_data(cfg: TrainConfig, dataset: PreparedDataset, data: TrainingData, out: Path, resume: bool,

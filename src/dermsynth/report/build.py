@@ -384,11 +384,14 @@ def _validation_figure(run: RunFolder, columns: int, most_steps: int = 4) -> dic
 
 
 def _class_images_figure(run: RunFolder, booth: dict[str, Any], columns: int) -> dict[str, str] | None:
-    folder = booth.get("class_images_dir")
-    if not folder or not Path(folder).is_dir():
+    named = booth.get("class_images_dir")
+    if not named:
         return None
-    paths = sorted(p.name for p in Path(folder).glob("*.png"))[:columns]
-    tiles = _tiles(Path(folder), paths)
+    folder = run.path("model") / named  # relative to the model folder (older models: an absolute path)
+    if not folder.is_dir():
+        return None
+    paths = sorted(p.name for p in folder.glob("*.png"))[:columns]
+    tiles = _tiles(folder, paths)
     if not tiles:
         return None
     label = f"class prompt: “{_short(booth.get('class_prompt', ''))}”"
