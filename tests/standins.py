@@ -16,7 +16,7 @@ ISIC_IMAGES = 250
 ISIC_MALIGNANT = 6  # 2.4 %, each of another patient: the grouped split gives train, val and test some
 
 
-def isic2020_standin(root: Path, size: tuple[int, int] = (40, 30)) -> Path:
+def isic2020_standin(root: Path, size: tuple[int, int] = (48, 40)) -> Path:
     """The ISIC 2020 layout (GroundTruth v2 CSV + train/*.jpg): 250 images of 125 patients, 6 malignant."""
     rows = []
     malignant_at = set(np.linspace(0, ISIC_IMAGES - 1, ISIC_MALIGNANT).astype(int) // 2 * 2)
@@ -35,12 +35,13 @@ def isic2020_standin(root: Path, size: tuple[int, int] = (40, 30)) -> Path:
     return root
 
 
-def ham10000_standin(root: Path, n: int = 80, size: tuple[int, int] = (40, 30)) -> Path:
-    """The HAM10000 layout (HAM10000_metadata.csv + images/): two images per lesion, a quarter of them melanoma."""
+def ham10000_standin(root: Path, n: int = 80, size: tuple[int, int] = (48, 40)) -> Path:
+    """The HAM10000 layout (HAM10000_metadata.csv + images/): two images per lesion, half of them malignant (the
+    shipped HAM10000 studies take equal real samples per class, real_per_class, so the stand-in's classes match)."""
     rows = []
     (root / "images").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        dx = "mel" if (i // 2) % 4 == 0 else ["nv", "bkl", "nv"][(i // 2) % 3]
+        dx = ["mel", "nv", "bcc", "bkl"][(i // 2) % 4]
         image_id = f"ISIC_{3100000 + i}"
         Image.fromarray(lesion_image(7000 + i, size, dx == "mel")).save(root / "images" / f"{image_id}.jpg")
         rows.append({"lesion_id": f"HAM_{i // 2:07d}", "image_id": image_id, "dx": dx, "dx_type": "histo",
@@ -50,7 +51,7 @@ def ham10000_standin(root: Path, n: int = 80, size: tuple[int, int] = (40, 30)) 
     return root
 
 
-def archive_standin(root: Path, n: int = 24, size: tuple[int, int] = (40, 30)) -> Path:
+def archive_standin(root: Path, n: int = 24, size: tuple[int, int] = (48, 40)) -> Path:
     """The ISIC Archive layout (json_meta/*.json + images/), legacy records."""
     import json
 
@@ -67,7 +68,7 @@ def archive_standin(root: Path, n: int = 24, size: tuple[int, int] = (40, 30)) -
     return root
 
 
-def folder_standin(root: Path, per_class: int = 12, size: tuple[int, int] = (40, 30)) -> Path:
+def folder_standin(root: Path, per_class: int = 12, size: tuple[int, int] = (48, 40)) -> Path:
     """A class-per-folder tree: root/benign/*.jpg, root/malignant/*.jpg."""
     for label in ("benign", "malignant"):
         (root / label).mkdir(parents=True, exist_ok=True)

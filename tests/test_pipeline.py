@@ -104,19 +104,22 @@ def test_too_few_synthetic_images_for_a_regime_fail_before_training(tmp_path, cl
     config.write_text(TINY_STUDY.replace("regimes: [real, hybrid:0.5]", "regimes: [real, synthetic]"))
     out = tmp_path / "run"
     code, _, stderr = cli("run", config, "--out", out)
-    message = stderr.strip().splitlines()[-1]  # after prepare's progress lines
-    assert code == 2 and message.startswith("error: ") and "Traceback" not in stderr
-    assert "validate.regimes: synthetic takes" in message and "generate.per_class (40 for" in message
-    assert (out / "prepared" / "metadata.csv").is_file() and not (out / "model").exists()
+    assert code == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    message = stderr.strip()
+    assert message.startswith("error: validate: synthetic takes") and "generate (per_class 40) makes 40" in message
+    assert "set generate.per_class to at least" in message
+    assert not out.exists()  # the plan refused it before prepare started
     # balance fills only the smaller class: the synthetic regime lacks images of the larger one
     config.write_text(TINY_STUDY.replace("regimes: [real, hybrid:0.5]", "regimes: [real, synthetic]")
                       .replace("  per_class: 40\n", "  balance: true\n"))
     code, _, stderr = cli("run", config, "--out", out)
-    assert code == 2 and "generate.balance fills the smaller classes only" in stderr.strip().splitlines()[-1]
+    assert code == 2 and "generate (balance: true fills only the smaller classes)" in stderr.strip().splitlines()[-1]
     # the augmentation controls take copies of real images, none from generate
     from dermsynth.pipeline import check_synthetic_supply, load_run_config
 
     config.write_text(TINY_STUDY.replace("regimes: [real, hybrid:0.5]", "regimes: [real, augment-add:1000]"))
+    (config.parent / "prep.yaml").write_text(TINY_STUDY.split("train:")[0])
+    assert cli("run", config.parent / "prep.yaml", "--out", out)[0] == 0
     check_synthetic_supply(load_run_config(config), out / "prepared")
 
 
@@ -243,10 +246,10 @@ def test_run_level_real_per_class_reaches_train_and_validate():
     """Set once, at the top: the generator then trains on the classifiers' own real sample."""
     from dermsynth.pipeline import RunConfig
 
-    config = RunConfig.model_validate({"real_per_class": 50, "subsample_seed": 3, "train": {"settings": {}},
+    config = RunConfig.model_validate({"real_per_class": 50, "subsample_seed": 3, "prepare": {}, "train": {"settings": {}},
                                        "generate": {"per_class": 10}, "validate": {"regimes": ["real"]}})
     assert config.train.settings["real_per_class"] == 50 and config.train.settings["subsample_seed"] == 3
     assert (config.validate_.real_per_class, config.validate_.subsample_seed) == (50, 3)
     with pytest.raises(ValueError, match=r"validate\.real_per_class differs"):
-        RunConfig.model_validate({"real_per_class": 50, "train": {}, "generate": {"per_class": 10},
+        RunConfig.model_validate({"real_per_class": 50, "prepare": {}, "train": {}, "generate": {"per_class": 10},
                                   "validate": {"real_per_class": 40, "regimes": ["real"]}})

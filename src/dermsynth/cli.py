@@ -556,7 +556,8 @@ def report(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns a typer.Exit's code instead of raising it; commands return None.
+        returned = app(args=argv, standalone_mode=False)
     except DermsynthError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, aborts):
             sys.exit(130)
         raise
-    sys.exit(0)
+    sys.exit(returned if isinstance(returned, int) else 0)
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -154,7 +154,8 @@ def _base_model(base: str | None, base_config: str | None, plan: StudyPlan) -> N
         plan.refuse("finetune", str(exc))
         return
     if kind == "hub":
-        plan.say("finetune", f"base {base}: a hub id, downloaded when the stage starts (needs the network)")
+        plan.say("finetune", f"base {base}: no such local folder, so read as a hub id, downloaded when the stage "
+                             "starts (needs the network; for a local copy, check the path)")
     elif kind == "single-file" and base_config is None:
         plan.say("finetune", f"base {base}: one file; its components' configs come with dermsynth or base_config")
     else:

@@ -62,7 +62,7 @@ class FinetuneConfig(StrictModel):
         {}, description="DreamBooth with one subject per class: label -> its own instance prompt (a rare token each, "
         "e.g. sks for benign, zwx for malignant). Each label's training images are its instances (at most "
         "max_instance_images per label), and `generate` makes every one of these classes. Instead of "
-        "instance_prompt / instance_labels."),
+        "instance_prompt / instance_labels.")
     max_instance_images: int | None = Field(None, ge=1, description="Use at most this many instance images "
                                                                     "(DreamBooth works with ~5-30).")
     with_prior_preservation: bool = Field(True, description="Add a prior-preservation loss on class images.")
