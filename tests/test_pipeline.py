@@ -246,8 +246,9 @@ def test_run_level_real_per_class_reaches_train_and_validate():
     """Set once, at the top: the generator then trains on the classifiers' own real sample."""
     from dermsynth.pipeline import RunConfig
 
-    config = RunConfig.model_validate({"real_per_class": 50, "subsample_seed": 3, "prepare": {}, "train": {"settings": {}},
-                                       "generate": {"per_class": 10}, "validate": {"regimes": ["real"]}})
+    config = RunConfig.model_validate({"real_per_class": 50, "subsample_seed": 3, "prepare": {},
+                                       "train": {"settings": {}}, "generate": {"per_class": 10},
+                                       "validate": {"regimes": ["real"]}})
     assert config.train.settings["real_per_class"] == 50 and config.train.settings["subsample_seed"] == 3
     assert (config.validate_.real_per_class, config.validate_.subsample_seed) == (50, 3)
     with pytest.raises(ValueError, match=r"validate\.real_per_class differs"):

@@ -26,7 +26,7 @@ def test_dry_run_prints_the_plan_of_the_reference_study(isic, tmp_path, cli, mon
     build_tiny_pipeline(seed=0).save_pretrained(tmp_path / "sd15")
     code, stdout, stderr = cli("run", REPO / "configs" / "isic2020-dreambooth.yaml", "--dry-run",
                                "--set", f"prepare.root={isic}", "--set", f"finetune.base={tmp_path / 'sd15'}",
-                               "--out", tmp_path / "run")
+                               "--set", "validate.real_per_class=4", "--out", tmp_path / "run")
     assert code == 0, stdout + stderr
     assert "reader isic2020" in stdout and "-> 512 px" in stdout
     assert "train benign" in stdout and "malignant 4" in stdout  # the stand-in's real ~98/2 imbalance
@@ -104,3 +104,9 @@ def test_set_overrides_reach_the_config_and_bad_ones_are_one_line(tmp_path, cli)
     assert config.generate.per_class == 7 and config.validate_.seeds == 1
     assert "--set takes KEY=VALUE" in one_line_error(cli, "run", REPO / "configs" / "demo.yaml", "--set", "seeds",
                                                      "--dry-run")
+
+
+def test_a_real_per_class_above_the_smallest_class_is_refused_before_any_compute(isic, tmp_path, cli):
+    code, stdout, _ = cli("run", REPO / "configs" / "isic2020-dreambooth.yaml", "--dry-run",
+                          "--set", f"prepare.root={isic}", "--out", tmp_path / "run")
+    assert code == 2 and "real_per_class 300 but class 'benign' has 170 training images" in stdout

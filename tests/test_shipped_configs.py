@@ -42,6 +42,7 @@ TINY_AUTOENCODER = {"block_out_channels": [8, 16], "norm_num_groups": 4, "latent
 TINY_CLASSIFIERS = {"cnn": {"hidden_sizes": [8, 16], "embedding_size": 8, "depths": [1, 1]},
                     "vit": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                             "intermediate_size": 32}}
+TINY_REAL_PER_CLASS = 4  # the ISIC stand-in's malignant training images
 SD_SIZE = 64  # the tiny VAE's 8x8 latents
 IMAGE_SIZE = 32
 
@@ -111,6 +112,8 @@ def tiny_finetune(settings: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def tiny_validate(settings: dict[str, Any], standins: dict[str, Path]) -> dict[str, Any]:
     model = settings.get("model", "cnn")
+    if settings.get("real_per_class"):
+        settings = {**settings, "real_per_class": TINY_REAL_PER_CLASS}
     tiny = {**settings, "image_size": IMAGE_SIZE, "seeds": 1, "bootstrap": 100, "device": "cpu",
             "train": {**settings.get("train", {}), "epochs": 1, "batch_size": 16}}
     if model in TINY_CLASSIFIERS:
@@ -124,6 +127,8 @@ def tiny_validate(settings: dict[str, Any], standins: dict[str, Path]) -> dict[s
 
 def tiny_run(data: dict[str, Any], standins: dict[str, Path]) -> dict[str, Any]:
     tiny = copy.deepcopy(data)
+    if tiny.get("real_per_class"):  # a data size: the stand-ins hold ~30 training images per class
+        tiny["real_per_class"] = TINY_REAL_PER_CLASS
     prep = tiny.get("prepare")
     if prep is not None:
         if prep.get("dataset", "sample") == "sample":

@@ -192,6 +192,11 @@ def _validate(config: RunConfig, plan: StudyPlan) -> None:
     if plan.train_counts is None:
         return
     cap = stage.real_per_class
+    few = {c: n for c, n in plan.train_counts.items() if cap and n < cap}
+    if few:
+        label, n = next(iter(few.items()))
+        plan.refuse("validate", f"real_per_class {cap} but class {label!r} has {n} training images; lower "
+                                "real_per_class (validate's and the run's) or use more data")
     real = {c: min(n, cap) if cap else n for c, n in plan.train_counts.items()}
     supply = dict(plan.made)
     for folder in stage.extra_synthetic:
