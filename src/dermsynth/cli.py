@@ -70,11 +70,14 @@ def _old_option(old: str, old_value: Any, new: str, value: Any) -> Any:
 @app.command()
 def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the prepared dataset.")],
-    dataset: Annotated[str | None, typer.Option(help=readers_help())] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help=readers_help() + " (default: sample; with --root alone, the reader whose layout the folder shows).")
+    ] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
     csv: Annotated[Path | None, typer.Option(help="Metadata CSV, when not in its usual place under --root.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with prepare settings (options override it).")] = None,
-    label_scheme: Annotated[str | None, typer.Option(help="binary (benign/malignant) or diagnosis.")] = None,
+    label_scheme: Annotated[str | None, typer.Option(
+        help="binary (benign/malignant) or diagnosis (default: binary).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Side of the square output images (default: 256).")] = None,
     hair_removal: Annotated[bool | None, typer.Option("--hair-removal/--no-hair-removal",
                                                       help="DullRazor-style hair removal (default: on).")] = None,

@@ -224,9 +224,11 @@ def _validate(config: RunConfig, plan: StudyPlan) -> None:
             have = supply.get(label, 0)
             fix = (f"the model makes no {label!r} images: use a generator that makes every class the regime "
                    "takes (finetune.instance_prompts or method: captions), or class_mix: balanced with add:<n>"
-                   if label not in supply else f"set generate.per_class to at least {max(short.values())}")
+                   if label not in supply else f"set generate.per_class to at least {max(short.values())}"
+                   if plan_of is not None else "add images to the synthetic folders")
             have = have if label in supply else 0
-            plan.refuse("validate", f"{regime.name} takes {n} synthetic {label!r} images but {source} makes "
+            verb = "makes" if plan_of is not None else "hold"
+            plan.refuse("validate", f"{regime.name} takes {n} synthetic {label!r} images but {source} {verb} "
                                     f"{have}; {fix}, or drop the regime")
 
 
