@@ -49,7 +49,7 @@ def user_folder(tmp_path, monkeypatch) -> Path:
 
     isic2020_standin(tmp_path / "ISIC2020")
     archive_standin(tmp_path / "uda1")
-    ham10000_standin(tmp_path / "HAM10000")
+    ham10000_standin(tmp_path / "HAM10000", n=1500)  # the HAM10000 study takes 500 real training images per class
     folder_standin(tmp_path / "my_images")
     pipe = build_tiny_pipeline(seed=0)
     pipe.save_pretrained(tmp_path / "stable-diffusion-v1-5")
