@@ -61,6 +61,14 @@ def run(config: Path, out: Path, kill_after: float | None = None) -> float:
     return time.time() - started
 
 
+def _progress_at_kill(out: Path) -> str:
+    """Which stages had finished, and the training's newest checkpoint, when the run died."""
+    done = sorted(p.parent.name for p in out.glob("*/.stage.json"))
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("model/checkpoints/step-*"))
+    training = f"newest checkpoint step {steps[-1]}" if steps else "no checkpoint yet"
+    return f"finished: {', '.join(done) or 'none'}; {training}"
+
+
 def _clean_json(value):
     if isinstance(value, dict):
         return {k: _clean_json(v) for k, v in value.items() if k not in VOLATILE_KEYS}
@@ -154,10 +162,11 @@ def main() -> int:
         out = args.work / f"trial-{trial}"
         moment = rng.uniform(0.05, 0.95) * seconds
         killed = run(config, out, kill_after=moment) < 0
+        where = _progress_at_kill(out)
         rerun = run(config, out)
         problems = compare(expected, out)
         failures += bool(problems)
-        print(f"trial {trial}: killed at {moment:.0f} s ({'killed' if killed else 'finished first'}), rerun "
+        print(f"trial {trial}: killed at {moment:.0f} s ({'killed' if killed else 'finished first'}; {where}), rerun "
               f"{rerun:.0f} s: {'identical' if not problems else 'DIFFERENT: ' + ', '.join(problems[:5])}")
     print(f"{args.trials - failures}/{args.trials} trials identical to the uninterrupted run")
     return 1 if failures else 0
