@@ -111,7 +111,7 @@ def test_precision_values_each_stage_runs():
 def test_pipeline_train_settings_take_the_current_names_once(capsys):
     from dermsynth.pipeline import RunConfig
 
-    cfg = validate_config(RunConfig, {"train": {"preset": "cpu-fast", "settings": {"grad_clip": 0.5}}})
+    cfg = validate_config(RunConfig, {"prepare": {}, "train": {"preset": "cpu-fast", "settings": {"grad_clip": 0.5}}})
     assert cfg.train.settings == {"max_grad_norm": 0.5}  # the stage hash and the run see the current name
     assert err_lines(capsys) == [notice("grad_clip", "max_grad_norm")]
 

@@ -343,7 +343,7 @@ def test_bad_input_is_aone_line_error(case, fragment, tiny_sd, prepared, tmp_pat
         frame.to_csv(data / "metadata.csv", index=False)
         prepared = data
     line = one_line_error(cli, "finetune", "--method", method, "--base", base, "--data", prepared, "--out",
-                           tmp_path / "out", "--max-steps", 1, "--quiet", *extra)
+                           tmp_path / "out", "--max-steps", 1, "--resolution", SIZE, "--quiet", *extra)
     assert fragment in line, line
     assert not (tmp_path / "out" / "dermsynth_model.json").exists()
 

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 AUDIT = {"classifier_epochs": 1, "positive_controls": 4, "kid_subsets": 3, "c2st_folds": 2, "c2st_epochs": 1}
 VALIDATE = {"regimes": ["real"], "seeds": 1, "train": {"epochs": 1}, "bootstrap": 100, "image_size": 16,
             "architecture": {"hidden_sizes": [8, 16], "embedding_size": 8, "depths": [1, 1]}}
-FINETUNE = {"resolution": 64, "instance_prompt": "dermoscopy image of a sks lesion",
+FINETUNE = {"resolution": 64, "allow_upsample": True,  # the workspace is prepared at 32 px
+            "instance_prompt": "dermoscopy image of a sks lesion",
             "class_prompt": "dermoscopy image of a skin lesion", "num_class_images": 2, "max_steps": 3,
             "checkpointing_steps": 1, "checkpoints_total_limit": 3, "sample": {"steps": 2, "scheduler": "ddim"},
             "threads": 1}
