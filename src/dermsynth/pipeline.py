@@ -318,9 +318,8 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
         _write_provenance(config, out)
     say = console.print if share.is_main else _silent
     hashes: dict[str, str] = {}
-    if config.prepared is not None:  # no prepare stage: the named folder, linked in and hashed by its content
+    if config.prepared is not None:  # no prepare stage: the named folder (the plan above checked its counts)
         hashes["prepare"] = _link_prepared(config.prepared, out / RUN_FOLDERS["prepare"], share.is_main)
-        check_synthetic_supply(config, out / RUN_FOLDERS["prepare"])
     outcomes = []
     stages = build_stages(config, out)
     for index, stage in enumerate(stages, start=1):

@@ -31,6 +31,7 @@ class StudyPlan:
     train_counts: dict[str, int] | None = None  # real training images per class, as prepare will make them
     image_size: int | None = None  # side of the prepared images
     made: dict[str, int] = field(default_factory=dict)  # synthetic images per class that generate will make
+    generated_size: int = 0  # side of the generator's images
     bytes_needed: float = 0.0
 
     def say(self, stage: str, text: str) -> None:
@@ -112,7 +113,7 @@ def _train(config: RunConfig, plan: StudyPlan) -> None:
 
     stage = config.train
     cfg = resolve_train_config(stage.preset, dict(stage.settings))
-    size = cfg.model.image_size
+    size = plan.generated_size = cfg.model.image_size
     budget = (f"{cfg.autoencoder.max_steps} autoencoder + {cfg.max_steps} diffusion steps" if cfg.autoencoder
               else f"{cfg.max_steps} steps")
     plan.say("train", f"preset {stage.preset}: {size} px, {budget}; makes every prepared class")
@@ -125,6 +126,7 @@ def _train(config: RunConfig, plan: StudyPlan) -> None:
 
 def _finetune(config: RunConfig, plan: StudyPlan) -> None:
     cfg = config.finetune
+    plan.generated_size = cfg.resolution
     _base_model(cfg.base, cfg.base_config, plan)
     if plan.image_size is not None and plan.image_size < cfg.resolution and not cfg.allow_upsample:
         plan.refuse("finetune", f"trains at {cfg.resolution} px but prepare makes {plan.image_size} px images; set "
@@ -174,15 +176,7 @@ def _generate(config: RunConfig, plan: StudyPlan) -> None:
     else:
         plan.made = dict.fromkeys(plan.made, stage.per_class)
     plan.say("generate", f"makes {_counts(plan.made)}")
-    size = config.finetune.resolution if config.finetune is not None else \
-        _train_size(config) if config.train is not None else 0
-    plan.bytes_needed += sum(plan.made.values()) * size**2 * PNG_BYTES_PER_PIXEL
-
-
-def _train_size(config: RunConfig) -> int:
-    from dermsynth.diffusion.scratch import resolve_train_config
-
-    return resolve_train_config(config.train.preset, dict(config.train.settings)).model.image_size
+    plan.bytes_needed += sum(plan.made.values()) * plan.generated_size**2 * PNG_BYTES_PER_PIXEL
 
 
 def _validate(config: RunConfig, plan: StudyPlan) -> None:
@@ -234,11 +228,11 @@ def _validate(config: RunConfig, plan: StudyPlan) -> None:
 
 def _class_folder_counts(folder: Path) -> dict[str, int] | None:
     from dermsynth.data.images import list_images
+    from dermsynth.data.synthetic_folders import class_folders
 
-    base = folder / "images" if (folder / "images").is_dir() else folder
-    if not base.is_dir():
+    if not folder.is_dir():
         return None
-    return {p.name: len(list_images(p)) for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    return {p.name: len(list_images(p)) for p in class_folders(folder)}
 
 
 def _output(out: Path, plan: StudyPlan) -> None:
