@@ -89,6 +89,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300, help="training steps per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="measurements per setting and condition")
     parser.add_argument("--prep", type=Path, help="a prepared folder at >= 32 px (default: the embedded sample)")
+    parser.add_argument("--conditions", default="quiet,loaded", help="comma list of quiet, loaded")
     parser.add_argument("--json", type=Path, help="also write every result here")
     parser.add_argument("--smoke", action="store_true", help="a tiny model, a few steps, one round")
     args = parser.parse_args()
@@ -104,7 +105,7 @@ def main() -> int:
     if os.getloadavg()[0] >= 1 and not args.smoke:
         print(f"warning: load average {os.getloadavg()[0]:.2f} before the quiet measurement", file=sys.stderr)
     rows = [summarise(condition, measure(args.prep, work, args.steps, args.rounds, condition == "loaded", base))
-            for condition in ("quiet", "loaded")]
+            for condition in args.conditions.split(",")]
     print("| condition | fixed (default) steps/s | adaptive steps/s | adaptive / fixed | fixed runs identical |")
     print("|---|---|---|---|---|")
     for row in rows:
