@@ -125,3 +125,50 @@ def test_finished_folder_is_kept_and_validate_refuses_it(prepared, tmp_path, cap
     code, _, err = run_cli(["validate", "--real", str(prepared), "--synthetic", str(out), "--out",
                             str(tmp_path / "val"), "--model", "cnn", "--epochs", "1"], capsys)
     assert code == 2 and "reconstructions of real images" in err
+
+
+# --------------------------------------------------------------------------- validate's reconstruct control
+
+
+def _validate(prepared, tmp_path, name, **settings):
+    from dermsynth.evaluate.validate import validate
+    from tests.test_validate import TINY_CNN, TINY_TRAIN
+
+    config = {"real": prepared, "model": "cnn", "architecture": TINY_CNN, "train": TINY_TRAIN, "bootstrap": 100,
+              "seeds": 1, "regimes": ["real", "reconstruct:0.5"], "device": "cpu", "threads": 1} | settings
+    return validate(config, tmp_path / name, progress=False)
+
+
+def test_reconstruct_control_trains_on_the_run_s_own_reconstructions(prepared, latent_model, tmp_path):
+    rec = tmp_path / "rec"
+    record = reconstruct(prepared, rec, model=latent_model, split="train", model_sample=True, progress=False)
+    train_ids = set(pd.read_csv(prepared / "metadata.csv").query("split == 'train'")["image_id"])
+    assert record["autoencoder_sample"]["images"] == len(train_ids) == record["images"]
+    result = _validate(prepared, tmp_path, "v", reconstruction=rec, regimes=["real", "reconstruct-add:12"])
+    assert len(result.ran) == 2
+    run = tmp_path / "v" / "validation" / "reconstruct-add-12" / "0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["made_by"] == "reconstruct" and metrics["train_synthetic"] == 12
+    made = pd.read_csv(run / "train_images.csv", dtype={"image_id": str})
+    copies = made[made["image_id"].str.startswith("rec:")]
+    assert len(copies) == 12 and set(copies["image_id"].str.split(":").str[1]) <= train_ids
+
+
+def test_reconstruct_control_refuses_an_autoencoder_that_saw_other_real_images(prepared, latent_model, tmp_path):
+    rec = tmp_path / "rec"
+    reconstruct(prepared, rec, model=latent_model, split="train", model_sample=True, progress=False)
+    # The model saw the whole train split; a run on 3 per class would get decoders of images it never holds.
+    with pytest.raises(DermsynthError, match="not on exactly this run's 6 real training images"):
+        _validate(prepared, tmp_path, "v", reconstruction=rec, real_per_class=3)
+    val = tmp_path / "rec-val"
+    reconstruct(prepared, val, model=latent_model, split="val", progress=False)
+    with pytest.raises(DermsynthError, match="training images only"):
+        _validate(prepared, tmp_path, "w", reconstruction=val)
+    with pytest.raises(DermsynthError, match="needs `reconstruction:`"):
+        _validate(prepared, tmp_path, "x")
+    # A bicubic down-and-up learned nothing: any sample may use it.
+    bicubic = tmp_path / "bicubic"
+    reconstruct(prepared, bicubic, bicubic=2, split="train", progress=False)
+    assert len(_validate(prepared, tmp_path, "y", reconstruction=bicubic, real_per_class=3).ran) == 2
+    with pytest.raises(DermsynthError, match="--model-sample needs --model and --split train"):
+        reconstruct(prepared, tmp_path / "z", bicubic=2, split="train", model_sample=True, progress=False)

@@ -361,6 +361,9 @@ def reconstruct(
                                                      "reference a latent of that size must beat).")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     max_images: Annotated[int | None, typer.Option(help="A seeded sample of at most this many images.")] = None,
+    model_sample: Annotated[bool, typer.Option(
+        help="Only the model's own training sample (with --split train): the folder validate's reconstruct "
+             "control (`reconstruction:`) needs.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -372,7 +375,7 @@ def reconstruct(
     from dermsynth.diffusion.reconstruct import reconstruct as run_reconstruct
 
     record = run_reconstruct(data, out, model=model, bicubic=bicubic, split=split, max_images=max_images,
-                             device=device, progress=not quiet)
+                             device=device, progress=not quiet, model_sample=model_sample)
     typer.echo(f"{out}: {record['images']} {split} images through {record['through']}; PSNR "
                f"{record['psnr']:.2f} dB, SSIM {record['ssim']:.3f}"
                + (f"; skipped {len(record['skipped'])} unreadable" if record["skipped"] else ""))
@@ -484,9 +487,12 @@ def validate(
         "--test", help="External test set: a prepared dataset from another source, all of it tested on (after "
         "removing content duplicates of training images); repeat for several.")] = None,
     regimes: Annotated[str | None, typer.Option(
-        help=f"Comma-separated, of: {regimes_help()} (augment: the classical-augmentation controls; default: "
-             "real,hybrid:0.5,synthetic).")
+        help=f"Comma-separated, of: {regimes_help()} (the controls augment, lowpass, reconstruct, mixup: copies "
+             "made from the run's own real images; default: real,hybrid:0.5,synthetic).")
     ] = None,
+    reconstruction: Annotated[Path | None, typer.Option(
+        help="For the reconstruct controls: a folder from dermsynth reconstruct --split train --model MODEL "
+             "--model-sample.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds per regime (default: 3).")] = None,
     model: Annotated[str | None, typer.Option(help=f"{classifiers_help()} (default: cnn).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML with validate settings (options override it).")] = None,
@@ -518,7 +524,7 @@ def validate(
     overrides: dict[str, Any] = {}
     for key, value in {
         "real": real, "synthetic": synthetic or None, "test": test or None, "seeds": seeds, "model": model,
-        "synthetic_preprocess": synthetic_preprocess,
+        "synthetic_preprocess": synthetic_preprocess, "reconstruction": reconstruction,
         "regimes": [r.strip() for r in regimes.split(",") if r.strip()] if regimes is not None else None,
         "real_per_class": real_per_class, "image_size": image_size, "bootstrap": bootstrap,
         "save_checkpoint": save_checkpoint, "device": device, "threads": threads, "shard": shard,

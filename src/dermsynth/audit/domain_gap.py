@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from dermsynth.data.images import sharpness
 from dermsynth.data.preprocess import SEG_LONG_SIDE, hair_mask, remove_hair, segment_lesion, vignette_mask
 
 SEG_MIN_SIDE = 64        # the segmenter's parameters were tuned at >= 64 px
@@ -151,21 +152,6 @@ def _colour(rgb: np.ndarray, valid: np.ndarray, lesion: np.ndarray) -> dict[str,
     return out
 
 
-def _sharpness(rgb: np.ndarray) -> float:
-    """RMS of the grey image's Laplacian / RMS contrast (sd) of the grey image.
-
-    Dividing by the contrast keeps it from tracking brightness or contrast (darker images do not look blurrier);
-    the square root of the variance ratio has a lighter tail across images than the ratio itself, so a blurred set
-    stands out by a larger standardised difference (measured on the embedded sample: d about -2.2 vs -1.3 for a
-    Gaussian blur of sigma 1 px at 64 px).
-    """
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    variance = float(grey.var())
-    if variance < 1e-6:
-        return math.nan
-    return math.sqrt(float(cv2.Laplacian(grey, cv2.CV_32F, ksize=1).var()) / variance)
-
-
 def lesion_contrast(rgb_seg: np.ndarray, valid: np.ndarray, lesion: np.ndarray) -> float:
     """(mean L* of the skin ring around ``lesion`` - mean L* inside it) / their pooled sd; NaN without a region."""
     if not lesion.any():
@@ -187,7 +173,7 @@ def _one(rgb: np.ndarray) -> dict[str, float]:
         lesion_seg, lesion = np.zeros_like(lesion_seg), np.zeros_like(lesion)
     return {"lesion_found": float(lesion_seg.any()), "lesion_contrast": contrast, **_shape(lesion_seg),
             **_colour(rgb, valid, lesion),
-            "sharpness": _sharpness(rgb), "vignette_fraction": float(1.0 - valid_seg.mean()),
+            "sharpness": sharpness(rgb), "vignette_fraction": float(1.0 - valid_seg.mean()),
             "hair_score": float(hair_mask(rgb).mean())}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pandas as pd
 
 from dermsynth.data.schema import CANONICAL_COLUMNS, SPLITS
 from dermsynth.errors import DermsynthError
-from dermsynth.utils import read_csv, read_json
+from dermsynth.utils import read_csv, read_json, stable_hash
 
 REMEDY = "re-run 'dermsynth prepare' into a new folder"
 
@@ -107,3 +108,9 @@ def subsample_per_class(frame: pd.DataFrame, per_class: int, seed: int, classes:
                                  "images")
         parts.append(rows.sample(n=per_class, random_state=np.random.RandomState(seed)))
     return pd.concat(parts).sort_values("image_id").reset_index(drop=True)
+
+
+def sample_fingerprint(image_ids: Iterable[object]) -> str:
+    """Which images a sample holds, whatever their order: a model's training sample and a validate run's real
+    sample are the same images exactly when these agree."""
+    return stable_hash(sorted(str(i) for i in image_ids))

@@ -6,9 +6,11 @@ scaling (PIL ``draft``), which is several times faster than a full decode follow
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin
 
@@ -124,3 +126,18 @@ def load_training_square(path: str | Path, size: int) -> np.ndarray:
         return load_image(path, size)
     except ImageReadError as exc:
         raise DermsynthError(f"training image {exc}; re-run 'dermsynth prepare'") from None
+
+
+def sharpness(rgb: np.ndarray) -> float:
+    """RMS of the grey image's Laplacian / RMS contrast (sd) of the grey image (NaN for a flat image).
+
+    Dividing by the contrast keeps it from tracking brightness or contrast (darker images do not look blurrier);
+    the square root of the variance ratio has a lighter tail across images than the ratio itself, so a blurred set
+    stands out by a larger standardised difference (measured on the embedded sample: d about -2.2 vs -1.3 for a
+    Gaussian blur of sigma 1 px at 64 px). It depends on resolution: compare images at one size only.
+    """
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    variance = float(grey.var())
+    if variance < 1e-6:
+        return math.nan
+    return math.sqrt(float(cv2.Laplacian(grey, cv2.CV_32F, ksize=1).var()) / variance)

@@ -8,7 +8,10 @@ bicubic down-and-up by the latent's factor is the reference that needs no traini
 keeps without a learned decoder.
 
 Reconstructions are derived from real patients' images. They are **not** synthetic data and not de-identified:
-the folder says so (``reconstruct.json``, ``manifest.csv``, each PNG's text), and `validate` refuses to train on it.
+the folder says so (``reconstruct.json``, ``manifest.csv``, each PNG's text), and `validate` refuses it as synthetic
+input. Its one use in training is `validate`'s reconstruct control (``reconstruction:``): reconstructions of the run's
+own real training sample (``--split train --model-sample``), which ``reconstruct.json`` fingerprints as the
+``autoencoder_sample`` so that validate can check the autoencoder saw no other real image.
 
 Output: ``OUT/images/<class>/rec-<image_id>.png``, ``OUT/manifest.csv`` (one row per image: its source image,
 how it was made, its PSNR/SSIM against the source) and ``OUT/reconstruct.json``. The folder is written under a
@@ -25,12 +28,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dermsynth.data.dataset import load_prepared
+from dermsynth.data.dataset import load_prepared, sample_fingerprint, subsample_per_class
 from dermsynth.data.images import ImageReadError, load_image, save_image
 from dermsynth.data.synthetic_folders import RECONSTRUCTION_RECORD
+from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.progress import track
-from dermsynth.utils import ensure_writable_dir, pick_device, relative_path, sha256_file, write_json_atomic
+from dermsynth.utils import (
+    ensure_writable_dir,
+    pick_device,
+    read_json,
+    relative_path,
+    sha256_file,
+    stable_hash,
+    write_json_atomic,
+)
 
 NOT_SYNTHETIC = ("reconstructions of real patients' images: not synthetic data and not de-identified; for "
                  "measuring an autoencoder's ceiling, not for sharing or training")
@@ -39,17 +51,22 @@ SPLITS = ("train", "val", "test")
 
 def reconstruct(data: str | Path, out: str | Path, model: str | Path | None = None, bicubic: int | None = None,
                 split: str = "test", max_images: int | None = None, seed: int = 0, device: str = "auto",
-                batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+                batch_size: int = 16, progress: bool = True, model_sample: bool = False) -> dict[str, Any]:
     """Write the reconstructions of ``split`` of the prepared dataset ``data`` into ``out``; returns the record
     (also ``out/reconstruct.json``). Exactly one of ``model`` (a latent-family model folder) and ``bicubic``
-    (a down-and-up factor) says what the images pass through."""
+    (a down-and-up factor) says what the images pass through. ``model_sample``: only the model's own training
+    sample (its --real-per-class draw), as `validate`'s reconstruct control needs."""
     if (model is None) == (bicubic is None):
         raise DermsynthError("reconstruct: give exactly one of --model MODEL (its autoencoder) or --bicubic FACTOR")
     if split not in SPLITS:
         raise DermsynthError(f"reconstruct: --split must be one of {', '.join(SPLITS)} (got {split!r})")
     if max_images is not None and max_images < 1:
         raise DermsynthError(f"reconstruct: --max-images must be 1 or more (got {max_images})")
+    if model_sample and (model is None or split != "train"):
+        raise DermsynthError("reconstruct: --model-sample needs --model and --split train (the images the model "
+                             "was trained on)")
     prepared = load_prepared(data)
+    trained_on = _model_sample(prepared, Path(model), model_sample) if model is not None else None
     out = Path(out)
     if (out / RECONSTRUCTION_RECORD).is_file():
         raise DermsynthError(f"{out}: already holds reconstructions; choose another --out or delete it")
@@ -58,7 +75,7 @@ def reconstruct(data: str | Path, out: str | Path, model: str | Path | None = No
     device = pick_device(device)
     codec = _AutoencoderCodec(Path(model), device) if model is not None else _BicubicCodec(bicubic,
                                                                                            prepared.image_size)
-    frame = prepared.split(split)
+    frame = trained_on if model_sample and trained_on is not None else prepared.split(split)
     if frame.empty:
         raise DermsynthError(f"{data}: the {split} split is empty")
     if max_images is not None and len(frame) > max_images:
@@ -76,12 +93,38 @@ def reconstruct(data: str | Path, out: str | Path, model: str | Path | None = No
         prepared.root, out), "image_size": codec.size, "images": len(manifest),
         "counts": manifest["label"].value_counts().sort_index().to_dict(), "skipped": skipped,
         "psnr": round(float(manifest["psnr"].mean()), 4), "ssim": round(float(manifest["ssim"].mean()), 4),
+        "autoencoder_sample": None if trained_on is None else {
+            "images": len(trained_on), "image_ids_sha256": sample_fingerprint(trained_on["image_id"])},
         **codec.record(out)}
     write_json_atomic(work / RECONSTRUCTION_RECORD, record)
     if out.exists():
         out.rmdir()  # empty (checked above)
     work.rename(out)
     return record
+
+
+def _model_sample(prepared, model: Path, required: bool) -> pd.DataFrame | None:
+    """The train-split images ``model`` (and so its autoencoder) was trained on, found again in ``prepared`` and
+    checked against the model's record of them (ids, labels and file contents); None where that cannot be shown
+    (another prepared folder, or no record) unless ``required``, which makes it an error."""
+    try:
+        info = read_json(model / MODEL_JSON, "retrain the model")["data"]
+        per_class, sample_seed, recorded = info["real_per_class"], info["subsample_seed"], info["sha256"]
+    except (DermsynthError, KeyError, TypeError):
+        if required:
+            raise DermsynthError(f"{model}: no readable {MODEL_JSON} saying what it was trained on (--model-sample "
+                                 "needs a model trained by dermsynth train)") from None
+        return None
+    frame = prepared.split("train")
+    if per_class is not None:
+        frame = subsample_per_class(frame, int(per_class), int(sample_seed or 0), prepared.classes)
+    hashes = [sha256_file(path) for path in prepared.paths(frame)]
+    if stable_hash(list(zip(frame["image_id"], frame["label"], hashes, strict=True))) != recorded:
+        if required:
+            raise DermsynthError(f"{model}: was not trained on this prepared folder's train split (its training "
+                                 "sample's images, labels or files differ); give the --data it was trained on")
+        return None
+    return frame
 
 
 def _write_images(prepared, frame: pd.DataFrame, codec, work: Path, batch_size: int,

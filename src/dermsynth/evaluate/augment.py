@@ -10,12 +10,13 @@ brightness, contrast, saturation and gamma jitter. Copy ``k`` of image ``id`` in
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dermsynth.evaluate.regimes import copy_seed  # noqa: F401 (the seed of each copy, re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,6 @@ class StrongAugment:
 
 
 RECIPE = StrongAugment()
-
-
-def copy_seed(seed: int, image_id: str, copy: int) -> int:
-    """A stable 63-bit seed for copy ``copy`` of ``image_id`` in a run of ``seed``."""
-    digest = hashlib.sha256(f"{seed}|{image_id}|{copy}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def strong_augment(image: np.ndarray, seed: int, recipe: StrongAugment = RECIPE) -> np.ndarray:

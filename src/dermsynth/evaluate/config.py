@@ -54,10 +54,15 @@ class ValidateConfig(StrictModel):
     external_duplicate_threshold: float = Field(
         0.95, gt=0, le=1, description="External images whose descriptor correlates above this with a training "
         "image (real or synthetic) are content duplicates (public collections overlap): listed and removed.")
+    reconstruction: Path | None = Field(
+        None, description="For the reconstruct controls: the generator's reconstructions of the run's own real "
+        "training sample (dermsynth reconstruct --split train --model MODEL --model-sample).")
     regimes: list[str] = Field(
         ["real", "hybrid:0.5", "synthetic"],
         description="real, hybrid:<fraction> (synthetic share at equal size), add:<n>, synthetic (= hybrid:1); "
-        "the controls augment:<fraction> and augment-add:<n> (augmented copies of the same real images).")
+        "the controls <method>:<fraction> and <method>-add:<n>, copies made from the run's own real images by "
+        "augment (strong augmentation), lowpass (the synthetic set's sharpness and colour), reconstruct (the "
+        "generator's autoencoder) or mixup (same-class mixes).")
     seeds: int = Field(3, ge=1, le=100, description="Seeds per regime: first_seed, first_seed + 1, ...")
     first_seed: int = Field(0, ge=0, description="First seed (model init, data order, augmentation, mixing).")
     model: str = Field("cnn", description=f"{classifiers_help()}.")

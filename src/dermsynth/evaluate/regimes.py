@@ -11,8 +11,16 @@ Let the real training set have N images, N_c in class c.
   (``class_mix: proportional``), or given to the smallest classes first until the classes are as equal as
   possible (``class_mix: balanced``).
 - ``synthetic``: the same as ``hybrid:1``: N synthetic images with the real class mix, tested on real images.
-- ``augment:f`` and ``augment-add:n``: as ``hybrid:f`` and ``add:n``, with strongly augmented copies of the run's
-  own real training images (evaluate/augment.py) in place of synthetic ones: the classical-augmentation control.
+- The controls ``<method>:f`` and ``<method>-add:n``: as ``hybrid:f`` and ``add:n``, with copies made from the
+  run's own real training images in place of synthetic ones (evaluate/controls.py), so that they never see a
+  val/test image and keep each source image's patient group. ``method`` says how a copy is made:
+
+  - ``augment``: strong classical augmentation (evaluate/augment.py);
+  - ``lowpass``: blurred to the synthetic set's measured sharpness and colour-matched to its CIELAB statistics
+    (the generator's image statistics on real content); run once per synthetic folder, as ``hybrid`` is;
+  - ``reconstruct``: the image passed through the generator's autoencoder (``reconstruction:``, a folder from
+    ``dermsynth reconstruct --split train --model-sample``): real content, the decoder's image statistics;
+  - ``mixup``: a same-class mix ``lam * a + (1 - lam) * b`` of two real training images (class-mean control).
 
 For a given seed, which real images are replaced and which synthetic images are drawn come from one
 permutation per class, so the sets are nested: hybrid:0.25 replaces a subset of what hybrid:0.5 replaces.
@@ -20,6 +28,7 @@ permutation per class, so the sets are nested: hybrid:0.25 replaces a subset of 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -29,14 +38,20 @@ import pandas as pd
 
 from dermsynth.errors import DermsynthError
 
-Kind = Literal["real", "hybrid", "add", "synthetic", "augment", "augment-add"]
+Kind = Literal["real", "hybrid", "add", "synthetic", "augment", "augment-add", "lowpass", "lowpass-add",
+               "reconstruct", "reconstruct-add", "mixup", "mixup-add"]
 ClassMix = Literal["proportional", "balanced"]
 
+# The control methods: copies of the run's own real training images, made on the fly (evaluate/controls.py).
+CONTROL_METHODS = ("augment", "lowpass", "reconstruct", "mixup")
+# The image-id prefix of a control's copies in train_images.csv (augment's predates the others).
+COPY_PREFIX = {"augment": "aug", "lowpass": "lowpass", "reconstruct": "rec", "mixup": "mix"}
 
 # Every regime's written form (parse_regime reads them; the CLI's help and the errors list them from here).
 REGIME_FORMS: dict[Kind, str] = {
     "real": "real", "hybrid": "hybrid:<fraction>", "add": "add:<n>", "synthetic": "synthetic",
-    "augment": "augment:<fraction>", "augment-add": "augment-add:<n>",
+    **{method: f"{method}:<fraction>" for method in CONTROL_METHODS},  # type: ignore[dict-item]
+    **{f"{method}-add": f"{method}-add:<n>" for method in CONTROL_METHODS},  # type: ignore[dict-item]
 }
 
 
@@ -51,16 +66,22 @@ class Regime:
 
     @property
     def name(self) -> str:
-        if self.kind in ("hybrid", "augment"):
+        if self.kind == "hybrid" or self.kind in CONTROL_METHODS:
             return f"{self.kind}:{self.amount:g}"
-        if self.kind in ("add", "augment-add"):
+        if self.adds:
             return f"{self.kind}:{int(self.amount)}"
         return self.kind
 
     @property
     def adds(self) -> bool:
         """Whether the made images come on top of all real ones (else they replace some)."""
-        return self.kind in ("add", "augment-add")
+        return self.kind == "add" or self.kind.endswith("-add")
+
+    @property
+    def method(self) -> str | None:
+        """The control method (augment, lowpass, reconstruct, mixup), or None for a real/synthetic regime."""
+        method = self.kind.removesuffix("-add")
+        return method if method in CONTROL_METHODS else None
 
     @property
     def slug(self) -> str:
@@ -72,30 +93,42 @@ class Regime:
         return self.kind in ("hybrid", "add", "synthetic") and not (self.kind == "hybrid" and self.amount == 0)
 
     @property
-    def uses_augmented(self) -> bool:
-        return self.kind in ("augment", "augment-add") and self.amount > 0
+    def is_control(self) -> bool:
+        """Whether it trains on copies made from the run's own real images (and on at least one)."""
+        return self.method is not None and self.amount > 0
+
+    @property
+    def per_source(self) -> bool:
+        """Runs once per synthetic folder: it trains on that folder's images, or (lowpass) on its statistics."""
+        return self.uses_synthetic or (self.method == "lowpass" and self.amount > 0)
 
 
 def parse_regime(text: str) -> Regime:
-    """``real``, ``hybrid`` (= hybrid:0.5), ``hybrid:<f>``, ``add:<n>``, ``synthetic``, or the augmentation
-    controls ``augment`` (= augment:0.5), ``augment:<f>`` and ``augment-add:<n>``."""
+    """``real``, ``hybrid`` (= hybrid:0.5), ``hybrid:<f>``, ``add:<n>``, ``synthetic``, or a control
+    ``<method>`` (= <method>:0.5), ``<method>:<f>`` or ``<method>-add:<n>`` for a method of CONTROL_METHODS."""
     kind, _, value = text.strip().lower().partition(":")
     if kind in ("real", "synthetic") and not value:
         return Regime(kind)
-    if kind in ("hybrid", "augment"):
+    if kind == "hybrid" or kind in CONTROL_METHODS:
         try:
             fraction = float(value or 0.5)
         except ValueError:
             fraction = math.nan
         if not 0.0 <= fraction <= 1.0:
-            raise DermsynthError(f"regime {text!r}: the {'synthetic' if kind == 'hybrid' else 'augmented'} "
+            raise DermsynthError(f"regime {text!r}: the {'synthetic' if kind == 'hybrid' else 'made'} "
                                  "fraction must be a number in [0, 1]")
         return Regime(kind, fraction)  # type: ignore[arg-type]
-    if kind in ("add", "augment-add"):
+    if kind == "add" or kind.removesuffix("-add") in CONTROL_METHODS:
         if not value.isdigit() or int(value) < 1:
             raise DermsynthError(f"regime {text!r}: {kind}:<n> needs a positive whole number of images")
         return Regime(kind, int(value))  # type: ignore[arg-type]
     raise DermsynthError(f"unknown regime {text!r}: use one of {regimes_help()}")
+
+
+def copy_seed(seed: int, image_id: str, copy: int) -> int:
+    """A stable 63-bit seed for copy ``copy`` of ``image_id`` in a run of ``seed`` (every control's copies)."""
+    digest = hashlib.sha256(f"{seed}|{image_id}|{copy}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def round_half_up(x: float) -> int:
@@ -142,7 +175,8 @@ def compose(regime: Regime, real: pd.DataFrame, pool: pd.DataFrame | None, class
     wanted = synthetic_counts(regime, real_counts, class_mix)
     if sum(wanted) and pool is None:
         raise DermsynthError(f"regime {regime.name} needs a synthetic folder (--synthetic)")
-    made, have = ("augmented", "there are") if regime.uses_augmented else ("synthetic", "the synthetic folder has")
+    made, have = (f"{regime.method} copies of", "there are") if regime.is_control else \
+        ("synthetic", "the synthetic folder has")
     rng = np.random.default_rng(seed)
     parts = []
     for c, name in enumerate(classes):
@@ -161,27 +195,46 @@ def compose(regime: Regime, real: pd.DataFrame, pool: pd.DataFrame | None, class
     return pd.concat(parts).reset_index(drop=True)
 
 
-def augmented_pool(regime: Regime, real: pd.DataFrame, classes: list[str], seed: int,
-                   class_mix: ClassMix = "proportional") -> pd.DataFrame:
-    """Rows for enough augmented copies of ``real`` that :func:`compose` can draw ``regime``'s count in every
-    class. ``path`` is the key the copy is kept under in memory (``augment:<seed>:<image id>:<k>``);
-    ``source_path`` is the real image it is made from; ``group`` stays the source's patient/lesion."""
+def control_pool(regime: Regime, real: pd.DataFrame, classes: list[str], seed: int,
+                 class_mix: ClassMix = "proportional", tag: str = "") -> pd.DataFrame:
+    """Rows for enough copies of ``real`` (made by ``regime.method``) that :func:`compose` can draw ``regime``'s
+    count in every class. ``path`` is the key the copy is kept under in memory; ``source_path`` is the real image
+    it is made from (``partner_path`` the second one, for mixup: another image of the same class in ``real``);
+    ``copy`` is k for the k-th copy of an image and ``copy_seed`` its seed; ``group`` stays the source's
+    patient/lesion. ``tag`` (the synthetic folder whose statistics a lowpass copy takes) keeps keys apart."""
+    method = regime.method
+    if method is None:
+        raise ValueError(f"{regime.name} makes no copies")
     real_counts = [int((real["target"] == c).sum()) for c in range(len(classes))]
     wanted = synthetic_counts(regime, real_counts, class_mix)
     copies = max((math.ceil(w / n) for w, n in zip(wanted, real_counts, strict=True) if n), default=0)
-    rows = [{"image_id": f"aug:{row.image_id}:{k}", "path": f"augment:{seed}:{row.image_id}:{k}",
-             "target": row.target, "group": row.group, "synthetic": True, "source_path": row.path}
-            for k in range(copies) for row in real.itertuples()]
-    return pd.DataFrame(rows, columns=[*real.columns, "source_path"])
+    by_class = {c: real.loc[real["target"] == c, "path"].tolist() for c in range(len(classes))}
+    rows = []
+    for k in range(copies):
+        for row in real.itertuples():
+            made_seed = copy_seed(seed, row.image_id, k)
+            rows.append({"image_id": f"{COPY_PREFIX[method]}:{row.image_id}:{k}",
+                         "path": f"{method}:{tag}:{seed}:{row.image_id}:{k}", "target": row.target,
+                         "group": row.group, "synthetic": True, "method": method, "source_path": row.path,
+                         "partner_path": _partner(by_class[row.target], row.path, made_seed) if method == "mixup"
+                         else None, "copy": k, "copy_seed": made_seed})
+    extra = ["method", "source_path", "partner_path", "copy", "copy_seed"]
+    return pd.DataFrame(rows, columns=[*real.columns, *extra])
 
 
-def augmentation_control(regime: Regime) -> str | None:
-    """The augmentation regime a synthetic one is judged against: the same count of made images, by a generator
-    or by cheap augmentation (hybrid:f -> augment:f, add:n -> augment-add:n, synthetic -> augment:1)."""
+def _partner(paths: list[str], path: str, seed: int) -> str:
+    """Another image of the same class, chosen by ``seed`` (the image itself when it is its class's only one)."""
+    others = [p for p in paths if p != path]
+    return others[seed % len(others)] if others else path
+
+
+def controls_for(regime: Regime) -> list[str]:
+    """The control regimes a synthetic one is judged against: the same count of made images, made from the run's
+    own real images (hybrid:f -> <method>:f, add:n -> <method>-add:n, synthetic -> <method>:1)."""
     if regime.kind == "hybrid" and regime.uses_synthetic:
-        return Regime("augment", regime.amount).name
+        return [Regime(m, regime.amount).name for m in CONTROL_METHODS]  # type: ignore[arg-type]
     if regime.kind == "synthetic":
-        return Regime("augment", 1.0).name
+        return [Regime(m, 1.0).name for m in CONTROL_METHODS]  # type: ignore[arg-type]
     if regime.kind == "add":
-        return Regime("augment-add", regime.amount).name
-    return None
+        return [Regime(f"{m}-add", regime.amount).name for m in CONTROL_METHODS]  # type: ignore[arg-type]
+    return []

@@ -1,7 +1,8 @@
 """The validate stage's summary: per test set (the internal test split, then each external set) one row per
-regime with every metric's mean, sd and intervals, the paired differences against real-only and against the
-augmentation control, and the subgroup tables; written as summary.csv|json|md, comparisons.csv, subgroups.csv
-and subgroup_gaps.csv (each with a ``test_set`` column)."""
+regime with every metric's mean, sd and intervals, the paired differences against real-only and against each
+control regime with as many made images (augment, lowpass, reconstruct, mixup: those that were run), and the
+subgroup tables; written as summary.csv|json|md, comparisons.csv, subgroups.csv and subgroup_gaps.csv (each with
+a ``test_set`` column)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dermsynth.evaluate.config import ValidateConfig
-from dermsynth.evaluate.regimes import augmentation_control, parse_regime
+from dermsynth.evaluate.regimes import controls_for, parse_regime
 from dermsynth.evaluate.stats import RunPredictions, compare, summarize
 from dermsynth.evaluate.subgroups import GroupRule, gap_rows, subgroup_rows
 from dermsynth.utils import write_csv_atomic, write_json_atomic, write_text_atomic
@@ -43,9 +44,11 @@ def summarise_test_set(name: str, groups: Groups, labels: dict[str, pd.Series], 
         out.rows.append({"regime": regime, "source": source, "test_set": name, "seeds": len(members),
                          "train_images": len(train), "train_synthetic": int(train["synthetic"].sum()),
                          **summarize(runs[(regime, source)], config.bootstrap, config.confidence)})
-        control = augmentation_control(parse_regime(regime))  # diffusion images vs cheap augmentation
-        for base_name, base_runs in (("real", baseline if regime != "real" else []),
-                                     (control, runs.get((control, ""), []) if control else [])):
+        # Diffusion images vs each control with as many made images (a lowpass control of this source first).
+        bases = [("real", baseline if regime != "real" else [])]
+        bases += [(control, runs.get((control, source)) or runs.get((control, ""), []))
+                  for control in controls_for(parse_regime(regime))]
+        for base_name, base_runs in bases:
             for row in compare(runs[(regime, source)], base_runs, config.bootstrap, config.confidence):
                 out.comparisons.append({"regime": regime, "source": source, "test_set": name,
                                         "baseline": base_name, **row})
@@ -151,8 +154,8 @@ def summary_markdown(summary: pd.DataFrame, comparisons: pd.DataFrame, confidenc
         lines.append(f"| {name} | {row['seeds']} | {row['train_images']} ({row['train_synthetic']}) | "
                      + " | ".join(cells) + " |")
     if not comparisons.empty:
-        lines += ["", f"Paired difference regime - baseline (real-only, or the augmentation control with as many "
-                  f"made images), x 100 (percentage points): {level} CI from the two-level "
+        lines += ["", f"Paired difference regime - baseline (real-only, or a control with as many "
+                  f"images made from the same real ones), x 100 (percentage points): {level} CI from the two-level "
                   "bootstrap, and the t-interval over seeds alone (with few seeds the bootstrap understates the seed "
                   "variance; trust the wider of the two).", "",
                   "| regime | baseline | metric | difference [bootstrap CI] | t-interval over seeds | p_boot "

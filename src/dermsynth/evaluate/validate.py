@@ -27,7 +27,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,15 @@ import numpy as np
 import pandas as pd
 
 from dermsynth.config import validate_config
-from dermsynth.data.dataset import PreparedDataset, load_prepared, subsample_per_class
-from dermsynth.data.synthetic_folders import comparable_folder, is_reconstruction
+from dermsynth.data.dataset import PreparedDataset, load_prepared, sample_fingerprint, subsample_per_class
+from dermsynth.data.synthetic_folders import RECONSTRUCTION_RECORD, comparable_folder, is_reconstruction
 from dermsynth.distributed import ProcessShare, current_share, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.augment import RECIPE as AUGMENT_RECIPE
-from dermsynth.evaluate.augment import copy_seed, strong_augment
+from dermsynth.evaluate.augment import strong_augment
 from dermsynth.evaluate.config import ValidateConfig
+from dermsynth.evaluate.controls import RECIPES as CONTROL_RECIPES
+from dermsynth.evaluate.controls import LowpassTarget, dihedral, fit_lowpass, lowpass_copy, mixup_copy
 from dermsynth.evaluate.datasets import (
     ImageBank,
     check_no_copies,
@@ -52,7 +54,7 @@ from dermsynth.evaluate.datasets import (
 from dermsynth.evaluate.external import ExternalSet, load_external, unique_names
 from dermsynth.evaluate.metrics import METRICS, youden_threshold
 from dermsynth.evaluate.models import is_pretrained
-from dermsynth.evaluate.regimes import Regime, augmented_pool, compose, parse_regime
+from dermsynth.evaluate.regimes import Regime, compose, control_pool, parse_regime
 from dermsynth.evaluate.runs import READ_ERRORS, predictions_file, read_predictions, read_run
 from dermsynth.evaluate.stats import RunPredictions, image_intervals
 from dermsynth.evaluate.subgroups import subgroup_labels
@@ -60,6 +62,8 @@ from dermsynth.evaluate.summary import json_safe, summarise_test_set, write_summ
 from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
     ensure_writable_dir,
+    read_csv,
+    read_json,
     seed_everything,
     sha256_file,
     stable_hash,
@@ -69,8 +73,9 @@ from dermsynth.utils import (
 )
 
 # Settings that do not change a run's result (or are handled per run) stay out of its settings hash.
-NOT_IN_RUN_HASH = {"synthetic", "regimes", "seeds", "first_seed", "bootstrap", "confidence", "save_checkpoint",
-                   "device", "threads", "shard", "subgroups", "subgroup_min_images", "subgroup_min_per_class"}
+NOT_IN_RUN_HASH = {"synthetic", "reconstruction", "regimes", "seeds", "first_seed", "bootstrap", "confidence",
+                   "save_checkpoint", "device", "threads", "shard", "subgroups", "subgroup_min_images",
+                   "subgroup_min_per_class"}
 
 
 @dataclass
@@ -87,6 +92,23 @@ class Data:
     test_groups: dict[str, pd.Series]  # per attribute, each test image's subgroup (subgroups.py)
     external: dict[str, ExternalSet]
     preprocessing: dict[str, Any]  # per synthetic folder: how it was brought to the real images' preprocessing
+    reconstructions: Reconstructions | None = None
+    lowpass_targets: dict[tuple[str, str], dict[int, LowpassTarget]] = field(default_factory=dict)
+
+
+@dataclass
+class Reconstructions:
+    """A `dermsynth reconstruct --split train` folder: each real training image's reconstruction, by image id."""
+
+    folder: Path
+    record: dict[str, Any]
+    paths: dict[str, str]
+    fingerprint: str
+
+    @property
+    def learned(self) -> bool:
+        """Through a trained autoencoder (which must have seen only the run's sample), not a bicubic down-up."""
+        return "vae_sha256" in self.record
 
 
 @dataclass
@@ -97,6 +119,8 @@ class RunPlan:
     folder: Path
     train: pd.DataFrame
     settings_hash: str
+    real: pd.DataFrame | None = None  # the run's whole real sample (the controls fit and draw from it)
+    made: dict[str, Any] = field(default_factory=dict)  # how its control copies were made (metrics.json)
 
     @property
     def label(self) -> str:
@@ -162,7 +186,12 @@ def _validate(config: ValidateConfig, out: Path, progress: bool,
         "missing_runs": missing,
         "classes": data.classes, "counts": _counts(data), "fingerprints": data.fingerprints,
         "unreadable_synthetic": sorted(data.bank.failed), "ran": ran, "skipped": skipped,
-        "augment_recipe": AUGMENT_RECIPE.as_dict() if any(p.regime.uses_augmented for p in plans) else None,
+        "augment_recipe": AUGMENT_RECIPE.as_dict() if any(p.regime.method == "augment" for p in plans) else None,
+        "control_recipes": {m: CONTROL_RECIPES[m] for m in sorted({p.regime.method for p in plans
+                                                                   if p.regime.is_control} - {"augment"})},
+        "reconstruction": None if data.reconstructions is None else {
+            "through": data.reconstructions.record.get("through"), "images": len(data.reconstructions.paths),
+            "fingerprint": data.reconstructions.fingerprint},
         "synthetic_preprocessing": data.preprocessing,
         "external": {name: {"images": len(ext.frame), "removed_duplicates": ext.removed,
                             "absent_subgroups": ext.absent_subgroups} for name, ext in data.external.items()},
@@ -203,7 +232,8 @@ def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, prog
     for name, original in unique_names(config.synthetic).items():
         if is_reconstruction(original):
             raise DermsynthError(f"{original}: holds reconstructions of real images (dermsynth reconstruct), not "
-                                 "synthetic ones; audit it, do not train on it")
+                                 "synthetic ones; audit it, or give it as `reconstruction:` for the reconstruct "
+                                 "control regimes")
         pool = _read_pool(bank, synthetic_frame(original, classes), original, name, progress)
         check_no_copies(bank, pool, evaluation)  # a held-out image is a leak however it is later framed
         folder, preprocessing[name] = comparable_folder(original, prepared.summary, config.synthetic_preprocess
@@ -220,7 +250,30 @@ def load_data(config: ValidateConfig, prepared: PreparedDataset, size: int, prog
                 subgroup_labels(prepared.split("test"), config.subgroups), {}, preprocessing)
     data.external = load_external(config, bank, pd.concat([data.train, *pools.values()]), data.train, classes,
                                   progress)
+    if config.reconstruction is not None:
+        data.reconstructions = load_reconstructions(config.reconstruction, data.train)
     return data
+
+
+def load_reconstructions(folder: Path, train: pd.DataFrame) -> Reconstructions:
+    """The reconstructions the ``reconstruct`` controls draw, checked to be of this dataset's training images."""
+    if not is_reconstruction(folder):
+        raise DermsynthError(f"{folder}: not a reconstruction folder (no {RECONSTRUCTION_RECORD}); make one with "
+                             "dermsynth reconstruct --split train --model MODEL --model-sample")
+    remedy = "make the folder again with dermsynth reconstruct"
+    record = read_json(folder / RECONSTRUCTION_RECORD, remedy)
+    manifest = read_csv(folder / "manifest.csv", remedy, ("source_image_id", "path"), dtype={"source_image_id": str})
+    paths = {str(i): str(folder / p) for i, p in zip(manifest["source_image_id"], manifest["path"], strict=True)}
+    if record.get("split") != "train":
+        raise DermsynthError(f"{folder}: holds reconstructions of the {record.get('split')!r} split; the "
+                             "reconstruct control is made from training images only (--split train)")
+    strangers = set(paths) - set(train["image_id"])
+    if strangers:
+        raise DermsynthError(f"{folder}: {len(strangers)} of its images (e.g. {sorted(strangers)[0]}) are not "
+                             "training images of this prepared dataset")
+    fingerprint = stable_hash([record.get("vae_sha256"), record.get("through"),
+                               sorted((i, Path(p).stat().st_size) for i, p in paths.items())])
+    return Reconstructions(folder, record, paths, fingerprint)
 
 
 def preprocess_synthetic(config: ValidateConfig, prepared: PreparedDataset, cache: Path, progress: bool) -> None:
@@ -246,48 +299,136 @@ def _real_train(config: ValidateConfig, data: Data, seed: int) -> pd.DataFrame:
 
 def plan_runs(config: ValidateConfig, data: Data, root: Path) -> list[RunPlan]:
     """Every run's training table, composed (and checked) before anything trains."""
-    if any(parse_regime(r).uses_synthetic for r in config.regimes) and not data.pools:
-        raise DermsynthError("a regime other than 'real' needs at least one --synthetic folder")
+    for text in config.regimes:
+        regime = parse_regime(text)
+        if regime.per_source and not data.pools:
+            what = "takes its statistics from" if regime.method == "lowpass" else "needs"
+            raise DermsynthError(f"regime {regime.name} {what} at least one --synthetic folder")
     base = config.model_dump(mode="json", exclude=NOT_IN_RUN_HASH)
     plans = []
     for text in config.regimes:
         regime = parse_regime(text)
-        sources: list[str | None] = list(data.pools) if regime.uses_synthetic else [None]
+        sources: list[str | None] = list(data.pools) if regime.per_source else [None]
         for source in sources:
             folder_name = regime.slug + (f"@{source}" if source and len(data.pools) > 1 else "")
             for seed in range(config.first_seed, config.first_seed + config.seeds):
                 real = _real_train(config, data, seed)
-                pool = data.pools.get(source) if source else None
-                if regime.uses_augmented:
-                    pool = augmented_pool(regime, real, data.classes, seed, config.class_mix)
+                pool = _control_pool(regime, real, data, seed, config, source) if regime.is_control else \
+                    data.pools.get(source) if source else None
                 train = compose(regime, real, pool, data.classes, seed, config.class_mix)
                 check_no_leak({"train": train, "val": data.val, "test": data.test})
                 key = {"config": base, "regime": regime.name, "seed": seed, "real": data.fingerprints["real"],
                        "source": data.fingerprints.get(source) if source else None}
-                if regime.uses_augmented:
+                if regime.method == "augment":
                     key["augment"] = AUGMENT_RECIPE.as_dict()
+                elif regime.is_control:
+                    key["control"] = CONTROL_RECIPES[regime.method] | (
+                        {"reconstruction": data.reconstructions.fingerprint}  # type: ignore[union-attr]
+                        if regime.method == "reconstruct" else {})
                 if data.external:  # a run predicts on every external set: adding one means training again
                     key["external"] = {name: ext.fingerprint for name, ext in data.external.items()}
-                plans.append(RunPlan(regime, source, seed, root / folder_name / str(seed), train, stable_hash(key)))
+                plans.append(RunPlan(regime, source, seed, root / folder_name / str(seed), train, stable_hash(key),
+                                     real))
     return plans
 
 
+def _control_pool(regime: Regime, real: pd.DataFrame, data: Data, seed: int, config: ValidateConfig,
+                  source: str | None) -> pd.DataFrame:
+    """The copies a control regime draws from; a reconstruct copy's source is the image's reconstruction."""
+    pool = control_pool(regime, real, data.classes, seed, config.class_mix, source or "")
+    if regime.method == "reconstruct":
+        paths = _run_reconstructions(data, real, seed)
+        by_real_path = dict(zip(real["path"], real["image_id"], strict=True))
+        pool["source_path"] = [paths[by_real_path[p]] for p in pool["source_path"]]
+    return pool
+
+
+def _run_reconstructions(data: Data, real: pd.DataFrame, seed: int) -> dict[str, str]:
+    """The reconstructions of a run's real sample, refused unless their autoencoder was trained on exactly that
+    sample: one that saw other real images would carry them into the control (as --real-per-class ensures for
+    the generator)."""
+    rec = data.reconstructions
+    if rec is None:
+        raise DermsynthError("the reconstruct control needs `reconstruction:` (a folder from dermsynth reconstruct "
+                             "--split train --model MODEL --model-sample)")
+    trained_on = rec.record.get("autoencoder_sample")
+    if rec.learned and (trained_on is None or trained_on.get("image_ids_sha256")
+                        != sample_fingerprint(real["image_id"])):
+        seen = "an unknown sample" if trained_on is None else f"{trained_on.get('images')} images"
+        raise DermsynthError(f"{rec.folder}: its autoencoder was trained on {seen}, not on exactly this run's "
+                             f"{len(real)} real training images (seed {seed}); train the generator with the same "
+                             "real_per_class and subsample_seed as validate, then reconstruct with --model-sample")
+    missing = sorted(set(real["image_id"]) - set(rec.paths))
+    if missing:
+        raise DermsynthError(f"{rec.folder}: no reconstruction of {len(missing)} of the run's training images "
+                             f"(e.g. {missing[0]}); reconstruct the whole sample (--model-sample)")
+    return rec.paths
+
+
+def _copies(plan: RunPlan) -> pd.DataFrame:
+    train = plan.train
+    return train[train["method"].notna()] if "method" in train.columns else train.iloc[:0]
+
+
 def _load_training_images(data: Data, plans: list[RunPlan], progress: bool) -> None:
-    """The real training images of every run, and the augmented copies the augmentation controls draw."""
+    """The real training images of every run, and the copies its control regime draws (made here, in memory)."""
     if not plans:  # every run of this process's share is finished already
         return
-    frames = [p.train for p in plans]
-    real = pd.concat([f[~f["synthetic"]] for f in frames]).drop_duplicates("path")
-    augmented = pd.concat([f[f["path"].str.startswith("augment:")] for f in frames]).drop_duplicates("path")
-    sources = pd.DataFrame({"path": augmented.get("source_path", pd.Series(dtype=str))})
-    needed = pd.concat([real[["path"]], sources]).drop_duplicates("path")
+    frames = [p.train[~p.train["synthetic"]] for p in plans]
+    frames += [p.real for p in plans if p.regime.method == "lowpass" and p.real is not None]  # fitted on all
+    for copies in (_copies(p) for p in plans if p.regime.is_control):
+        frames += [pd.DataFrame({"path": copies[column].dropna()}) for column in ("source_path", "partner_path")]
+    needed = pd.concat([f[["path"]] for f in frames]).drop_duplicates("path")
     data.bank.load(needed["path"].tolist(), "loading train", progress)
-    data.bank.require(needed, "real training images")
-    for row in augmented.itertuples():
-        _, seed, image_id = row.path.split(":", 2)
-        image_id, copy = image_id.rsplit(":", 1)
-        data.bank.arrays[row.path] = strong_augment(data.bank.arrays[row.source_path],
-                                                    copy_seed(int(seed), image_id, int(copy)))
+    data.bank.require(needed, "real training images (or their reconstructions)")
+    for plan in plans:
+        _make_copies(plan, data)
+
+
+def _make_copies(plan: RunPlan, data: Data) -> None:
+    """Each copy of ``plan``'s control regime, from its source image (in the bank) by the regime's method."""
+    copies, method, arrays = _copies(plan), plan.regime.method, data.bank.arrays
+    if copies.empty or method is None:
+        return
+    targets = _lowpass_targets(plan, data) if method == "lowpass" else {}
+    if targets:
+        plan.made = {"method": method, "source": plan.source,
+                     "targets": {data.classes[c]: t.as_dict() for c, t in targets.items()}}
+    lams = []
+    for row in copies.itertuples():
+        source = arrays[row.source_path]
+        if method == "augment":
+            made = strong_augment(source, int(row.copy_seed))
+        elif method == "lowpass":
+            made = lowpass_copy(source, targets[int(row.target)], int(row.copy))
+        elif method == "reconstruct":
+            made = dihedral(source, int(row.copy))
+        else:
+            made, lam = mixup_copy(source, arrays[row.partner_path], int(row.copy_seed))
+            lams.append(lam)
+        arrays[row.path] = made
+    if lams:
+        plan.made = {"method": method, "lam_mean": round(float(np.mean(lams)), 4), "copies": len(lams)}
+
+
+def _lowpass_targets(plan: RunPlan, data: Data) -> dict[int, LowpassTarget]:
+    """Per class, the blur and colour transfer that give the run's real sample its synthetic folder's statistics
+    (fitted once per synthetic folder and real sample)."""
+    assert plan.source is not None and plan.real is not None
+    key = (plan.source, sample_fingerprint(plan.real["image_id"]))
+    if key not in data.lowpass_targets:
+        pool, fitted = data.pools[plan.source], {}
+        for c, name in enumerate(data.classes):
+            synthetic = [data.bank.arrays[p] for p in pool.loc[pool["target"] == c, "path"]]
+            real = [data.bank.arrays[p] for p in plan.real.loc[plan.real["target"] == c, "path"]]
+            if not real:
+                continue
+            if not synthetic:
+                raise DermsynthError(f"regime {plan.regime.name}: the synthetic folder {plan.source} has no "
+                                     f"{name!r} images to measure that class's sharpness and colour on")
+            fitted[c] = fit_lowpass(real, synthetic)
+        data.lowpass_targets[key] = fitted
+    return data.lowpass_targets[key]
 
 
 def _write_truth(data: Data, root: Path) -> None:
@@ -356,7 +497,9 @@ def execute_run(plan: RunPlan, config: ValidateConfig, data: Data, device: str, 
         "threshold": threshold, "threshold_rule": "Youden J on the validation split" if threshold is not None else None,
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "train_images": len(train), "train_synthetic": int(train.synthetic.sum()),
-        "made_by": "augmentation" if plan.regime.uses_augmented else "generator" if plan.source else None,
+        "made_by": {"augment": "augmentation"}.get(plan.regime.method or "", plan.regime.method)
+        if plan.regime.is_control else "generator" if plan.source else None,
+        "control": plan.made or None,
         "train_by_class": {name: int((train.targets == t).sum()) for t, name in enumerate(data.classes)},
         "seconds": round(result.seconds, 1), "train_images_per_second": round(result.images_per_second, 1),
         "settings": vars(settings),
