@@ -423,6 +423,41 @@ def audit(
                + (" [partial: see notes in audit.json]" if report["partial"] else ""))
 
 
+@app.command("domain-shift")
+def domain_shift(
+    real: Annotated[Path, typer.Option("--real", help="The prepared real dataset the classifier trains on.")],
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="Synthetic folder (SYN/images/<class>/ or "
+                                                                  "SYN/<class>/).")],
+    external: Annotated[list[Path], typer.Option(
+        "--external", help="An external site's prepared dataset (every image is measured); repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for domain_shift.json|csv|md.")],
+    image_size: Annotated[int | None, typer.Option(help="Measure at this size (default: the prepared size, "
+                                                        "as validate's classifier sees it).")] = None,
+    real_per_class: Annotated[int | None, typer.Option(
+        help="The limited-data sample validate draws (with --subsample-seed), instead of the whole train split.")
+    ] = None,
+    subsample_seed: Annotated[int, typer.Option(help="Seed of the --real-per-class sample.")] = 0,
+    fraction: Annotated[float, typer.Option(help="Synthetic share of the training mix (hybrid:<fraction>).")] = 0.5,
+    max_per_class: Annotated[int, typer.Option(help="At most this many images per set and class (seeded).")] = 1000,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Does the synthetic set move the training distribution towards each external site, or away from it?
+
+    Compares the real training images, the synthetic images and each site on the audit's domain-gap statistics
+    (colour, sharpness, lesion size and shape, ...), and says whether the hybrid mix is nearer the site than the
+    real images alone: a check to make before trusting synthetic data for a new site."""
+    from dermsynth.audit.domain_shift import run_domain_shift
+
+    result = run_domain_shift(real, synthetic, external, out, size=image_size, real_per_class=real_per_class,
+                              subsample_seed=subsample_seed, fraction=fraction, max_per_class=max_per_class,
+                              progress=not quiet)
+    for site, info in result["sites"].items():
+        s = info["summary"]
+        typer.echo(f"{site}: distance from training {s['distance_train']:.2f}, from the mix {s['distance_mix']:.2f}"
+                   f" (margin {s['margin']:+.2f}): the mix moves {s['prediction']}")
+    typer.echo(f"{out / 'domain_shift.md'}")
+
+
 # --------------------------------------------------------------------------- run / demo
 
 

@@ -1,0 +1,88 @@
+"""Where the shift goes: distances of external sites from the training images and from the hybrid mix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dermsynth.audit.domain_shift import SHIFT_STATISTICS, Moments, domain_shift, run_domain_shift
+from dermsynth.errors import DermsynthError
+from tests.test_diffusion_scratch import make_prepared, run_cli
+
+CLASSES = ["benign", "malignant"]
+
+
+def _frame(rng: np.random.Generator, n: int, shift: dict[str, float]) -> pd.DataFrame:
+    data = {name: rng.normal(shift.get(name, 0.0), 1.0, n) for name in SHIFT_STATISTICS}
+    return pd.DataFrame(data).assign(target=np.arange(n) % 2)
+
+
+def test_mix_moments_are_the_mixture_s_and_the_rule_reads_the_direction():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 4000), rng.normal(2, 0.5, 4000)
+    mixed = Moments.of(a).mixed(Moments.of(b), 0.5)
+    pooled = Moments.of(np.concatenate([a, b]))
+    assert mixed.mean == pytest.approx(pooled.mean, abs=1e-9) and mixed.var == pytest.approx(pooled.var, rel=1e-3)
+
+    train = _frame(rng, 400, {})
+    site = _frame(rng, 400, {"sharpness": -1.5, "skin_L_mean": 1.0})
+    towards = _frame(rng, 400, {"sharpness": -1.5, "skin_L_mean": 1.0})  # pulls training the site's way
+    away = _frame(rng, 400, {"sharpness": +1.5, "skin_L_mean": -1.0})
+    result = domain_shift(train, towards, {"site": site}, CLASSES)["sites"]["site"]
+    assert result["summary"]["margin"] > 0 and "towards" in result["summary"]["prediction"]
+    assert set(result["per_class"]["benign"]["towards"]) == {"sharpness", "skin_L_mean"}
+    assert result["per_class"]["benign"]["distance_synthetic"] < result["per_class"]["benign"]["distance_mix"]
+    opposite = domain_shift(train, away, {"site": site}, CLASSES)["sites"]["site"]
+    assert opposite["summary"]["margin"] < 0 and "away" in opposite["summary"]["prediction"]
+    assert set(opposite["per_class"]["malignant"]["away"]) == {"sharpness", "skin_L_mean"}
+    assert "away from" in opposite["sentence"]
+    # A site identical to training: no statistic moves, and the mix cannot bring it nearer.
+    same = domain_shift(train, away, {"same": _frame(rng, 400, {})}, CLASSES)["sites"]["same"]
+    assert not same["per_class"]["benign"]["towards"] and same["summary"]["margin"] < 0
+
+
+def _prepared(root, per_class):
+    root = make_prepared(root, size=32, per_class=per_class)
+    summary = json.loads((root / "prepare.json").read_text())
+    (root / "prepare.json").write_text(json.dumps(summary | {"settings": {"preprocess": {"image_size": 32}}}))
+    return root
+
+
+def _blurred_copy(prepared, target, sigma: float, flat: bool = False):
+    """The prepared folder's images blurred (a site with another dermatoscope), as a prepared set or SYN/<class>/."""
+    if not flat:
+        shutil.copytree(prepared, target)
+    meta = pd.read_csv(prepared / "metadata.csv")
+    for row in meta.itertuples():
+        image = np.asarray(Image.open(prepared / row.path).convert("RGB"))
+        soft = cv2.GaussianBlur(image, (0, 0), sigma)
+        path = target / row.label / f"{row.image_id}.png" if flat else target / row.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(soft).save(path)
+    return target
+
+
+def test_domain_shift_from_folders_finds_the_blurrier_site(tmp_path, capsys):
+    prepared = _prepared(tmp_path / "prep", {"benign": 12, "malignant": 12})
+    site = _blurred_copy(prepared, tmp_path / "site", 1.2)
+    soft = _blurred_copy(prepared, tmp_path / "soft", 1.2, flat=True)
+    result = run_domain_shift(prepared, soft, [site], tmp_path / "out", synthetic_preprocess=False, progress=False)
+    summary = result["sites"]["site"]["summary"]
+    assert summary["margin"] > 0 and summary["distance_synthetic"] < summary["distance_train"]
+    rows = pd.read_csv(tmp_path / "out" / "domain_shift.csv")
+    sharp = rows[(rows["statistic"] == "sharpness") & (rows["class_name"] == "benign")].iloc[0]
+    assert sharp["d_site"] < -1 and sharp["moves"] == "towards"
+    assert json.loads((tmp_path / "out" / "domain_shift.json").read_text())["measured"]["train"]["benign"] == 10
+    assert "| site |" in (tmp_path / "out" / "domain_shift.md").read_text()
+    other = _prepared(tmp_path / "other", {"nevus": 4, "melanoma": 4})
+    with pytest.raises(DermsynthError, match="classes"):
+        run_domain_shift(prepared, soft, [other], tmp_path / "out2", synthetic_preprocess=False, progress=False)
+    code, _, err = run_cli(["domain-shift", "--real", str(prepared), "--synthetic", str(soft), "--external",
+                            str(site), "--out", str(tmp_path / "out3"), "--fraction", "0"], capsys)
+    assert code == 2 and "--fraction must be in (0, 1]" in err and "Traceback" not in err
