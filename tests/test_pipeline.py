@@ -131,7 +131,8 @@ def test_usage_errors_exit_2_without_traceback(cli, args):
     assert "Traceback" not in stderr and "Error" in stderr and "Usage:" in stderr
 
 
-COMMANDS = ["prepare", "info", "train", "generate", "finetune", "audit", "validate", "run", "demo", "report"]
+COMMANDS = ["prepare", "info", "train", "generate", "finetune", "audit", "validate", "run", "demo", "report",
+            "reconstruct", "domain-shift"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -165,6 +166,31 @@ def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
         assert (out / stage / ".stage.json").is_file(), stage
     code, stdout, _ = cli("run", config, "--out", out)
     assert code == 0 and "ran nothing" in stdout
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_study_with_reconstruct_controls_reconstructs_its_own_sample(tmp_path, cli):
+    import yaml
+
+    from tests.test_latent import TINY_LATENT
+
+    study = yaml.safe_load(TINY_STUDY)
+    study = {"prepare": study["prepare"], "real_per_class": 20, "train": {"settings": TINY_LATENT},
+             "validate": study["validate"] | {"regimes": ["real", "reconstruct-add:30"], "seeds": 1}}
+    config = tmp_path / "controls.yaml"
+    config.write_text(yaml.safe_dump(study))
+    out = tmp_path / "run"
+    code, _, stderr = cli("run", config, "--out", out)
+    assert code == 0, stderr
+    record = json.loads((out / "reconstruction" / "reconstruct.json").read_text())
+    assert record["split"] == "train" and record["images"] == 40 == record["autoencoder_sample"]["images"]
+    metrics = json.loads((out / "validation" / "reconstruct-add-30" / "0" / "metrics.json").read_text())
+    assert metrics["made_by"] == "reconstruct" and metrics["train_synthetic"] == 30
+    study["train"] = None
+    del study["train"]
+    config.write_text(yaml.safe_dump(study | {"prepared": str(out / "prepared")} | {"prepare": None}))
+    code, _, stderr = cli("run", config, "--out", tmp_path / "other")
+    assert code == 2 and "the reconstruct controls need a train section" in stderr
 
 
 def test_shipped_study_configs_are_valid():

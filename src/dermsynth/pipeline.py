@@ -7,6 +7,7 @@ its settings and of its upstream stages' hashes. A rerun skips every stage whose
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shutil
 import time
@@ -28,11 +29,13 @@ from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.distributed import ProcessShare, current_share, usable_cores
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
+from dermsynth.evaluate.regimes import parse_regime
 from dermsynth.layout import RUN_FOLDERS
 from dermsynth.progress import console
 from dermsynth.utils import (
     ensure_writable_dir,
     marker_hash,
+    read_json,
     stable_hash,
     torch_threads,
     write_json_atomic,
@@ -160,9 +163,15 @@ class RunConfig(StrictModel):
             raise ValueError("generate needs a train or finetune section (the model to sample from)")
         if self.audit and not self.generate:
             raise ValueError("audit needs a generate section (the synthetic images to audit)")
+        regimes = [parse_regime(r) for r in self.validate_.regimes] if self.validate_ else []
         if self.validate_ and not self.generate and not self.validate_.extra_synthetic and any(
-                r != "real" for r in self.validate_.regimes):
-            raise ValueError("validate: regimes other than 'real' need synthetic images (generate or extra_synthetic)")
+                r.per_source for r in regimes):
+            raise ValueError("validate: regimes with synthetic images (and the lowpass controls) need synthetic "
+                             "images (generate or extra_synthetic)")
+        if self.validate_ and self.validate_.reconstruction is None and not self.train and any(
+                r.method == "reconstruct" for r in regimes):
+            raise ValueError("validate: the reconstruct controls need a train section (the latent model whose "
+                             "autoencoder makes them) or validate.reconstruction")
         return self
 
 
@@ -295,7 +304,29 @@ def _validate(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) 
     settings.update(real=prepared, synthetic=folders)
     if settings["device"] == "auto":
         settings["device"] = config.device
+    if settings["reconstruction"] is None and config.train and any(
+            parse_regime(r).method == "reconstruct" for r in stage.regimes):
+        with current_share().main_first():  # one process makes them, the others then find them made
+            settings["reconstruction"] = _own_reconstructions(prepared, folder.parent / RUN_FOLDERS["train"],
+                                                              folder.parent / "reconstruction", config.device)
     validate(ValidateConfig(**settings), folder.parent, progress=True)
+
+
+def _own_reconstructions(prepared: Path, model: Path, out: Path, device: str) -> Path:
+    """The run's own model's reconstructions of its training sample, for the reconstruct controls: made once,
+    made again when the model's autoencoder has changed (the folder is written whole or not at all)."""
+    from dermsynth.diffusion.reconstruct import reconstruct
+    from dermsynth.utils import sha256_file
+
+    weights = model / "vae" / "diffusion_pytorch_model.safetensors"
+    record = out / "reconstruct.json"
+    if record.is_file() and weights.is_file():
+        with contextlib.suppress(DermsynthError):
+            if read_json(record, "").get("vae_sha256") == sha256_file(weights):
+                return out
+    shutil.rmtree(out, ignore_errors=True)
+    reconstruct(prepared, out, model=model, split="train", model_sample=True, device=device)
+    return out
 
 
 def _marker_hash(folder: Path, name: str = MARKER) -> str | None:
