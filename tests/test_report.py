@@ -415,6 +415,15 @@ def test_verdict_ci_below_zero():
     assert "90 % CI" in v.text and "lies below 0" in v.text and "lower AUROC" in v.text
 
 
+def test_verdict_against_a_control_names_what_the_control_holds_fixed():
+    v = verdict("hybrid:0.5", "auroc", 0.01, -0.02, 0.04, baseline="lowpass:0.5")
+    assert "the synthetic images beat real images given the synthetic set's sharpness and colour" in v.text
+    higher = verdict("add:200", "auroc", 0.05, 0.02, 0.08, baseline="reconstruct-add:200")
+    assert "than the reconstruction control reconstruct-add:200" in higher.text
+    assert "cheap augmentation" in verdict("hybrid:0.5", "auroc", 0.0, -0.1, 0.1, baseline="augment:0.5").text
+    assert "the mixup copies help" in verdict("mixup:0.5", "auroc", 0.0, -0.1, 0.1).text
+
+
 def test_verdict_without_interval_and_few_seeds():
     assert verdict("hybrid:0.5", "auroc", 0.01, None, None).kind == "undefined"
     assert verdict("hybrid:0.5", "auroc", float("nan"), 0.0, 0.1).kind == "undefined"

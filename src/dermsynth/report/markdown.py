@@ -43,7 +43,7 @@ def _validation(section: dict[str, Any] | None) -> list[str]:
     lines += [f"Test metrics in %, mean over seeds [{section['level']} CI, bootstrap over seeds and test images].",
               "", *md_table(section["results"])]
     if section["differences"]:
-        lines += ["Paired difference regime − baseline (real-only, or the augmentation control), percentage points:",
+        lines += ["Paired difference regime − baseline (real-only, or a control regime), percentage points:",
                   "", *md_table(section["differences"])]
     lines += [f"**Verdict.** {v['text']}\n" for v in section["headline"]]
     lines += [f"- {v['text']}" for v in section["verdicts"] if v not in section["headline"]]

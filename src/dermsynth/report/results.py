@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.regimes import parse_regime
 from dermsynth.report.format import finite, fmt, interval, table
 
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auroc": "AUROC",
@@ -25,13 +27,32 @@ class Verdict:
     text: str
 
 
+# How each control is named in a verdict, and what beating it would mean.
+CONTROL_WORDS = {"augment": "augmentation", "lowpass": "low-pass", "reconstruct": "reconstruction",
+                 "mixup": "class-mean"}
+CONTROL_CLAIMS = {"augment": "cheap augmentation of the same real images",
+                  "lowpass": "real images given the synthetic set's sharpness and colour",
+                  "reconstruct": "the same real images through the generator's autoencoder",
+                  "mixup": "same-class mixes of the real images"}
+
+
+def _method(regime: str) -> str | None:
+    """The control method of a regime's name (None for real and synthetic regimes, and for a name not known)."""
+    try:
+        return parse_regime(regime).method
+    except DermsynthError:
+        return None
+
+
 def verdict(regime: str, metric: str, diff: float | None, lo: float | None, hi: float | None,
             confidence: float = 0.95, seeds: int | None = None, baseline: str = "real") -> Verdict:
     """A plain-language reading of the paired difference ``regime - baseline`` that never outruns its interval
-    (``baseline`` is real-only, or the augmentation control a synthetic regime is judged against)."""
+    (``baseline`` is real-only, or a control regime a synthetic regime is judged against)."""
     name, level = METRIC_NAMES.get(metric, metric), f"{confidence * 100:.0f} %"
-    against = "real-only" if baseline == "real" else f"the augmentation control {baseline}"
-    made = "the augmented copies" if regime.startswith("augment") else "the synthetic images"
+    control = _method(baseline)
+    against = "real-only" if control is None else f"the {CONTROL_WORDS.get(control, control)} control {baseline}"
+    method = _method(regime)
+    made = f"the {method} copies" if method else "the synthetic images"
     if not (finite(diff) and finite(lo) and finite(hi)):
         return Verdict("undefined", f"{regime} − {baseline}, {name}: no confidence interval could be computed "
                                     "(for example a single-class test split), so no conclusion is drawn.")
@@ -48,7 +69,8 @@ def verdict(regime: str, metric: str, diff: float | None, lo: float | None, hi: 
     if baseline == "real":
         claim = f"no evidence that {made} help at this scale (nor that they hurt)"
     else:
-        claim = f"no evidence that {made} beat cheap augmentation of the same real images (nor that they do worse)"
+        claim = (f"no evidence that {made} beat {CONTROL_CLAIMS.get(control or '', 'the control')} (nor that they "
+                 "do worse)")
     return Verdict("inconclusive", f"{numbers} The {level} CI of the difference includes 0: {claim}.{caveat}")
 
 
@@ -171,7 +193,7 @@ def too_small_groups(summary: dict[str, Any]) -> str:
 
 def external_sections(summary: dict[str, Any], n_classes: int = 2) -> list[dict[str, Any]]:
     """Per external test set: each regime's AUROC and accuracy in-domain and there, the drop, its paired
-    differences against real-only (and the augmentation control), and what was removed as duplicates."""
+    differences against real-only (and each control regime), and what was removed as duplicates."""
     internal = {(r["regime"], r.get("source") or ""): r for r in summary.get("regimes", [])}
     sections = []
     for name, ext in (summary.get("external") or {}).items():
