@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="24 stand-in images at 32 px: checks that it runs")
     args = parser.parse_args()
     if args.smoke:
-        from smoke_data import ham_like
+        from dermsynth.testing.smoke_data import ham_like
 
         args.data, args.n, args.size = ham_like(Path(tempfile.mkdtemp(prefix="bench-audit-")), n=24), 24, 32
     files = sorted((args.data / "images").glob("*.jpg"))[: args.n]

@@ -172,7 +172,7 @@ def main() -> None:
     if args.smoke and args.mode == "throughput":
         args.size, args.batch, args.steps, args.warmup, args.repeats = 32, 4, 2, 1, 1
     elif args.smoke:
-        from smoke_data import sample_prepared
+        from dermsynth.testing.smoke_data import sample_prepared
 
         args.real = str(sample_prepared(Path(tempfile.mkdtemp(prefix="bench-sweep-")) / "prep"))
         args.per_class, args.lrs, args.epochs, args.val_max = 8, "1e-3", 1, 16

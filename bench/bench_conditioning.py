@@ -133,7 +133,7 @@ def main() -> None:
     if args.smoke:
         import tempfile
 
-        from smoke_data import sample_prepared, tiny_scratch_model
+        from dermsynth.testing.smoke_data import sample_prepared, tiny_scratch_model
 
         work = Path(tempfile.mkdtemp(prefix="bench-conditioning-"))
         args.real = sample_prepared(work / "prep")

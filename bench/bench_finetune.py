@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.tiny_sd
 
 import numpy as np
 import torch
@@ -38,7 +36,7 @@ from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_data import to_pixels
 from dermsynth.diffusion.sd_finetune import FinetuneTrainer
 from dermsynth.diffusion.sd_models import load_pipeline
-from tests.tiny_sd import build_tiny_pipeline
+from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
 INSTANCE, CLASS = "dermoscopy image of a sks lesion", "dermoscopy image of a skin lesion"
 

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         "one worker: checks that it runs")
     args = parser.parse_args(argv)
     if args.smoke:
-        from smoke_data import ham_like
+        from dermsynth.testing.smoke_data import ham_like
 
         args.data = ham_like(Path(tempfile.mkdtemp(prefix="bench-prepare-")), n=8)
         args.n_small, args.n_large, args.repeat, args.workers, args.image_size = 8, 2, 1, [1], 64

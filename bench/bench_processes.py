@@ -72,8 +72,7 @@ def measure(name: str, command, compare, rounds: int, work: Path) -> dict:
 
 
 def smoke_inputs(work: Path) -> tuple[Path, Path, dict]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from smoke_data import sample_prepared, tiny_scratch_model
+    from dermsynth.testing.smoke_data import sample_prepared, tiny_scratch_model
 
     prep = sample_prepared(work / "prep", size=16)
     model = work / "model"

@@ -7,7 +7,7 @@
 No download: the SD 1.5 architecture is built from its published configuration (UNet2DConditionModel 859.5 M
 parameters, AutoencoderKL 83.7 M, CLIP ViT-L/14 text encoder 123.1 M, PNDM scheduler) with random weights, and
 saved once as a diffusers folder (fp16 safetensors, 2.1 GB: half the disk and write time of fp32; loading
-upcasts exactly). The tokenizer is the local byte-level CLIP BPE of tests/tiny_sd.py (518 tokens); the text
+upcasts exactly). The tokenizer is the local byte-level CLIP BPE of dermsynth/testing/tiny_sd.py (518 tokens); the text
 encoder's embedding table is still padded to SD's 49,408 rows, so its parameter count and memory are SD's.
 
 Measured, each in a subprocess of its own (``--worker NAME`` prints one JSON line), since peak RSS
@@ -49,7 +49,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.tiny_sd: the local tokenizer
 
 # The parent process imports no torch: it stays small, so a worker's peak RSS is its own.
 
@@ -86,7 +85,7 @@ ARCHS: dict[str, dict[str, dict[str, Any]]] = {
                          "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
                          "hidden_act": "quick_gelu", "projection_dim": 768, "layer_norm_eps": 1e-5},
     },
-    # tests/tiny_sd.py's sizes: UNet ~1 M parameters, a VAE with 8x downsampling, a 5-layer text encoder.
+    # dermsynth/testing/tiny_sd.py's sizes: UNet ~1 M parameters, a VAE with 8x downsampling, a 5-layer text encoder.
     "tiny": {
         "unet": {"sample_size": 16, "block_out_channels": (32, 64), "layers_per_block": 2, "cross_attention_dim": 32,
                  "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -121,7 +120,7 @@ def build_pipeline(arch: str, seed: int = 0):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.tiny_sd import byte_level_clip_tokenizer
+    from dermsynth.testing.tiny_sd import byte_level_clip_tokenizer
 
     spec = ARCHS[arch]
     torch.manual_seed(seed)

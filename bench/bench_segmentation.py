@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 from dermsynth.data.preprocess import (
     centre_box,
     lesion_box,
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         import tempfile
 
-        from smoke_data import ham_like
+        from dermsynth.testing.smoke_data import ham_like
 
         args.data, args.n, args.variants = ham_like(Path(tempfile.mkdtemp(prefix="bench-seg-")), n=12), 12, "0,7"
 

@@ -98,8 +98,7 @@ def main() -> int:
     if args.smoke:
         args.steps, args.rounds, base = 4, 1, TINY
     if args.prep is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from smoke_data import sample_prepared
+        from dermsynth.testing.smoke_data import sample_prepared
 
         args.prep = sample_prepared(work / "prep", size=32)
     if os.getloadavg()[0] >= 1 and not args.smoke:

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a stand-in CSV of 3,000 images: checks that it runs")
     args = parser.parse_args()
     if args.smoke:
-        from smoke_data import isic2020_csv
+        from dermsynth.testing.smoke_data import isic2020_csv
 
         args.csv = isic2020_csv(Path(tempfile.mkdtemp(prefix="isic-splits-")) / "ISIC_2020_Training_GroundTruth_v2.csv")
         args.seeds = 1

@@ -168,9 +168,8 @@ def check(report: Path, require_results: bool, window: str, timeout: float, save
 
 
 def _smoke_report() -> Path:
-    from smoke_data import sample_prepared
-
     from dermsynth.report.build import build_report
+    from dermsynth.testing.smoke_data import sample_prepared
 
     run = Path(tempfile.mkdtemp(prefix="report-render-"))
     sample_prepared(run / "prepared")

@@ -147,8 +147,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     config = args.config
     if config is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.test_pipeline import TINY_STUDY
+        from dermsynth.testing.studies import TINY_STUDY
 
         config = args.work / "study.yaml"
         config.write_text(TINY_STUDY)

@@ -45,7 +45,7 @@ def main() -> None:
     if args.smoke:
         import tempfile
 
-        from smoke_data import ham_like
+        from dermsynth.testing.smoke_data import ham_like
 
         args.work = Path(tempfile.mkdtemp(prefix="val-ham-"))
         args.ham = ham_like(args.work / "ham", n=160)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-HELPERS = {"smoke_data.py"}  # imported by the scripts, not a benchmark
 OWN_TESTS = {"bench_sd_full_size.py"}  # both of its smoke modes: tests/test_bench_sd_full_size.py
 # Arguments before --smoke, per script (subcommands); every other script takes --smoke alone.
 RUNS = {
@@ -22,7 +21,7 @@ BROWSER = Path("/usr/bin/chromium").exists() or bool(os.environ.get("DERMSYNTH_R
 
 def smoke_runs() -> list:
     runs = []
-    for script in sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS | OWN_TESTS):
+    for script in sorted(p.name for p in BENCH.glob("*.py") if p.name not in OWN_TESTS):
         for args in RUNS.get(script, [[]]):
             marks = [pytest.mark.skipif(not BROWSER, reason="needs /usr/bin/chromium")] \
                 if script == "check_report_render.py" else []
@@ -44,26 +43,22 @@ def test_benchmark_smoke_mode_runs(script, args, tmp_path):
 
 
 def test_every_benchmark_is_run_in_its_smoke_mode():
-    """Every script in bench/ is a benchmark that some test runs with --smoke (above, or its own test module), or
-    a helper with no entry point of its own: a new benchmark cannot land without a smoke run."""
-    scripts = {p.name for p in BENCH.glob("*.py")} - HELPERS
+    """Every script in bench/ is a benchmark that some test runs with --smoke (above, or its own test module): a
+    new benchmark cannot land without a smoke run. Their shared stand-in inputs are in dermsynth.testing."""
+    scripts = {p.name for p in BENCH.glob("*.py")}
     assert {param.values[0] for param in smoke_runs()} | OWN_TESTS == scripts
     tests = Path(__file__).resolve().parent
     for script in OWN_TESTS:
         own = tests / f"test_{script.removesuffix('.py')}.py"
         assert script in own.read_text() and '"--smoke"' in own.read_text(), own.name
-    for helper in HELPERS:
-        assert '__name__ == "__main__"' not in (BENCH / helper).read_text(), helper
 
 
 @pytest.mark.skipif(not BROWSER, reason="needs /usr/bin/chromium")
 def test_report_render_check_survives_a_deep_temp_folder(tmp_path, monkeypatch):
     # Chromium aborts when its singleton socket under $TMPDIR passes the 107-byte Unix socket limit; the check
     # must give it a short private folder whatever the caller's TMPDIR (pytest's own can be that deep).
-    monkeypatch.syspath_prepend(str(BENCH))
-    from smoke_data import sample_prepared
-
     from dermsynth.report.build import build_report
+    from dermsynth.testing.smoke_data import sample_prepared
 
     sample_prepared(tmp_path / "run" / "prepared")
     report = build_report(tmp_path / "run")[0]

@@ -21,8 +21,8 @@ from dermsynth.diffusion.train_scratch import train
 from dermsynth.distributed import JobShard, ProcessShare, current_share, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.validate import validate
+from dermsynth.testing.studies import TINY_STUDY
 from tests.test_diffusion_scratch import TINY, make_prepared
-from tests.test_pipeline import TINY_STUDY
 from tests.test_validate import config as validate_settings
 from tests.test_validate import make_prep, make_synthetic
 

@@ -21,8 +21,8 @@ from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.diffusion.sd_finetune import FinetuneTrainer, finetune
 from dermsynth.diffusion.sd_models import load_pipeline
 from dermsynth.errors import DermsynthError
+from dermsynth.testing.tiny_sd import build_tiny_pipeline, export_single_file
 from tests.test_diffusion_scratch import make_prepared, one_thread
-from tests.tiny_sd import build_tiny_pipeline, export_single_file
 
 from .conftest import one_line_error
 

@@ -77,7 +77,7 @@ def ws(tmp_path_factory) -> Workspace:
         with pytest.raises(SystemExit) as done:
             main([str(a) for a in args])
         assert done.value.code == 0
-    from tests.tiny_sd import build_tiny_pipeline
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
     build_tiny_pipeline(seed=0).save_pretrained(root / "tiny-sd")
     yield Workspace(root)

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dermsynth"
 LAYERS = {"errors": 0, "utils": 0, "version": 0, "layout": 0, "progress": 0, "config": 0, "registry": 0,
           "distributed": 0, "data": 1, "diffusion": 2, "audit": 2, "evaluate": 2, "report": 3, "pipeline": 4,
-          "preflight": 4, "cli": 5, "__main__": 6, "__init__": 6}
+          "preflight": 4, "cli": 5, "__main__": 6, "__init__": 6, "testing": 6}
 STAGE_EXCEPTIONS = {("audit", "evaluate")}
 
 
@@ -46,4 +46,30 @@ def test_imports_run_downward_only():
             across = LAYERS[target] == LAYERS[source] == 2 and target != source
             if upward or (across and (source, target) not in STAGE_EXCEPTIONS):
                 wrong.append(f"{path.relative_to(PACKAGE)} imports dermsynth.{target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _patches_path(node: ast.AST) -> bool:
+    """A call of sys.path.insert / sys.path.append or of pytest's monkeypatch.syspath_prepend."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        return False
+    owner = node.func.value
+    on_sys_path = isinstance(owner, ast.Attribute) and owner.attr == "path" and \
+        isinstance(owner.value, ast.Name) and owner.value.id == "sys"
+    return (on_sys_path and node.func.attr in ("insert", "append")) or node.func.attr == "syspath_prepend"
+
+
+def test_tests_and_benchmarks_share_helpers_only_through_the_package():
+    """tests/ and bench/ import dermsynth.testing, never each other, and patch no sys.path."""
+    repo = PACKAGE.parents[1]
+    wrong = []
+    for folder, other in (("tests", "bench"), ("bench", "tests")):
+        for path in sorted((repo / folder).glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+            modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            if any(m.split(".")[0] in (other, "smoke_data") for m in modules):
+                wrong.append(f"{folder}/{path.name} imports from {other}/")
+            if any(_patches_path(node) for node in ast.walk(tree)):
+                wrong.append(f"{folder}/{path.name} patches sys.path")
     assert not wrong, "\n".join(wrong)

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from dermsynth.pipeline import RunConfig, run_pipeline
+from dermsynth.testing.studies import TINY_STUDY
 
 
 def test_run_skips_finished_stages_and_reruns_changed_ones(folder_dir, tmp_path, cli):
@@ -65,38 +66,6 @@ def test_bad_run_configs_name_the_key(cli, tmp_path, folder_dir):
     config.write_text("- just\n- a list\n")
     assert "expected a mapping" in _error(cli, "run", config)
     assert "config file not found" in _error(cli, "run", tmp_path / "nope.yaml")
-
-
-TINY_STUDY = """
-name: tiny end-to-end
-prepare:
-  dataset: sample
-  max_images: 120
-  preprocess: {image_size: 32}
-train:
-  settings:
-    max_steps: 12
-    max_minutes: null
-    model: {image_size: 16, block_out_channels: [16, 32], attention_levels: [], attention_head_dim: 16,
-            norm_num_groups: 8}
-    sample_every: 12
-    checkpoint_every: 6
-    samples_per_class: 2
-generate:
-  per_class: 40
-  steps: 3
-  batch_size: 40
-audit:
-  classifier_epochs: 1
-  positive_controls: 10
-  kid_subsets: 3
-validate:
-  seeds: 2
-  regimes: [real, hybrid:0.5]
-  architecture: {hidden_sizes: [8, 16], embedding_size: 8, depths: [1, 1]}
-  train: {epochs: 2}
-  bootstrap: 200
-"""
 
 
 def test_too_few_synthetic_images_for_a_regime_fail_before_training(tmp_path, cli):
@@ -207,7 +176,7 @@ def test_shipped_study_configs_are_valid():
 
 
 def test_study_with_stable_diffusion_finetune_and_settings_change(tmp_path, cli, monkeypatch):
-    from tests.tiny_sd import build_tiny_pipeline
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
     base = tmp_path / "tiny-sd"
     build_tiny_pipeline(seed=0).save_pretrained(base)

@@ -22,7 +22,7 @@ def isic(tmp_path_factory) -> Path:
 
 
 def test_dry_run_prints_the_plan_of_the_reference_study(isic, tmp_path, cli, monkeypatch):
-    from tests.tiny_sd import build_tiny_pipeline
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
     build_tiny_pipeline(seed=0).save_pretrained(tmp_path / "sd15")
     code, stdout, stderr = cli("run", REPO / "configs" / "isic2020-dreambooth.yaml", "--dry-run",
@@ -78,8 +78,8 @@ def test_prepare_root_without_dataset_infers_the_reader_or_refuses(tmp_path, cli
 
 
 def test_finetune_above_the_prepared_size_is_refused_unless_allowed(tmp_path, cli):
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline
     from tests.test_diffusion_scratch import make_prepared
-    from tests.tiny_sd import build_tiny_pipeline
 
     build_tiny_pipeline(seed=0).save_pretrained(tmp_path / "sd")
     prepared = make_prepared(tmp_path / "prep", size=32)

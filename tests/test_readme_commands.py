@@ -45,7 +45,7 @@ def readme_commands(program: str) -> list[list[str]]:
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch) -> Path:
     """A folder laid out as the README assumes: ISIC2020/, uda1/, HAM10000/, my_images/ and the base models."""
-    from tests.tiny_sd import build_tiny_pipeline, export_single_file
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline, export_single_file
 
     isic2020_standin(tmp_path / "ISIC2020")
     archive_standin(tmp_path / "uda1")

@@ -66,7 +66,7 @@ def test_latent_train_twice_with_default_settings_gives_the_same_autoencoder_and
 
 
 def test_lora_finetune_twice_with_default_settings_gives_the_same_weights(tmp_path):
-    from tests.tiny_sd import build_tiny_pipeline
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
     base = tmp_path / "tiny-sd"
     build_tiny_pipeline(seed=0).save_pretrained(base)

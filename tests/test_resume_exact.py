@@ -77,7 +77,7 @@ def test_scratch_train_killed_and_resumed_is_bitwise_identical(tmp_path):
 
 
 def test_sd_finetune_killed_and_resumed_is_bitwise_identical(tmp_path):
-    from tests.tiny_sd import build_tiny_pipeline
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
     base = tmp_path / "tiny-sd"
     build_tiny_pipeline(seed=0).save_pretrained(base)

@@ -51,7 +51,7 @@ IMAGE_SIZE = 32
 def standins(tmp_path_factory) -> dict[str, Path]:
     from dermsynth.data.config import PrepareConfig
     from dermsynth.data.prepare import prepare
-    from tests.tiny_sd import build_tiny_pipeline
+    from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("standins")
     found = {"isic2020": isic2020_standin(root / "isic2020"), "ham10000": ham10000_standin(root / "ham10000")}
