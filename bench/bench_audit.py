@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from dermsynth.audit.memorization import TrainingIndex, light_copies
-from dermsynth.evaluate.classifiers import build_classifier, extract_features
-from dermsynth.evaluate.transforms import load_image
+from dermsynth.classify.classifiers import build_classifier, extract_features
+from dermsynth.classify.transforms import load_image
 
 
 def main() -> int:

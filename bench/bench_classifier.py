@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_linear_schedule_with_warmup
 
-from dermsynth.evaluate.classifiers import build_classifier
-from dermsynth.evaluate.config import ClassifierTrainConfig
-from dermsynth.evaluate.train_classifier import make_optimizer, resolve_settings, train_batch
-from dermsynth.evaluate.transforms import Jitter, augment, normalize
+from dermsynth.classify.classifiers import build_classifier
+from dermsynth.classify.config import ClassifierTrainConfig
+from dermsynth.classify.training import make_optimizer, resolve_settings, train_batch
+from dermsynth.classify.transforms import Jitter, augment, normalize
 
 
 def _data(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -115,9 +115,9 @@ def throughput(args: argparse.Namespace) -> dict:
 
 def sweep(args: argparse.Namespace) -> dict:
     """Validation AUROC per learning rate (best epoch), real images only."""
+    from dermsynth.classify.training import fit
     from dermsynth.data.dataset import load_prepared, subsample_per_class
     from dermsynth.evaluate.datasets import ImageBank, real_frame
-    from dermsynth.evaluate.train_classifier import fit
 
     prepared = load_prepared(args.real)
     size = prepared.image_size

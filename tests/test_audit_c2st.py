@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dermsynth.audit.c2st import C2STResult, c2st
+from dermsynth.classify.transforms import square_resize
 from dermsynth.data.images import load_rgb
-from dermsynth.evaluate.transforms import square_resize
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "dermsynth" / "data" / "sample" / "uda1"
 SIZE = 32

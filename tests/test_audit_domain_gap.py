@@ -20,9 +20,9 @@ from dermsynth.audit.domain_gap import (
     image_statistics,
     is_material,
 )
+from dermsynth.classify.transforms import square_resize
 from dermsynth.data.images import load_rgb
 from dermsynth.data.preprocess import hair_mask
-from dermsynth.evaluate.transforms import square_resize
 
 SAMPLE = Path(dermsynth.__file__).parent / "data" / "sample" / "uda1" / "images"
 SIZE = 64

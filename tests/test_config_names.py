@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from dermsynth.classify.config import ClassifierTrainConfig as ClassifierConfig
 from dermsynth.config import validate_config
 from dermsynth.diffusion.scratch import RESUMABLE_FIELDS, resolve_train_config
 from dermsynth.diffusion.sd_config import FinetuneConfig
 from dermsynth.errors import DermsynthError
-from dermsynth.evaluate.config import ClassifierTrainConfig as ClassifierConfig
 from dermsynth.evaluate.config import ValidateConfig
 
 from .conftest import one_line_error

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sklearn.metrics as skm
 
-from dermsynth.evaluate.metrics import (
+from dermsynth.classify.metrics import (
     classification_metrics,
     curve_metrics,
     unstandardize_mcclish,

@@ -93,9 +93,9 @@ TINY_CNN = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
 def test_a_registered_classifier_builds_trains_with_its_preset_and_gives_features(tmp_path):
     import torch
 
-    from dermsynth.evaluate.classifiers import build_classifier, save_classifier
-    from dermsynth.evaluate.config import ClassifierTrainConfig
-    from dermsynth.evaluate.models import (
+    from dermsynth.classify.classifiers import build_classifier, save_classifier
+    from dermsynth.classify.config import ClassifierTrainConfig
+    from dermsynth.classify.models import (
         CLASSIFIERS,
         CNN_TRAIN,
         classifiers_help,
@@ -104,7 +104,7 @@ def test_a_registered_classifier_builds_trains_with_its_preset_and_gives_feature
         register_classifier,
         register_pretrained,
     )
-    from dermsynth.evaluate.train_classifier import resolve_settings
+    from dermsynth.classify.training import resolve_settings
 
     torch.manual_seed(0)
     with registered(CLASSIFIERS, "toy-cnn"), registered(CLASSIFIERS, "toy-pretrained"):
@@ -132,8 +132,8 @@ def test_a_registered_classifier_builds_trains_with_its_preset_and_gives_feature
 
 
 def test_an_unknown_classifier_is_one_line_listing_the_registered_ones(tmp_path):
-    from dermsynth.evaluate.classifiers import build_classifier
-    from dermsynth.evaluate.models import get_classifier_kind, register_classifier
+    from dermsynth.classify.classifiers import build_classifier
+    from dermsynth.classify.models import get_classifier_kind, register_classifier
 
     with pytest.raises(DermsynthError) as exc:
         get_classifier_kind("resnet")

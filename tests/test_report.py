@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dermsynth.classify.metrics import METRICS
 from dermsynth.errors import DermsynthError
-from dermsynth.evaluate.metrics import METRICS
 from dermsynth.evaluate.stats import RunPredictions, compare, summarize
 from dermsynth.report import build_report, verdict
 from dermsynth.report.results import headline, paired_differences

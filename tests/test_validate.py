@@ -319,7 +319,7 @@ def test_import_and_help_do_not_import_torch():
 
 
 def test_validate_fine_tunes_a_pretrained_checkpoint_folder(prep, tmp_path):
-    from dermsynth.evaluate.classifiers import build_classifier, save_classifier
+    from dermsynth.classify.classifiers import build_classifier, save_classifier
 
     tiny_vit = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
                 "patch_size": 4}

@@ -7,18 +7,18 @@ import pytest
 import torch
 from PIL import Image
 
-from dermsynth.errors import DermsynthError
-from dermsynth.evaluate.classifiers import (
+from dermsynth.classify.classifiers import (
     build_classifier,
     extract_features,
     load_classifier,
     predict_proba,
     save_classifier,
 )
-from dermsynth.evaluate.config import ClassifierTrainConfig
-from dermsynth.evaluate.datasets import ImageSet
-from dermsynth.evaluate.train_classifier import fit, resolve_settings
-from dermsynth.evaluate.transforms import augment, load_image, normalize, square_resize
+from dermsynth.classify.config import ClassifierTrainConfig
+from dermsynth.classify.images import ImageSet
+from dermsynth.classify.training import fit, resolve_settings
+from dermsynth.classify.transforms import augment, load_image, normalize, square_resize
+from dermsynth.errors import DermsynthError
 
 from .conftest import lesion_image
 
@@ -94,7 +94,7 @@ def test_training_improves_a_tiny_cnn_and_keeps_the_best_validation_epoch():
 
 @pytest.mark.parametrize("precision", ["bf16", "no"])
 def test_non_finite_weights_after_an_epoch_are_never_kept(monkeypatch, precision):
-    import dermsynth.evaluate.train_classifier as training
+    import dermsynth.classify.training as training
 
     images, targets = _images(24), np.arange(24) % 2
     train = ImageSet(images[:16], targets[:16], [f"t{i}" for i in range(16)], np.zeros(16, bool))

@@ -14,10 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from dermsynth.audit.config import feature_spaces_help
+from dermsynth.classify.models import classifiers_help
 from dermsynth.data.readers import readers_help
 from dermsynth.diffusion.sd_config import PICKLE_SUFFIXES
 from dermsynth.errors import DermsynthError
-from dermsynth.evaluate.models import classifiers_help
 from dermsynth.evaluate.regimes import regimes_help
 
 # No network at run time unless the user names a hub model (stages that accept hub ids lift this).

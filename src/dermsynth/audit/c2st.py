@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
-from dermsynth.evaluate.transforms import augment
+from dermsynth.classify.transforms import augment
 from dermsynth.utils import native_bf16
 
 LR = 2e-3

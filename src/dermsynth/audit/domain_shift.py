@@ -230,9 +230,8 @@ def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str
     synthetic folder, brought to the real preprocessing as validate does; every image of each external prepared
     set) at ``size`` (default: the prepared size) and write ``OUT/domain_shift.json|csv|md``."""
     from dermsynth.data.dataset import load_prepared, subsample_per_class
-    from dermsynth.data.synthetic_folders import comparable_folder
+    from dermsynth.data.synthetic_folders import comparable_folder, synthetic_frame
     from dermsynth.errors import DermsynthError
-    from dermsynth.evaluate.datasets import synthetic_frame
     from dermsynth.utils import ensure_writable_dir, write_csv_atomic, write_json_atomic, write_text_atomic
 
     if not external:

@@ -30,7 +30,7 @@ class FeatureSpace:
 
 
 def classifier_space(path: str | Path, description: str, device: str = "cpu") -> FeatureSpace:
-    from dermsynth.evaluate.classifiers import extract_features, load_classifier
+    from dermsynth.classify.classifiers import extract_features, load_classifier
 
     classifier = load_classifier(path)
     return FeatureSpace(f"classifier:{path}", description,
@@ -41,10 +41,10 @@ def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray
                              val_targets: np.ndarray, classes: list[str], folder: Path, epochs: int, seed: int,
                              device: str = "cpu", note: str = "") -> FeatureSpace:
     """Train (or reuse from ``folder``) the default feature network on real images only."""
-    from dermsynth.evaluate.classifiers import build_classifier, save_classifier
-    from dermsynth.evaluate.config import ClassifierTrainConfig
-    from dermsynth.evaluate.datasets import ImageSet
-    from dermsynth.evaluate.train_classifier import fit, resolve_settings
+    from dermsynth.classify.classifiers import build_classifier, save_classifier
+    from dermsynth.classify.config import ClassifierTrainConfig
+    from dermsynth.classify.images import ImageSet
+    from dermsynth.classify.training import fit, resolve_settings
 
     description = (f"penultimate features of a small CNN (cnn preset, {train_images.shape[1]} px) trained by the "
                    f"audit on {len(train_images)} real training images for {epochs} epochs, seed {seed}{note}")

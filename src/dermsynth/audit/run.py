@@ -403,8 +403,7 @@ def _diversity(real: dict[str, LoadedSet], synthetic: LoadedSet, classes: list[s
 def audit(real: str | Path, synthetic: str | Path, out: str | Path, config: AuditConfig | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Audit ``synthetic`` against the prepared dataset ``real``; returns what ``audit.json`` holds."""
-    from dermsynth.data.synthetic_folders import comparable_folder
-    from dermsynth.evaluate.datasets import synthetic_frame
+    from dermsynth.data.synthetic_folders import comparable_folder, synthetic_frame
 
     config = config if config is not None else AuditConfig()
     started = time.time()

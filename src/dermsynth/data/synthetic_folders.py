@@ -16,9 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from dermsynth.data.config import PreprocessConfig
 from dermsynth.data.images import ImageReadError, list_images, load_rgb, save_image
 from dermsynth.data.preprocess import process_image
+from dermsynth.data.schema import slug
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import track
 from dermsynth.utils import read_marker, stable_hash, write_json_atomic
@@ -108,3 +111,30 @@ def comparable_folder(folder: str | Path, prepared_summary: dict[str, Any], enab
     copy, record = preprocessed_copy(folder, settings, cache, progress)
     return copy, {"preprocessed": True, "why": "no dermsynth manifest", "copy": copy.name,
                   "images": record["images"], "skipped": len(record["skipped"])}
+
+
+# The columns of every image table a stage builds from real splits or synthetic folders.
+IMAGE_COLUMNS = ["image_id", "path", "target", "group", "synthetic"]
+
+
+def synthetic_frame(folder: str | Path, classes: list[str]) -> pd.DataFrame:
+    """A folder of class sub-folders (``SYN/images/<class>/`` as written by `generate`, or ``SYN/<class>/``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DermsynthError(f"synthetic folder not found: {folder}")
+    base = folder / "images" if (folder / "images").is_dir() else folder
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DermsynthError(f"{folder}: no class sub-folders (expected <class>/*.png, e.g. benign/, malignant/)")
+    by_slug = {slug(name): target for target, name in enumerate(classes)}
+    rows = []
+    for class_dir in class_dirs:
+        target = by_slug.get(slug(class_dir.name))
+        if target is None:
+            raise DermsynthError(f"{folder}: class folder {class_dir.name!r} is not a class of the real data "
+                                 f"({', '.join(classes)})")
+        rows += [{"image_id": f"syn:{folder.name}/{class_dir.name}/{p.name}", "path": str(p), "target": target,
+                  "group": f"syn:{folder.name}", "synthetic": True} for p in list_images(class_dir)]
+    if not rows:
+        raise DermsynthError(f"{folder}: no PNG/JPEG images in its class folders")
+    return pd.DataFrame(rows, columns=IMAGE_COLUMNS)

@@ -15,34 +15,17 @@ import contextlib
 import hashlib
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dermsynth.classify.images import ImageSet
+from dermsynth.classify.transforms import load_image
 from dermsynth.data.dataset import PreparedDataset
-from dermsynth.data.images import ImageReadError, list_images
-from dermsynth.data.schema import slug
+from dermsynth.data.images import ImageReadError
 from dermsynth.data.splits import group_keys
 from dermsynth.errors import DermsynthError
-from dermsynth.evaluate.transforms import load_image
 from dermsynth.progress import make_progress
-
-IMAGE_COLUMNS = ["image_id", "path", "target", "group", "synthetic"]
-
-
-@dataclass
-class ImageSet:
-    """Images (uint8 NHWC at the model's size) with integer targets, ids and a synthetic flag per image."""
-
-    images: np.ndarray
-    targets: np.ndarray
-    ids: list[str]
-    synthetic: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def real_frame(prepared: PreparedDataset, split: str) -> pd.DataFrame:
@@ -70,29 +53,6 @@ def check_no_leak(splits: dict[str, pd.DataFrame]) -> None:
                 raise DermsynthError(
                     f"patient leak: {first} and {second} share {len(shared_groups)} patient/lesion group(s) and "
                     f"{len(shared_images)} image(s) (e.g. {example}); re-run 'dermsynth prepare' to split by patient")
-
-
-def synthetic_frame(folder: str | Path, classes: list[str]) -> pd.DataFrame:
-    """A folder of class sub-folders (``SYN/images/<class>/`` as written by `generate`, or ``SYN/<class>/``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DermsynthError(f"synthetic folder not found: {folder}")
-    base = folder / "images" if (folder / "images").is_dir() else folder
-    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DermsynthError(f"{folder}: no class sub-folders (expected <class>/*.png, e.g. benign/, malignant/)")
-    by_slug = {slug(name): target for target, name in enumerate(classes)}
-    rows = []
-    for class_dir in class_dirs:
-        target = by_slug.get(slug(class_dir.name))
-        if target is None:
-            raise DermsynthError(f"{folder}: class folder {class_dir.name!r} is not a class of the real data "
-                                 f"({', '.join(classes)})")
-        rows += [{"image_id": f"syn:{folder.name}/{class_dir.name}/{p.name}", "path": str(p), "target": target,
-                  "group": f"syn:{folder.name}", "synthetic": True} for p in list_images(class_dir)]
-    if not rows:
-        raise DermsynthError(f"{folder}: no PNG/JPEG images in its class folders")
-    return pd.DataFrame(rows, columns=IMAGE_COLUMNS)
 
 
 class ImageBank:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
-from dermsynth.evaluate.metrics import METRICS, classification_metrics
+from dermsynth.classify.metrics import METRICS, classification_metrics
 
 
 @dataclass

@@ -34,9 +34,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermsynth.classify.metrics import METRICS, youden_threshold
+from dermsynth.classify.models import is_pretrained
 from dermsynth.config import validate_config
 from dermsynth.data.dataset import PreparedDataset, load_prepared, sample_fingerprint, subsample_per_class
-from dermsynth.data.synthetic_folders import RECONSTRUCTION_RECORD, comparable_folder, is_reconstruction
+from dermsynth.data.synthetic_folders import (
+    RECONSTRUCTION_RECORD,
+    comparable_folder,
+    is_reconstruction,
+    synthetic_frame,
+)
 from dermsynth.distributed import ProcessShare, current_share, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.augment import RECIPE as AUGMENT_RECIPE
@@ -49,11 +56,8 @@ from dermsynth.evaluate.datasets import (
     check_no_copies,
     check_no_leak,
     real_frame,
-    synthetic_frame,
 )
 from dermsynth.evaluate.external import ExternalSet, load_external, unique_names
-from dermsynth.evaluate.metrics import METRICS, youden_threshold
-from dermsynth.evaluate.models import is_pretrained
 from dermsynth.evaluate.regimes import Regime, compose, control_pool, parse_regime
 from dermsynth.evaluate.runs import READ_ERRORS, predictions_file, read_predictions, read_run
 from dermsynth.evaluate.stats import RunPredictions, image_intervals
@@ -147,7 +151,7 @@ def validate(config: ValidateConfig | Mapping[str, Any], out: str | Path, *, pro
 
 def _validate(config: ValidateConfig, out: Path, progress: bool,
               share: ProcessShare = ProcessShare()) -> ValidateResult:
-    from dermsynth.evaluate.classifiers import build_classifier
+    from dermsynth.classify.classifiers import build_classifier
 
     started = time.monotonic()
     root = ensure_writable_dir(out / "validation")
@@ -467,8 +471,8 @@ def _probability_frame(ids: list[str], probs: np.ndarray, classes: list[str]) ->
 
 def execute_run(plan: RunPlan, config: ValidateConfig, data: Data, device: str, progress: bool) -> dict[str, Any]:
     """Train, select on val, test once; write the run folder (metrics.json last)."""
-    from dermsynth.evaluate.classifiers import build_classifier, save_classifier
-    from dermsynth.evaluate.train_classifier import evaluate, fit, resolve_settings
+    from dermsynth.classify.classifiers import build_classifier, save_classifier
+    from dermsynth.classify.training import evaluate, fit, resolve_settings
 
     shutil.rmtree(plan.folder, ignore_errors=True)  # a partial run restarts cleanly
     plan.folder.mkdir(parents=True)

@@ -1,8 +1,8 @@
 """The classifiers a name picks (``model: cnn``), registered with their training preset. No torch import here.
 
 Each entry is built from scratch by its ``build`` function, or (``register_pretrained``) is a named checkpoint
-folder / hub id that is fine-tuned with a new head. :func:`dermsynth.evaluate.classifiers.build_classifier` makes
-a :class:`~dermsynth.evaluate.classifiers.Classifier` from an entry; `ValidateConfig.model`, `dermsynth validate
+folder / hub id that is fine-tuned with a new head. :func:`dermsynth.classify.classifiers.build_classifier` makes
+a :class:`~dermsynth.classify.classifiers.Classifier` from an entry; `ValidateConfig.model`, `dermsynth validate
 --help` and the training defaults read this registry. transformers is imported inside the builders, so that the
 CLI's help and config validation stay fast.
 """

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
+from dermsynth.classify.classifiers import Classifier, autocast, batches, predict_proba
+from dermsynth.classify.config import ClassifierTrainConfig
+from dermsynth.classify.images import ImageSet
+from dermsynth.classify.metrics import classification_metrics, cross_entropy
+from dermsynth.classify.models import train_preset
+from dermsynth.classify.transforms import Jitter, augment, normalize
 from dermsynth.errors import DermsynthError
-from dermsynth.evaluate.classifiers import Classifier, autocast, batches, predict_proba
-from dermsynth.evaluate.config import ClassifierTrainConfig
-from dermsynth.evaluate.datasets import ImageSet
-from dermsynth.evaluate.metrics import classification_metrics, cross_entropy
-from dermsynth.evaluate.models import train_preset
-from dermsynth.evaluate.transforms import Jitter, augment, normalize
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class TrainSettings:
 
 
 def resolve_settings(config: ClassifierTrainConfig, preset: str, device: str) -> TrainSettings:
-    """Unset values from the training preset of ``preset``: a registered classifier (evaluate/models.py), else a
+    """Unset values from the training preset of ``preset``: a registered classifier (classify/models.py), else a
     checkpoint folder / hub id (or "pretrained"), which takes the fine-tuning defaults."""
     defaults = train_preset(preset)
     given = config.model_dump()

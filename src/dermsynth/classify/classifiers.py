@@ -1,6 +1,6 @@
 """Image classifiers of the validation stage (transformers models, no torchvision/timm).
 
-- a registered name (:mod:`dermsynth.evaluate.models`, where each entry also carries its training preset):
+- a registered name (:mod:`dermsynth.classify.models`, where each entry also carries its training preset):
   ``cnn``, ``ResNetForImageClassification`` from a small config (basic blocks, widths 32-256, one block per
   stage, 1.23 M parameters), trained from scratch, fast on a CPU at 64-128 px; ``vit``,
   ``ViTForImageClassification`` from a small config (patch = side / 8, hidden 192, 6 layers, 3 heads), trained
@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
+from dermsynth.classify.models import CLASSIFIERS, label_maps
+from dermsynth.classify.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, load_image, normalize, square_resize
 from dermsynth.errors import DermsynthError
-from dermsynth.evaluate.models import CLASSIFIERS, label_maps
-from dermsynth.evaluate.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, load_image, normalize, square_resize
 from dermsynth.progress import quiet_hf_libraries
 from dermsynth.utils import hub_access
 
