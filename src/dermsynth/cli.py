@@ -458,6 +458,72 @@ def domain_shift(
     typer.echo(f"{out / 'domain_shift.md'}")
 
 
+# --------------------------------------------------------------------------- reader study
+
+reader_app = typer.Typer(help="A blinded reader study: can clinicians tell the synthetic lesions from real ones?",
+                         no_args_is_help=True)
+app.add_typer(reader_app, name="reader-study")
+
+
+@reader_app.command("build")
+def reader_build(
+    real: Annotated[Path, typer.Option("--real", help="Prepared dataset; its held-out (val, test) images are the "
+                                                      "real ones shown.")],
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="Synthetic folder (SYN/images/<class>/ or "
+                                                                  "SYN/<class>/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New study folder: reader/ for readers, key/ kept "
+                                                          "apart.")],
+    n: Annotated[int, typer.Option(help="Scored images, split equally over the classes.")] = 100,
+    per_class: Annotated[int | None, typer.Option(help="Instead of --n: this many scored images per class.")] = None,
+    synthetic_fraction: Annotated[float, typer.Option(help="Share of synthetic images in every class.")] = 0.5,
+    practice: Annotated[int, typer.Option(help="Unscored practice images with feedback, shown first.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the draw and the file names.")] = 0,
+    size: Annotated[int | None, typer.Option(help="Side of every image in px (default: the smaller of the real and "
+                                                  "synthetic images' sides).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Draw, blind (one size and encoding, no metadata, equal file sizes, random names) and write the study."""
+    from dermsynth.reader.build import StudySettings, build_study
+
+    record = build_study(real, synthetic, out, StudySettings(n=n, per_class=per_class, seed=seed, size=size,
+                                                             synthetic_fraction=synthetic_fraction,
+                                                             practice=practice), progress=not quiet)
+    typer.echo(f"{out}: study {record['study_id']}, {record['images']} images ({record['practice']} practice) at "
+               f"{record['image_size']} px; give readers {out / 'reader'} (open index.html), keep {out / 'key'}")
+
+
+@reader_app.command("serve")
+def reader_serve(
+    study: Annotated[Path, typer.Argument(help="A study folder from reader-study build.")],
+    host: Annotated[str, typer.Option(help="Address to bind (other than localhost needs --allow-remote).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    allow_remote: Annotated[bool, typer.Option(help="Accept readers from other machines.")] = False,
+) -> None:
+    """Serve the reader page to a lab; answers are stored per reader in STUDY/server/answers.sqlite."""
+    from dermsynth.reader.serve import serve
+
+    serve(study, host, port, allow_remote)
+
+
+@reader_app.command("score")
+def reader_score(
+    study: Annotated[Path, typer.Argument(help="A study folder from reader-study build.")],
+    answers: Annotated[list[Path], typer.Argument(help="Answers files exported by the page or the server, one "
+                                                       "per reader.")],
+    audit: Annotated[Path | None, typer.Option(help="The synthetic folder's audit (its nearest.csv): each "
+                                                    "convincing image's nearest real similarity.")] = None,
+) -> None:
+    """Accuracy per reader and pooled (exact CIs, test vs chance), sensitivity, specificity, AUROC, kappa."""
+    from dermsynth.reader.score import SCORE_FOLDER, score_study
+
+    result = score_study(study, answers, audit)
+    pooled = result["pooled"]
+    typer.echo(f"{study / SCORE_FOLDER / 'score.md'}: {len(result['readers'])} reader(s), pooled accuracy "
+               f"{pooled['accuracy']:.1%} [{pooled['ci_lo']:.1%}, {pooled['ci_hi']:.1%}] (p vs chance "
+               f"{pooled['p_vs_chance']:.3g})")
+
+
 # --------------------------------------------------------------------------- run / demo
 
 
