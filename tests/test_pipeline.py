@@ -119,11 +119,14 @@ def test_help_text_keeps_its_defaults(cli, command, monkeypatch):
 
 def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_STUDY)
+    config.write_text(TINY_STUDY + "reader_study: {n: 8, size: 32, practice: 2}\n")
     out = tmp_path / "run"
     code, stdout, stderr = cli("run", config, "--out", out)
     assert code == 0, stderr
-    assert "ran prepare, train, generate, audit, validate" in stdout
+    assert "ran prepare, train, generate, audit, validate, reader_study" in stdout
+    study = json.loads((out / "reader_study" / "key" / "study.json").read_text())
+    assert study["images"] == 8 and (out / "reader_study" / "reader" / "index.html").is_file()
+    assert "Not scored yet" in (out / "report.html").read_text()
     assert (out / "model" / "dermsynth_model.json").is_file()
     manifest = (out / "synthetic" / "manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 80
@@ -131,7 +134,7 @@ def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
     assert audit["counts"]["synthetic"] == 80
     summary = (out / "validation" / "summary.csv").read_text()
     assert summary.startswith("regime") and "hybrid:0.5" in summary
-    for stage in ("prepared", "model", "synthetic", "audit", "validation"):
+    for stage in ("prepared", "model", "synthetic", "audit", "validation", "reader_study"):
         assert (out / stage / ".stage.json").is_file(), stage
     code, stdout, _ = cli("run", config, "--out", out)
     assert code == 0 and "ran nothing" in stdout

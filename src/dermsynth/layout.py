@@ -2,4 +2,4 @@
 report, which reads them)."""
 
 RUN_FOLDERS = {"prepare": "prepared", "train": "model", "finetune": "model", "generate": "synthetic",
-               "audit": "audit", "validate": "validation"}
+               "audit": "audit", "validate": "validation", "reader_study": "reader_study"}

@@ -98,6 +98,18 @@ class ValidateStage(ValidateConfig):
         return value
 
 
+class ReaderStudyStage(StrictModel):
+    """`reader-study build` settings; the real and synthetic folders are the run's own."""
+
+    n: int = Field(100, ge=2, description="Scored images, split equally over the classes.")
+    per_class: int | None = Field(None, ge=2, description="Instead of n: this many scored images per class.")
+    synthetic_fraction: float = Field(0.5, gt=0, lt=1, description="Share of synthetic images in every class.")
+    practice: int = Field(4, ge=0, le=20, description="Unscored practice images with feedback, shown first.")
+    seed: int = Field(0, description="Seed of the draw and of the file names.")
+    size: int | None = Field(None, ge=32, le=1024, description="Image side in px; null = the smaller of the real "
+                             "and synthetic images' sides.")
+
+
 class RunConfig(StrictModel):
     """One study: every stage's settings in one file. Stages left out are not run."""
 
@@ -122,6 +134,9 @@ class RunConfig(StrictModel):
     audit: AuditConfig | None = Field(None, description="Audit fidelity and memorization (needs generate).")
     validate_: ValidateStage | None = Field(
         None, alias="validate", description="Real vs hybrid vs synthetic classifiers (omit to skip).")
+    reader_study: ReaderStudyStage | None = Field(
+        None, description="Build a blinded reader study from the run's images (needs generate; scoring comes "
+                          "later, when readers have answered: dermsynth reader-study score).")
     report: bool = Field(True, description="Write report.html and summary.md at the end.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -163,6 +178,8 @@ class RunConfig(StrictModel):
             raise ValueError("generate needs a train or finetune section (the model to sample from)")
         if self.audit and not self.generate:
             raise ValueError("audit needs a generate section (the synthetic images to audit)")
+        if self.reader_study and not self.generate:
+            raise ValueError("reader_study needs a generate section (the synthetic images to show)")
         regimes = [parse_regime(r) for r in self.validate_.regimes] if self.validate_ else []
         if self.validate_ and not self.generate and not self.validate_.extra_synthetic and any(
                 r.per_source for r in regimes):
@@ -197,7 +214,7 @@ class StageOutcome:
     folder: Path
 
 
-STAGE_KEYS = ("prepare", "prepared", "train", "finetune", "generate", "audit", "validate")
+STAGE_KEYS = ("prepare", "prepared", "train", "finetune", "generate", "audit", "validate", "reader_study")
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -258,7 +275,18 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
         upstream = ["prepare", "generate"] if config.generate else ["prepare"]
         stages.append(stage("validate", config.validate_, upstream,
                             lambda folder: _validate(config, prepared, synthetic, folder), shares_work=True))
+    if config.reader_study:
+        stages.append(stage("reader_study", config.reader_study, ["prepare", "generate"],
+                            lambda folder: _reader_study(config, prepared, synthetic, folder)))
     return stages
+
+
+def _reader_study(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) -> None:
+    from dermsynth.reader.build import KEY_FOLDER, READER_FOLDER, StudySettings, build_study
+
+    for part in (READER_FOLDER, KEY_FOLDER):  # an interrupted build: start it again
+        shutil.rmtree(folder / part, ignore_errors=True)
+    build_study(prepared, synthetic, folder, StudySettings(**config.reader_study.model_dump()), progress=True)
 
 
 def _train(config: RunConfig, prepared: Path, folder: Path) -> None:

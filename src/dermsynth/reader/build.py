@@ -148,7 +148,7 @@ def build_study(real: str | Path, synthetic: str | Path, out: str | Path, settin
     settings = settings or StudySettings()
     settings.check()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(not p.name.startswith(".") for p in out.iterdir())):
         raise DermsynthError(f"{out}: exists and is not an empty folder; choose a new --out")
     prepared = load_prepared(real)
     classes = prepared.classes
@@ -166,10 +166,19 @@ def build_study(real: str | Path, synthetic: str | Path, out: str | Path, settin
         items = _pick(settings, classes, held_out, syn, Path(synthetic), folder)
         record = _write(items, settings, classes, size, work, out, real, synthetic, progress)
     write_page(work, record, items_of(work))
-    if out.exists():
-        out.rmdir()
-    work.rename(out)
+    _install(work, out)
     return record
+
+
+def _install(work: Path, out: Path) -> None:
+    """The finished folder in place: renamed whole, or (into a folder holding only a run's hidden stage markers)
+    its two parts moved in, key/ last, so that a study with a key is a complete one."""
+    if not out.exists():
+        work.rename(out)
+        return
+    for name in (READER_FOLDER, KEY_FOLDER):
+        (work / name).rename(out / name)
+    work.rmdir()
 
 
 def _pick(settings: StudySettings, classes: list[str], held_out: pd.DataFrame, syn: pd.DataFrame, given: Path,

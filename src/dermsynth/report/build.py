@@ -25,6 +25,7 @@ from dermsynth.errors import DermsynthError
 from dermsynth.layout import RUN_FOLDERS
 from dermsynth.report import figures
 from dermsynth.report.format import finite, fmt, pct, table
+from dermsynth.report.reader_section import reader_section
 from dermsynth.report.results import (
     REFERENCE_STUDY,
     external_sections,
@@ -46,6 +47,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {  # folder, and the files that
     "generate": (RUN_FOLDERS["generate"], ("manifest.csv", "generate.json")),
     "audit": (RUN_FOLDERS["audit"], ("audit.json",)),
     "validate": (RUN_FOLDERS["validate"], ("summary.json", "validate.json")),
+    "reader_study": (RUN_FOLDERS["reader_study"], ("key/study.json",)),
 }
 NOT_RUN_HINT = {
     "prepare": "dermsynth prepare --dataset ... --out RUN/prepared",
@@ -54,6 +56,8 @@ NOT_RUN_HINT = {
     "generate": "dermsynth generate --model RUN/model --out RUN/synthetic --per-class N",
     "audit": "dermsynth audit --real RUN/prepared --synthetic RUN/synthetic --out RUN/audit",
     "validate": "dermsynth validate --real RUN/prepared --synthetic RUN/synthetic --out RUN",
+    "reader_study": "dermsynth reader-study build --real RUN/prepared --synthetic RUN/synthetic --out "
+                    "RUN/reader_study",
 }
 TILE = 64  # side of image tiles in grids (px)
 
@@ -790,6 +794,7 @@ def gather(run_dir: str | Path) -> dict[str, Any]:
         "comparison": (comparison_section, "generate"),
         "validation": (validation_section, "validate"),
         "audit": (audit_section, "audit"),
+        "reader_study": (reader_section, "reader_study"),
         "provenance": (provenance_section, None),
     }
     return {name: _section(run, build, stage) for name, (build, stage) in sections.items()}
