@@ -136,3 +136,19 @@ def test_saved_configs_of_the_previous_release_resume_without_notices(capsys):
     harness = SimpleNamespace(config=finetune, loop=SimpleNamespace(resumable=frozenset(RESUMABLE)))
     assert TrainingHarness.changed_settings(harness, saved) == []
     assert err_lines(capsys) == []
+
+
+def test_stage_config_reads_old_names_once_and_options_win(tmp_path, capsys):
+    from dermsynth.config import stage_config
+
+    path = tmp_path / "val.yaml"
+    path.write_text("real: prep\nseeds: 2\ntrain:\n  lr: 0.001\n  epochs: 3\n")
+    cfg = stage_config(ValidateConfig, path, {"seeds": 5, "train.epochs": None, "train.batch_size": 16})
+    assert err_lines(capsys) == [notice("lr", "learning_rate")]
+    assert cfg.seeds == 5 and cfg.train.learning_rate == 1e-3 and cfg.train.epochs == 3 and cfg.train.batch_size == 16
+    # An option under the current name wins over the YAML's old one: one value, no "both spellings" error.
+    assert stage_config(ValidateConfig, path, {"train.learning_rate": 0.01}).train.learning_rate == 0.01
+    with pytest.raises(DermsynthError, match="give --real"):
+        stage_config(ValidateConfig, None, {"seeds": 2}, required={"real": "no real data: give --real"})
+    with pytest.raises(DermsynthError, match=r"^options: "):
+        stage_config(ValidateConfig, None, {"real": "p", "seeds": 0})

@@ -42,16 +42,6 @@ def _main_process() -> bool:
     return current_share().is_main
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict, only when ``value`` was given."""
-    if value is None:
-        return
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        data = data.setdefault(key, {})
-    data[leaf] = value
-
-
 def _old_option(old: str, old_value: Any, new: str, value: Any) -> Any:
     """The value of option ``new``, or of its old name ``old`` (hidden; read until the next release)."""
     from dermsynth.config import deprecation_notice
@@ -95,32 +85,19 @@ def prepare(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Read a dataset, split it by patient, preprocess images, write metadata.csv + images + prepare.json."""
-    from dermsynth.config import read_yaml, validate_config
+    from dermsynth.config import stage_config
     from dermsynth.data.config import PrepareConfig
     from dermsynth.data.prepare import prepare as run_prepare
 
-    overrides: dict[str, Any] = {}
-    for key, value in {
+    cfg = stage_config(PrepareConfig, config, {
         "dataset": dataset, "root": root, "csv": csv, "label_scheme": label_scheme, "max_images": max_images,
         "workers": workers, "preprocess.image_size": image_size, "preprocess.hair_removal": hair_removal,
         "preprocess.center": center, "preprocess.color_constancy": color_constancy,
         "preprocess.min_source_side": min_source_side, "split.val": val,
         "split.test": test, "split.seed": seed,
-    }.items():
-        _set(overrides, key, value)
-    data = read_yaml(config) if config else {}
-    _merge(data, overrides)
-    cfg = validate_config(PrepareConfig, data, source=str(config) if config else "options")
+    })
     result = run_prepare(cfg, out, progress=not quiet)
     _print_prepare_summary(result.summary, out)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 def _print_prepare_summary(summary: dict[str, Any], out: Path) -> None:
@@ -313,7 +290,7 @@ def finetune(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune Stable Diffusion: DreamBooth with prior preservation, LoRA, or per-image captions."""
-    from dermsynth.config import current_names, read_yaml, validate_config
+    from dermsynth.config import stage_config
     from dermsynth.diffusion.sd_config import FinetuneConfig
     from dermsynth.diffusion.sd_finetune import finetune as run_finetune
 
@@ -325,9 +302,7 @@ def finetune(
               "instance_dir": instance_dir, "class_dir": class_dir, "max_steps": max_steps,
               "max_minutes": max_minutes, "seed": seed, "device": device,
               "precision": _old_option("--mixed-precision", mixed_precision, "--precision", precision)}
-    settings = current_names(FinetuneConfig, read_yaml(config)) if config else {}  # so that options override
-    _merge(settings, {k: v for k, v in values.items() if v is not None})
-    cfg = validate_config(FinetuneConfig, settings, source=str(config) if config else "options")
+    cfg = stage_config(FinetuneConfig, config, values)
     result = run_finetune(cfg, out, data, resume=resume, progress=not quiet)
     if not result.main_process:  # under accelerate launch, one summary line
         return
@@ -405,13 +380,11 @@ def audit(
     """Fidelity (FID, KID, precision/recall, density/coverage beside real-vs-real) and memorization."""
     from dermsynth.audit.config import AuditConfig
     from dermsynth.audit.run import audit as run_audit
-    from dermsynth.config import read_yaml, validate_config
+    from dermsynth.config import stage_config
 
-    data = read_yaml(config) if config else {}
-    _merge(data, {k: v for k, v in {"features": features, "image_size": image_size, "max_images": max_images,
-                                     "synthetic_preprocess": synthetic_preprocess, "device": device}.items()
-                  if v is not None})
-    cfg = validate_config(AuditConfig, data, source=str(config) if config else "options")
+    cfg = stage_config(AuditConfig, config, {"features": features, "image_size": image_size,
+                                             "max_images": max_images, "synthetic_preprocess": synthetic_preprocess,
+                                             "device": device})
     report = run_audit(real, synthetic, out, cfg, progress=not quiet)
     fid = report["fidelity"]["overall"]
     memo = report["memorization"]
@@ -618,27 +591,19 @@ def validate(
 
     Under torchrun or accelerate launch, the runs are dealt to the processes (one GPU each, or the CPU cores split
     between them); the main process writes the summary."""
-    from dermsynth.config import current_names, read_yaml, validate_config
+    from dermsynth.config import stage_config
     from dermsynth.evaluate.config import ValidateConfig
     from dermsynth.evaluate.validate import validate as run_validate
 
-    overrides: dict[str, Any] = {}
-    for key, value in {
+    cfg = stage_config(ValidateConfig, config, {
         "real": real, "synthetic": synthetic or None, "test": test or None, "seeds": seeds, "model": model,
         "synthetic_preprocess": synthetic_preprocess, "reconstruction": reconstruction,
         "regimes": [r.strip() for r in regimes.split(",") if r.strip()] if regimes is not None else None,
         "real_per_class": real_per_class, "image_size": image_size, "bootstrap": bootstrap,
         "save_checkpoint": save_checkpoint, "device": device, "threads": threads, "shard": shard,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size, "train.precision": precision,
+        "train.epochs": epochs, "train.batch_size": batch_size, "train.precision": precision,
         "train.learning_rate": _old_option("--lr", lr, "--learning-rate", learning_rate),
-    }.items():
-        _set(overrides, key, value)
-    data = current_names(ValidateConfig, read_yaml(config)) if config else {}  # so that options override
-    _merge(data, overrides)
-    if data.get("real") is None:
-        raise DermsynthError("no real data: give --real PREPARED_FOLDER (or `real:` in --config)")
-    cfg = validate_config(ValidateConfig, data, source=str(config) if config else "options")
+    }, required={"real": "no real data: give --real PREPARED_FOLDER (or `real:` in --config)"})
     result = run_validate(cfg, out, progress=not quiet)
     if not _main_process():  # under a launcher, the other processes' runs are in the main one's summary
         return

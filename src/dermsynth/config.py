@@ -134,6 +134,31 @@ def validate_config(model: type[Model], data: dict[str, Any], source: str = "con
         raise DermsynthError(format_validation_error(exc, prefix=f"{source}: ")) from None
 
 
+def stage_config(model: type[Model], yaml_path: str | Path | None, overrides: dict[str, Any] | None = None,
+                 required: dict[str, str] | None = None) -> Model:
+    """The one path from a YAML file and command-line options to a stage's settings, for every command.
+
+    The YAML's old field names are read with one deprecation line each (:func:`current_names`); then each given
+    override (``{"dotted.name": value}``, None = not given) replaces the YAML's value, so an option always wins;
+    ``required`` names fields that must be set by one or the other, with the message to give when neither does.
+    """
+    data = current_names(model, read_yaml(yaml_path)) if yaml_path else {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            child = node.get(key)
+            node[key] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[leaf] = value
+    for name, message in (required or {}).items():
+        if data.get(name) is None:
+            raise DermsynthError(message)
+    return validate_config(model, data, source=str(yaml_path) if yaml_path else "options")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
