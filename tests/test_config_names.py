@@ -152,3 +152,16 @@ def test_stage_config_reads_old_names_once_and_options_win(tmp_path, capsys):
         stage_config(ValidateConfig, None, {"seeds": 2}, required={"real": "no real data: give --real"})
     with pytest.raises(DermsynthError, match=r"^options: "):
         stage_config(ValidateConfig, None, {"real": "p", "seeds": 0})
+
+
+def test_one_precision_resolver_for_every_stage():
+    from dermsynth.precision import resolve_precision
+
+    assert resolve_precision("auto", "cuda", auto="fp16-on-cuda") == "fp16"
+    assert resolve_precision("auto", "cpu", auto="fp16-on-cuda") == "no"
+    assert resolve_precision("auto", "mps", auto="bf16") == "no"  # bf16 autocast on CUDA and CPUs only
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("no", "cuda:1") == "no"
+    with pytest.raises(DermsynthError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(DermsynthError, match="use one of auto, no, bf16, fp16"):
+        resolve_precision("fp32", "cpu")

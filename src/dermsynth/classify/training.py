@@ -28,6 +28,7 @@ from dermsynth.classify.metrics import classification_metrics, cross_entropy
 from dermsynth.classify.models import train_preset
 from dermsynth.classify.transforms import Jitter, augment, normalize
 from dermsynth.errors import DermsynthError
+from dermsynth.precision import resolve_precision
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,7 @@ def resolve_settings(config: ClassifierTrainConfig, preset: str, device: str) ->
     values = {key: defaults[key] if given.get(key) is None and key in defaults else given.get(key)
               for key in ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction")}
     patience = config.patience if "patience" in config.model_fields_set else defaults["patience"]
-    bf16 = defaults["bf16"] if config.precision == "auto" else config.precision == "bf16"
-    bf16 = bf16 and torch.device(device).type in ("cpu", "cuda")
+    bf16 = resolve_precision(config.precision, device, auto="bf16" if defaults["bf16"] else "no") == "bf16"
     return TrainSettings(**values, patience=patience, selection_metric=config.selection_metric, bf16=bf16,
                          augment=config.augment, jitter=config.jitter, max_grad_norm=config.max_grad_norm,
                          eval_batch_size=config.eval_batch_size, track_test=config.track_test)

@@ -131,12 +131,10 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, bf16: bool = False
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether a ``precision`` setting (auto, no, bf16) means bf16 autocast on ``device``."""
-    from dermsynth.utils import native_bf16
+    """Whether a ``precision`` setting means bf16 autocast on ``device`` (dermsynth.precision: auto = native)."""
+    from dermsynth.precision import resolve_precision
 
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type in ("cuda", "cpu") and native_bf16(str(device))
+    return resolve_precision(precision, str(device)) == "bf16"
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

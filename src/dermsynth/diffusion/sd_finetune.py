@@ -146,11 +146,12 @@ class FinetuneTrainer(TrainingHarness):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        if cfg.precision == "fp16" and not torch.cuda.is_available():
-            raise DermsynthError("precision fp16 needs a GPU; use bf16 or no on this machine")
+        from dermsynth.precision import resolve_precision
+
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         # auto: fp16 on a GPU (the diffusers examples' choice), fp32 elsewhere
-        self.precision = cfg.precision if cfg.precision != "auto" else "no" if cpu else "fp16"
+        self.precision = resolve_precision(cfg.precision, "cpu" if cpu or not torch.cuda.is_available() else "cuda",
+                                           auto="fp16-on-cuda")
         # Accelerate keeps its settings process-wide; a second run in one process (API use) may change them.
         # The process group (PartialState) is kept, so this is safe under `accelerate launch` too.
         AcceleratorState._reset_state(reset_partial_state=False)
