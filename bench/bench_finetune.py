@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 python bench/bench_finetune.py [--size 64] [--batch 4] [--rounds 30] [--threads 1]
 
-A: ``dermsynth.diffusion.sd_finetune.FinetuneTrainer.train_step`` (prior preservation, LoRA on the UNet).
+A: ``dermsynth.diffusion.sd.finetune.FinetuneTrainer.train_step`` (prior preservation, LoRA on the UNet).
 B: the step as diffusers' ``train_dreambooth_lora.py`` example organises it: prompts tokenized and run through
    the frozen text encoder every step, instance and class images in one batch, the prediction split in two for
    the prior loss, ``torch.optim.AdamW`` with its default settings, gradient clipping, LR scheduler step.
@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dermsynth.data.images import load_training_square
-from dermsynth.diffusion.sd_config import FinetuneConfig
-from dermsynth.diffusion.sd_data import to_pixels
-from dermsynth.diffusion.sd_finetune import FinetuneTrainer
-from dermsynth.diffusion.sd_models import load_pipeline
+from dermsynth.diffusion.sd.config import FinetuneConfig
+from dermsynth.diffusion.sd.data import to_pixels
+from dermsynth.diffusion.sd.finetune import FinetuneTrainer
+from dermsynth.diffusion.sd.models import load_pipeline
 from dermsynth.testing.tiny_sd import build_tiny_pipeline
 
 INSTANCE, CLASS = "dermoscopy image of a sks lesion", "dermoscopy image of a skin lesion"

@@ -217,8 +217,8 @@ def our_trainer(args: argparse.Namespace, method: str):
     import torch
 
     from dermsynth.data.dataset import load_prepared
-    from dermsynth.diffusion.sd_config import FinetuneConfig
-    from dermsynth.diffusion.sd_finetune import FinetuneTrainer
+    from dermsynth.diffusion.sd.config import FinetuneConfig
+    from dermsynth.diffusion.sd.finetune import FinetuneTrainer
 
     data = Path(args.data)
     settings: dict[str, Any] = {
@@ -257,8 +257,8 @@ def reference_models(args: argparse.Namespace, method: str, accelerator):
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    from dermsynth.diffusion.sd_config import DEFAULT_LR
-    from dermsynth.diffusion.sd_models import load_pipeline
+    from dermsynth.diffusion.sd.config import DEFAULT_LR
+    from dermsynth.diffusion.sd.models import load_pipeline
 
     pipe = load_pipeline(args.base)
     dtype, device = weight_dtype(args.precision), accelerator.device
@@ -290,7 +290,7 @@ def reference_step(args: argparse.Namespace, method: str) -> tuple[Callable[[], 
     from diffusers import DDPMScheduler
 
     from dermsynth.data.images import load_training_square
-    from dermsynth.diffusion.sd_data import to_pixels
+    from dermsynth.diffusion.sd.data import to_pixels
 
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.precision)
     pipe, unet, params, optimizer, lr_scheduler = reference_models(args, method, accelerator)
@@ -392,8 +392,8 @@ def train_worker(args: argparse.Namespace) -> dict[str, Any]:
 def generate_worker(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from dermsynth.diffusion.sd_generate import pipeline_images
-    from dermsynth.diffusion.sd_models import load_pipeline
+    from dermsynth.diffusion.sd.generate import pipeline_images
+    from dermsynth.diffusion.sd.models import load_pipeline
 
     start = time.perf_counter()
     pipe = load_pipeline(args.base, dtype=weight_dtype(args.precision)).to(args.device)

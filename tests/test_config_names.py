@@ -9,7 +9,7 @@ import pytest
 from dermsynth.classify.config import ClassifierTrainConfig as ClassifierConfig
 from dermsynth.config import validate_config
 from dermsynth.diffusion.scratch import RESUMABLE_FIELDS, resolve_train_config
-from dermsynth.diffusion.sd_config import FinetuneConfig
+from dermsynth.diffusion.sd.config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
 
@@ -118,7 +118,7 @@ def test_pipeline_train_settings_take_the_current_names_once(capsys):
 
 def test_saved_configs_of_the_previous_release_resume_without_notices(capsys):
     from dermsynth.diffusion.harness import TrainingHarness
-    from dermsynth.diffusion.sd_finetune import RESUMABLE
+    from dermsynth.diffusion.sd.finetune import RESUMABLE
 
     current = resolve_train_config("cpu-fast", {"max_grad_norm": 0.5, "max_steps": 40})
     saved = current.model_dump(mode="json")

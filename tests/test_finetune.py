@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from dermsynth.data.dataset import load_prepared
 from dermsynth.diffusion.checkpoints import list_checkpoints
 from dermsynth.diffusion.generate import generate
-from dermsynth.diffusion.sd_config import FinetuneConfig
-from dermsynth.diffusion.sd_finetune import FinetuneTrainer, finetune
-from dermsynth.diffusion.sd_models import load_pipeline
+from dermsynth.diffusion.sd.config import FinetuneConfig
+from dermsynth.diffusion.sd.finetune import FinetuneTrainer, finetune
+from dermsynth.diffusion.sd.models import load_pipeline
 from dermsynth.errors import DermsynthError
 from dermsynth.testing.tiny_sd import build_tiny_pipeline, export_single_file
 from tests.test_diffusion_scratch import make_prepared, one_thread
@@ -383,7 +383,7 @@ def test_shipped_configs_validate_and_run_tiny(name, tiny_sd, prepared, tmp_path
 def test_hub_ids_are_recognised_and_only_they_lift_offline_mode(tmp_path):
     import huggingface_hub.constants as hub
 
-    from dermsynth.diffusion.sd_models import describe_base
+    from dermsynth.diffusion.sd.models import describe_base
     from dermsynth.utils import hub_access
 
     assert describe_base("stable-diffusion-v1-5/stable-diffusion-v1-5") == "hub"

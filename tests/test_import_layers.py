@@ -73,3 +73,23 @@ def test_tests_and_benchmarks_share_helpers_only_through_the_package():
             if any(_patches_path(node) for node in ast.walk(tree)):
                 wrong.append(f"{folder}/{path.name} patches sys.path")
     assert not wrong, "\n".join(wrong)
+
+
+def test_model_families_import_only_the_diffusion_core():
+    """A family folder (diffusion/<family>/) imports its own modules, the diffusion core (diffusion/*.py) and the
+    layers below, never another family; the core imports no family (it loads them by name from the registry)."""
+    diffusion = PACKAGE / "diffusion"
+    families = {p.name for p in diffusion.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert families, "no family folder"
+    wrong = []
+    for path in sorted(diffusion.rglob("*.py")):
+        parts = path.relative_to(diffusion).parts
+        own = parts[0] if len(parts) > 1 else None
+        for module in _imports(path):
+            names = module.split(".")
+            if names[:2] != ["dermsynth", "diffusion"] or len(names) < 3:
+                continue
+            target = names[2] if names[2] in families else None
+            if target is not None and target != own:
+                wrong.append(f"diffusion/{'/'.join(parts)} imports the {target} family")
+    assert not wrong, "\n".join(wrong)

@@ -177,8 +177,8 @@ def test_shipped_config_runs_to_the_end(path, standins, tmp_path):
                        {"preset": preset}, progress=False)
         assert result.info["preset"] == preset and result.steps == TINY_STEPS["max_steps"]
     elif kind == "finetune":
-        from dermsynth.diffusion.sd_config import FinetuneConfig
-        from dermsynth.diffusion.sd_finetune import finetune
+        from dermsynth.diffusion.sd.config import FinetuneConfig
+        from dermsynth.diffusion.sd.finetune import finetune
 
         prep = tmp_path / "prep"
         _prepare_isic(standins, prep, SD_SIZE)

@@ -16,7 +16,7 @@ import typer
 from dermsynth.audit.config import feature_spaces_help
 from dermsynth.classify.models import classifiers_help
 from dermsynth.data.readers import readers_help
-from dermsynth.diffusion.sd_config import PICKLE_SUFFIXES
+from dermsynth.diffusion.sd.config import PICKLE_SUFFIXES
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.regimes import regimes_help
 
@@ -291,8 +291,8 @@ def finetune(
 ) -> None:
     """Fine-tune Stable Diffusion: DreamBooth with prior preservation, LoRA, or per-image captions."""
     from dermsynth.config import stage_config
-    from dermsynth.diffusion.sd_config import FinetuneConfig
-    from dermsynth.diffusion.sd_finetune import finetune as run_finetune
+    from dermsynth.diffusion.sd.config import FinetuneConfig
+    from dermsynth.diffusion.sd.finetune import finetune as run_finetune
 
     if resume is not None and resume != "latest" and not Path(resume).is_dir():
         raise DermsynthError(f"--resume takes 'latest' or a checkpoint folder (got {resume!r})")

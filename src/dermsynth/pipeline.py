@@ -25,7 +25,7 @@ from dermsynth.config import StrictModel, current_names, read_yaml, validate_con
 from dermsynth.data.config import PrepareConfig
 from dermsynth.diffusion.generate_config import GenerateConfig
 from dermsynth.diffusion.scratch import PresetName
-from dermsynth.diffusion.sd_config import FinetuneConfig
+from dermsynth.diffusion.sd.config import FinetuneConfig
 from dermsynth.distributed import ProcessShare, current_share, usable_cores
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig
@@ -299,7 +299,7 @@ def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
 
 
 def _finetune(config: RunConfig, prepared: Path, folder: Path) -> None:
-    from dermsynth.diffusion.sd_finetune import finetune
+    from dermsynth.diffusion.sd.finetune import finetune
 
     finetune(config.finetune, folder, prepared, resume="latest", progress=True)
 

@@ -144,7 +144,7 @@ def _finetune(config: RunConfig, plan: StudyPlan) -> None:
 
 
 def _base_model(base: str | None, base_config: str | None, plan: StudyPlan) -> None:
-    from dermsynth.diffusion.sd_models import describe_base
+    from dermsynth.diffusion.sd.models import describe_base
 
     if not base:
         plan.refuse("finetune", "no base model given (finetune.base: a diffusers folder, a .safetensors file or a "

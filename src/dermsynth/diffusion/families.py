@@ -42,7 +42,7 @@ class ImageGenerator(Protocol):
     prompts: dict[str, str]  # per class
     negative_prompts: dict[str, str]  # per class
     item_prompts: dict[str, list[str]]  # per class, taken in turn by image index (e.g. from metadata)
-    source: Any  # image-to-image / inpainting start images (sd_generate.ImageSource), or None
+    source: Any  # image-to-image / inpainting start images (sd.generate.ImageSource), or None
 
     def prompt(self, label: str) -> str: ...
 
@@ -51,6 +51,20 @@ class ImageGenerator(Protocol):
         ...
 
     def negative_prompt(self, label: str) -> str: ...
+
+    def use_prompts(self, prompts: dict[str, str]) -> None:
+        """Per-class prompts in place of the model's own (for the classes given)."""
+        ...
+
+    def use_negative_prompt(self, text: str) -> None: ...
+
+    def use_start_images(self, init_images: str | Path, strength: float, mask_from: str | None) -> None:
+        """Image-to-image / inpainting from ``init_images`` (a prepared dataset or class folders)."""
+        ...
+
+    def use_item_prompts(self, prepared: str | Path) -> None:
+        """Take each image's prompt in turn from a prepared dataset's metadata prompts."""
+        ...
 
     def __call__(self, labels: list[str], seeds: list[int], *, steps: int, scheduler: str,
                  guidance_scale: float, indices: list[int] | None = None) -> np.ndarray:
@@ -83,6 +97,20 @@ class GeneratorBase:
     def negative_prompt(self, label: str) -> str:
         return self.negative_prompts.get(label, "")
 
+    def use_prompts(self, prompts: dict[str, str]) -> None:
+        self.prompts.update(prompts)
+
+    def use_negative_prompt(self, text: str) -> None:
+        self.negative_prompts = dict.fromkeys(self.classes, text)
+
+    def use_start_images(self, init_images: str | Path, strength: float, mask_from: str | None) -> None:
+        raise DermsynthError(f"model family {self.family!r} takes no init images (only text-to-image models, such "
+                             "as Stable Diffusion, do)")
+
+    def use_item_prompts(self, prepared: str | Path) -> None:
+        raise DermsynthError(f"model family {self.family!r} takes no prompts (only text-to-image models, such as "
+                             "Stable Diffusion, do)")
+
 
 @dataclass(frozen=True)
 class Family:
@@ -113,8 +141,8 @@ def get_family(name: str) -> Family:
 
 register_family("scratch", "dermsynth.diffusion.sampling:ScratchGenerator")
 register_family("latent", "dermsynth.diffusion.sampling:LatentGenerator")
-register_family("stable-diffusion", "dermsynth.diffusion.sd_generate:StableDiffusionGenerator")
-register_family("stable-diffusion-lora", "dermsynth.diffusion.sd_generate:StableDiffusionGenerator")
+register_family("stable-diffusion", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
+register_family("stable-diffusion-lora", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
 
 
 def read_model_info(folder: str | Path) -> dict[str, Any]:

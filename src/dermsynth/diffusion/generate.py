@@ -216,17 +216,15 @@ def _text_image_options(generator: ImageGenerator, prompts: dict[str, str] | Non
             raise DermsynthError(f"prompts for unknown class(es) {', '.join(unknown)}")
         if any(not str(p).strip() for p in prompts.values()):
             raise DermsynthError("a class prompt is empty")
-        generator.prompts.update(prompts)
+        generator.use_prompts(prompts)
         added["prompts"] = dict(prompts)
     if negative_prompt is not None:
-        generator.negative_prompts = dict.fromkeys(generator.classes, negative_prompt)
+        generator.use_negative_prompt(negative_prompt)
         added["negative_prompt"] = negative_prompt
     if mask_from is not None and init_images is None:
         raise DermsynthError("--mask-from needs --init-images (the images to inpaint)")
     if init_images is not None:
-        from dermsynth.diffusion.sd_generate import image_source
-
-        generator.source = image_source(init_images, generator.classes, strength, mask_from)
+        generator.use_start_images(init_images, strength, mask_from)
         added |= {"init_images": relative_path(init_images, out), "strength": strength,
                   "mask_from": mask_from if mask_from in (None, "lesion") else relative_path(mask_from, out)}
     return added
@@ -236,9 +234,7 @@ def _metadata_prompts(generator: ImageGenerator, prepared: str | Path, out: Path
     if not generator.takes_prompts:
         raise DermsynthError(f"model family {generator.family!r} takes no prompts (only text-to-image models, such "
                              "as Stable Diffusion, do)")
-    from dermsynth.diffusion.sd_generate import metadata_prompts
-
-    generator.item_prompts = metadata_prompts(prepared, generator.classes)
+    generator.use_item_prompts(prepared)
     return {"prompts_from": relative_path(prepared, out)}
 
 

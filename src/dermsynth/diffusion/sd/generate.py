@@ -143,9 +143,15 @@ class StableDiffusionGenerator(GeneratorBase):
         self.image_size = int(info.get("image_size") or pipe.unet.config.sample_size * pipe.vae_scale_factor)
         self.source: ImageSource | None = None
 
+    def use_start_images(self, init_images: str | Path, strength: float, mask_from: str | None) -> None:
+        self.source = image_source(init_images, self.classes, strength, mask_from)
+
+    def use_item_prompts(self, prepared: str | Path) -> None:
+        self.item_prompts = metadata_prompts(prepared, self.classes)
+
     @classmethod
     def from_folder(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> StableDiffusionGenerator:
-        from dermsynth.diffusion.sd_models import load_pipeline
+        from dermsynth.diffusion.sd.models import load_pipeline
 
         if info["family"] == "stable-diffusion-lora":
             base, config = info["base"], info.get("base_config")

@@ -39,8 +39,8 @@ from dermsynth.diffusion.checkpoints import (
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.harness import LoopSettings, StepCallback, TrainingHarness
 from dermsynth.diffusion.objectives import min_snr_weight
-from dermsynth.diffusion.sd_config import FinetuneConfig
-from dermsynth.diffusion.sd_data import (
+from dermsynth.diffusion.sd.config import FinetuneConfig
+from dermsynth.diffusion.sd.data import (
     BatchOrder,
     Example,
     caption_examples,
@@ -50,7 +50,7 @@ from dermsynth.diffusion.sd_data import (
     real_class_examples,
     to_pixels,
 )
-from dermsynth.diffusion.sd_models import base_sha256, describe_base, load_pipeline
+from dermsynth.diffusion.sd.models import base_sha256, describe_base, load_pipeline
 from dermsynth.diffusion.threads import thread_tuner
 from dermsynth.errors import DermsynthError
 from dermsynth.utils import (
@@ -217,7 +217,7 @@ class FinetuneTrainer(TrainingHarness):
         from diffusers import StableDiffusionPipeline
         from PIL import Image
 
-        from dermsynth.diffusion.sd_generate import pipeline_images
+        from dermsynth.diffusion.sd.generate import pipeline_images
 
         sample = self.cfg.sample
         # A pipeline of its own, so that the sampling scheduler set on it leaves the base's untouched.
@@ -476,7 +476,7 @@ class FinetuneTrainer(TrainingHarness):
     def save_validation_images(self) -> None:
         if not self.accelerator.is_main_process:
             return
-        from dermsynth.diffusion.sd_generate import pipeline_images
+        from dermsynth.diffusion.sd.generate import pipeline_images
 
         cfg = self.cfg
         # autocast: with mixed precision the frozen parts hold fp16/bf16 weights, the trained ones fp32

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dermsynth.diffusion.sd_config import PICKLE_SUFFIXES
+from dermsynth.diffusion.sd.config import PICKLE_SUFFIXES
 from dermsynth.errors import DermsynthError
 from dermsynth.progress import quiet_hf_libraries
 from dermsynth.utils import hub_access

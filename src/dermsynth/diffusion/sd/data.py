@@ -17,7 +17,7 @@ import torch
 
 from dermsynth.data.dataset import PreparedDataset
 from dermsynth.data.images import list_images
-from dermsynth.diffusion.sd_config import FinetuneConfig
+from dermsynth.diffusion.sd.config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 
 
