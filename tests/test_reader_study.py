@@ -335,3 +335,5 @@ def test_report_section_on_a_scored_simulated_study(study, tmp_path):
     section = html[html.index('id="reader-study"'):html.index('id="provenance"')]
     assert "ana" in section and "87.5 %" in section and "ben" in section and "Cohen&#39;s kappa" in section
     assert "against 50 % for guessing" in section and "Synthetic images most often called real" in section
+    summary = (run / "summary.md").read_text()
+    assert "## Reader study" in summary and "| ana | 16 | 87.5 %" in summary

@@ -23,7 +23,7 @@ def summary_markdown(context: dict[str, Any]) -> str:
     lines += ["## Stages", ""]
     lines += [f"- {s['name']}: " + ("done" if s["ran"] else f"not run (`{s['hint']}`)") for s in overview["stages"]]
     lines += ["", *_dataset(context["dataset"]), *_validation(context["validation"]), *_audit(context["audit"]),
-              *_provenance(context["provenance"])]
+              *_reader_study(context["reader_study"]), *_provenance(context["provenance"])]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -74,6 +74,18 @@ def _audit(section: dict[str, Any] | None) -> list[str]:
             f"Memorization: {memo['flagged']} of {memo['total']} synthetic images flagged as near-copies of a "
             f"training image ({memo['rate']}); held-out real images: {memo['held_out_rate']}; positive controls "
             f"detected: {memo['detection']}.", ""]
+
+
+def _reader_study(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    facts = section["facts"]
+    lines = ["## Reader study", "", f"Blinded study {facts['study_id']}: {facts['images']} scored images at "
+             f"{facts['size']} px.", ""]
+    if not section["scored"]:
+        return [*lines, "Not scored yet (dermsynth reader-study score).", ""]
+    return [*lines, section["headline"], "", *md_table(section["readers"]), "",
+            f"Agreement: {section['agreement']}.", ""]
 
 
 def _provenance(section: dict[str, Any]) -> list[str]:
