@@ -13,11 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
-from dermsynth.audit.config import feature_spaces_help
+from dermsynth.audit.config import AuditConfig, feature_spaces_help
 from dermsynth.classify.models import classifiers_help
+from dermsynth.config import default_of
+from dermsynth.data.config import PrepareConfig
 from dermsynth.data.readers import readers_help
-from dermsynth.diffusion.sd.config import PICKLE_SUFFIXES
+from dermsynth.diffusion.sd.config import PICKLE_SUFFIXES, FinetuneConfig
 from dermsynth.errors import DermsynthError
+from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.evaluate.regimes import regimes_help
 
 # No network at run time unless the user names a hub model (stages that accept hub ids lift this).
@@ -40,6 +43,11 @@ def _main_process() -> bool:
     from dermsynth.distributed import current_share
 
     return current_share().is_main
+
+
+def _d(model: Any, field: str, text: str, unit: str = "") -> str:
+    """A help text ending in the settings model's default for ``field`` (so the two cannot drift apart)."""
+    return f"{text} {default_of(model, field, unit)}."
 
 
 def _old_option(old: str, old_value: Any, new: str, value: Any) -> Any:
@@ -67,21 +75,27 @@ def prepare(
     csv: Annotated[Path | None, typer.Option(help="Metadata CSV, when not in its usual place under --root.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with prepare settings (options override it).")] = None,
     label_scheme: Annotated[str | None, typer.Option(
-        help="binary (benign/malignant) or diagnosis (default: binary).")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Side of the square output images (default: 256).")] = None,
-    hair_removal: Annotated[bool | None, typer.Option("--hair-removal/--no-hair-removal",
-                                                      help="DullRazor-style hair removal (default: on).")] = None,
-    center: Annotated[bool | None, typer.Option("--center/--no-center",
-                                                help="Crop around the segmented lesion (default: on).")] = None,
-    color_constancy: Annotated[bool | None, typer.Option("--color-constancy/--no-color-constancy",
-                                                         help="Shades-of-grey colour balance (default: off).")] = None,
+        help=_d(PrepareConfig, "label_scheme", "binary (benign/malignant) or diagnosis"))] = None,
+    image_size: Annotated[int | None, typer.Option(
+        help=_d(PrepareConfig, "preprocess.image_size", "Side of the square output images"))] = None,
+    hair_removal: Annotated[bool | None, typer.Option(
+        "--hair-removal/--no-hair-removal",
+        help=_d(PrepareConfig, "preprocess.hair_removal", "DullRazor-style hair removal"))] = None,
+    center: Annotated[bool | None, typer.Option(
+        "--center/--no-center", help=_d(PrepareConfig, "preprocess.center", "Crop around the segmented lesion"))
+    ] = None,
+    color_constancy: Annotated[bool | None, typer.Option(
+        "--color-constancy/--no-color-constancy",
+        help=_d(PrepareConfig, "preprocess.color_constancy", "Shades-of-grey colour balance"))] = None,
     min_source_side: Annotated[int | None, typer.Option(
-        help="Skip source images whose short side is below this (default: 32 px).")] = None,
-    val: Annotated[float | None, typer.Option(help="Validation fraction (default: 0.15).")] = None,
-    test: Annotated[float | None, typer.Option(help="Test fraction (default: 0.15).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Split seed (default: 0).")] = None,
+        help=_d(PrepareConfig, "preprocess.min_source_side",
+                "Skip source images whose short side is below this", " px"))] = None,
+    val: Annotated[float | None, typer.Option(help=_d(PrepareConfig, "split.val", "Validation fraction"))] = None,
+    test: Annotated[float | None, typer.Option(help=_d(PrepareConfig, "split.test", "Test fraction"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_d(PrepareConfig, "split.seed", "Split seed"))] = None,
     max_images: Annotated[int | None, typer.Option(help="Keep at most N images (stratified), for quick runs.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes for preprocessing (default: 2).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help=_d(PrepareConfig, "workers", "Worker processes for preprocessing"))] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Read a dataset, split it by patient, preprocess images, write metadata.csv + images + prepare.json."""
@@ -274,13 +288,14 @@ def finetune(
                                                                       "loading one can run code.")] = False,
     allow_upsample: Annotated[bool, typer.Option("--allow-upsample", help="Train at a resolution above the prepared "
                                                  "images' size (they are upsampled).")] = False,
-    resolution: Annotated[int | None, typer.Option(help="Training image side, a multiple of 8 (default: 512).")
+    resolution: Annotated[int | None, typer.Option(
+        help=_d(FinetuneConfig, "resolution", "Training image side, a multiple of 8"))
                           ] = None,
     instance_prompt: Annotated[str | None, typer.Option(help="DreamBooth instance prompt.")] = None,
     class_prompt: Annotated[str | None, typer.Option(help="DreamBooth class prompt.")] = None,
     instance_dir: Annotated[Path | None, typer.Option(help="Folder of instance images.")] = None,
     class_dir: Annotated[Path | None, typer.Option(help="Folder of class images (missing ones generated).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimisation steps (default: 800).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help=_d(FinetuneConfig, "max_steps", "Optimisation steps"))] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time.")] = None,
     precision: Annotated[str | None, typer.Option(help="no (fp32), bf16, fp16 (GPU), or auto (fp16 on a GPU, else "
                                                         "no) (default: no).")] = None,
@@ -369,8 +384,9 @@ def audit(
     features: Annotated[str | None, typer.Option(
         help=f"{feature_spaces_help()} (default: classifier).")
     ] = None,
-    image_size: Annotated[int | None, typer.Option(help="Compare images at this size (default: 64).")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Cap per image set (default: 5000).")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        help=_d(AuditConfig, "image_size", "Compare images at this size"))] = None,
+    max_images: Annotated[int | None, typer.Option(help=_d(AuditConfig, "max_images", "Cap per image set"))] = None,
     synthetic_preprocess: Annotated[bool | None, typer.Option(
         "--synthetic-preprocess/--no-synthetic-preprocess", help="Give a synthetic folder not made by dermsynth the "
         "real images' preprocessing first (default: on; cached).")] = None,
@@ -567,8 +583,8 @@ def validate(
     reconstruction: Annotated[Path | None, typer.Option(
         help="For the reconstruct controls: a folder from dermsynth reconstruct --split train --model MODEL "
              "--model-sample.")] = None,
-    seeds: Annotated[int | None, typer.Option(help="Seeds per regime (default: 3).")] = None,
-    model: Annotated[str | None, typer.Option(help=f"{classifiers_help()} (default: cnn).")] = None,
+    seeds: Annotated[int | None, typer.Option(help=_d(ValidateConfig, "seeds", "Seeds per regime"))] = None,
+    model: Annotated[str | None, typer.Option(help=_d(ValidateConfig, "model", f"{classifiers_help()}"))] = None,
     config: Annotated[Path | None, typer.Option(help="YAML with validate settings (options override it).")] = None,
     real_per_class: Annotated[int | None, typer.Option(
         help="Limited-data setting: real training images per class.")] = None,
@@ -578,9 +594,10 @@ def validate(
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     lr: Annotated[float | None, typer.Option(hidden=True)] = None,
     precision: Annotated[str | None, typer.Option(help="auto, bf16 or no (fp32) (default: auto).")] = None,
-    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples (default: 1000).")] = None,
+    bootstrap: Annotated[int | None, typer.Option(help=_d(ValidateConfig, "bootstrap", "Bootstrap resamples"))] = None,
     save_checkpoint: Annotated[bool | None, typer.Option(
-        "--save-checkpoint/--no-save-checkpoint", help="Keep each run's selected classifier (default: off).")] = None,
+        "--save-checkpoint/--no-save-checkpoint",
+            help=_d(ValidateConfig, "save_checkpoint", "Keep each run's selected classifier"))] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps (default: auto).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (1 is fastest on a busy CPU).")] = None,
     shard: Annotated[str | None, typer.Option(

@@ -134,6 +134,18 @@ def validate_config(model: type[Model], data: dict[str, Any], source: str = "con
         raise DermsynthError(format_validation_error(exc, prefix=f"{source}: ")) from None
 
 
+def default_of(model: type[BaseModel], dotted: str, unit: str = "") -> str:
+    """``(default: X)`` for a ``--help`` text, read from the settings model's field (nested: ``a.b``), so that
+    a help text cannot drift from the default it names; booleans read on/off."""
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        model = model.model_fields[name].annotation  # type: ignore[assignment]
+    field = model.model_fields[leaf]
+    value = field.get_default(call_default_factory=True)
+    text = "on" if value is True else "off" if value is False else str(value)
+    return f"(default: {text}{unit})"
+
+
 def stage_config(model: type[Model], yaml_path: str | Path | None, overrides: dict[str, Any] | None = None,
                  required: dict[str, str] | None = None) -> Model:
     """The one path from a YAML file and command-line options to a stage's settings, for every command.
