@@ -232,7 +232,7 @@ def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str
     from dermsynth.data.dataset import load_prepared, subsample_per_class
     from dermsynth.data.synthetic_folders import comparable_folder, synthetic_frame
     from dermsynth.errors import DermsynthError
-    from dermsynth.utils import ensure_writable_dir, write_csv_atomic, write_json_atomic, write_text_atomic
+    from dermsynth.utils import ensure_writable_dir, json_safe, write_csv_atomic, write_json_atomic, write_text_atomic
 
     if not external:
         raise DermsynthError("domain-shift: give at least one --external prepared set")
@@ -270,15 +270,5 @@ def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str
     rows = pd.DataFrame([row for site in result["sites"].values() for row in site["rows"]])
     write_csv_atomic(out / "domain_shift.csv", rows)
     write_text_atomic(out / "domain_shift.md", shift_markdown(result))
-    write_json_atomic(out / "domain_shift.json", _json_safe(result))
+    write_json_atomic(out / "domain_shift.json", json_safe(result))
     return result
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

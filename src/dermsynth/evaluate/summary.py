@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from dermsynth.evaluate.config import ValidateConfig
 from dermsynth.evaluate.regimes import controls_for, parse_regime
 from dermsynth.evaluate.stats import RunPredictions, compare, summarize
 from dermsynth.evaluate.subgroups import GroupRule, gap_rows, subgroup_rows
-from dermsynth.utils import write_csv_atomic, write_json_atomic, write_text_atomic
+from dermsynth.utils import json_safe, write_csv_atomic, write_json_atomic, write_text_atomic
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "auroc", "pauc_sens80", "sensitivity", "specificity", "f1")
 Groups = dict[tuple[str, str], list[tuple[pd.DataFrame, RunPredictions]]]  # (regime, source) -> (train, run)
@@ -99,19 +98,6 @@ def _missing_markdown(missing: list[str]) -> str:
         return ""
     return (f"**Incomplete: {len(missing)} run(s) not finished yet** (rerun the same command, or the missing "
             f"shards, to add them): {', '.join(missing)}\n\n")
-
-
-def json_safe(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> null, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def subgroup_markdown(gaps: list[dict], rows: list[dict]) -> str:

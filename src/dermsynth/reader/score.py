@@ -26,7 +26,7 @@ from scipy import stats
 
 from dermsynth.errors import DermsynthError
 from dermsynth.reader.build import KEY_FILE, KEY_FOLDER, READER_FOLDER, RECORD_FILE, key_digest
-from dermsynth.utils import read_csv, read_json, write_json_atomic, write_text_atomic
+from dermsynth.utils import json_safe, read_csv, read_json, write_json_atomic, write_text_atomic
 
 CALLS = ("real", "synthetic")
 SCORE_FOLDER = "score"
@@ -190,7 +190,7 @@ def score_study(study: str | Path, answers: list[str | Path], audit: str | Path 
         "method": __doc__.split("\n\n")[1].replace("\n", " "),
     }
     out = study / SCORE_FOLDER
-    write_json_atomic(out / "score.json", _json_safe(result))
+    write_json_atomic(out / "score.json", json_safe(result))
     write_text_atomic(out / "score.md", score_markdown(result))
     return result
 
@@ -213,18 +213,6 @@ def _convincing(pooled: pd.DataFrame, nearest: dict[str, dict[str, Any]], top: i
                     "reading": "near-copy of a training image: a memorization finding, not realism"
                     if found.get("flagged") else ""})
     return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _pct(value: float | None) -> str:
