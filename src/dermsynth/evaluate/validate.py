@@ -63,6 +63,7 @@ from dermsynth.evaluate.runs import READ_ERRORS, predictions_file, read_predicti
 from dermsynth.evaluate.stats import RunPredictions, image_intervals
 from dermsynth.evaluate.subgroups import subgroup_labels
 from dermsynth.evaluate.summary import json_safe, summarise_test_set, write_summary_files
+from dermsynth.layout import RUN_FOLDERS
 from dermsynth.progress import console, make_progress
 from dermsynth.utils import (
     ensure_writable_dir,
@@ -154,7 +155,7 @@ def _validate(config: ValidateConfig, out: Path, progress: bool,
     from dermsynth.classify.classifiers import build_classifier
 
     started = time.monotonic()
-    root = ensure_writable_dir(out / "validation")
+    root = ensure_writable_dir(out / RUN_FOLDERS["validate"])
     device = share.device(config.device)
     prepared = load_prepared(config.real)
     size = config.image_size if config.image_size is not None else prepared.image_size
