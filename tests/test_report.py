@@ -476,3 +476,13 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     found = json.loads(result.stdout)
     assert found["images"] == 10 and found["images_not_png_data_uri"] == 0
     assert found["results_table"] and found["verdict"]
+
+
+def test_model_record_is_typed_and_a_wrong_field_is_one_line(tmp_path):
+    from dermsynth.errors import DermsynthError
+    from dermsynth.report.records import ModelRecord
+
+    record = ModelRecord.read({"family": "scratch", "steps": 40, "future_key": 1}, tmp_path / "m.json")
+    assert record.steps == 40 and record.preset is None and not record.is_finetune
+    with pytest.raises(DermsynthError, match=r"m\.json: steps: .*train the model again"):
+        ModelRecord.read({"family": "scratch", "steps": "many"}, tmp_path / "m.json")

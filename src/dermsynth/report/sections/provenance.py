@@ -7,19 +7,22 @@ from typing import Any
 import pandas as pd
 
 from dermsynth.data.config import READERS
+from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.report.folder import AUDIT, MODEL, PREPARED, SYNTHETIC, VALIDATION, RunFolder, Section
 from dermsynth.report.format import table
+from dermsynth.report.records import ModelRecord, na
 
 
 def provenance_section(run: RunFolder) -> Section:
-    prepare, model = run.json(PREPARED, "prepare.json"), run.json(MODEL, "dermsynth_model.json")
+    prepare = run.json(PREPARED, "prepare.json")
+    model = ModelRecord.read(run.json(MODEL, MODEL_JSON), run.path(MODEL, MODEL_JSON))
     generate, validate = run.json(SYNTHETIC, "generate.json"), run.json(VALIDATION, "validate.json")
     audit, manifest = run.json(AUDIT, "audit.json"), run.csv(SYNTHETIC, "manifest.csv")
     seeds = []
     if prepare:
         seeds.append(("split (prepare)", prepare.get("settings", {}).get("split", {}).get("seed", "n/a")))
     if model:
-        seeds.append(("diffusion training", model.get("config", {}).get("seed", "n/a")))
+        seeds.append(("diffusion training", (model.config or {}).get("seed", "n/a")))
     if generate:
         seeds.append(("generation base seed", generate.get("settings", {}).get("seed", "n/a")))
         seeds.append(("generation rule", generate.get("seed_rule", "n/a")))
@@ -30,17 +33,17 @@ def provenance_section(run: RunFolder) -> Section:
         first, count = config.get("first_seed", 0), config.get("seeds", 0)
         seeds.append(("classifier runs", ", ".join(str(s) for s in range(first, first + count)) or "n/a"))
     hashes = []
-    if model and model.get("base"):
-        hashes.append(("base model", model["base"]))
-        hashes.append(("base model weights (sha256)", model.get("base_sha256") or "n/a (hub id: see its revision)"))
+    if model and model.base:
+        hashes.append(("base model", model.base))
+        hashes.append(("base model weights (sha256)", model.base_sha256 or "n/a (hub id: see its revision)"))
     if model:
-        hashes.append(("diffusion model weights (sha256)", model.get("weights_sha256", "n/a")))
-        hashes.append(("the same command gives these weights bit for bit", _reproducible(model.get("reproducible"))))
+        hashes.append(("diffusion model weights (sha256)", na(model.weights_sha256)))
+        hashes.append(("the same command gives these weights bit for bit", _reproducible(model.reproducible)))
     if manifest is not None and "model_sha256" in manifest:
         used = sorted(manifest["model_sha256"].dropna().astype(str).unique())
         hashes.append(("model that made the synthetic images", ", ".join(used) or "n/a"))
         if model and used:
-            same = used == [model.get("weights_sha256")]
+            same = used == [model.weights_sha256]
             hashes.append(("synthetic images made by this run's model", "yes" if same else "no"))
     versions = run.json("versions.json") or {}
     return {

@@ -10,38 +10,45 @@ from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.report import figures
 from dermsynth.report.folder import MODEL, RunFolder, Section, _short, _step_of, _tiles, _yaml, figure
 from dermsynth.report.format import finite, fmt, table
+from dermsynth.report.records import ModelRecord, na
 
 METHODS = {"dreambooth": "DreamBooth", "lora": "DreamBooth with LoRA", "captions": "caption fine-tuning"}
 
 
 def training_section(run: RunFolder) -> Section | None:
-    info, log = run.json(MODEL, MODEL_JSON), run.csv(MODEL, "train_log.csv")
+    info = ModelRecord.read(run.json(MODEL, MODEL_JSON), run.path(MODEL, MODEL_JSON))
+    log = run.csv(MODEL, "train_log.csv")
     if info is None and log is None:
         return None
     section = {"unfinished": info is None,
                "curve": figure(figures.training_curve(log) if log is not None and len(log) else None,
                                "Training loss per step.", "training loss curve"),
                "prompts": None, "class_images": None, "note": None}
-    info = info or {}
+    info = info or ModelRecord()
     section.update(finetune_details(run, info) if is_finetuned(run, info) else scratch_details(run, info))
     return section
 
 
-def is_finetuned(run: RunFolder, info: dict[str, Any]) -> bool:
+def is_finetuned(run: RunFolder, info: ModelRecord | dict[str, Any] | None) -> bool:
     """A Stable Diffusion fine-tune (finished: by its model JSON; running: by its config in the run's YAML)."""
-    if info:
-        return str(info.get("family", "")).startswith("stable-diffusion")
+    if isinstance(info, dict):
+        info = ModelRecord.read(info, run.path(MODEL, MODEL_JSON)) if info else None
+    if info is not None and info.family:
+        return info.is_finetune
     return bool((_yaml(run.text("config.resolved.yaml")) or {}).get("finetune"))
 
 
-def scratch_details(run: RunFolder, info: dict[str, Any]) -> Section:
-    facts = [("family", info.get("family", "n/a")), ("preset", info.get("preset", "n/a")),
-             ("classes", ", ".join(info.get("classes", []))), ("image size", info.get("image_size", "n/a")),
-             ("parameters", f"{info['parameters']:,}" if "parameters" in info else "n/a"),
-             ("training images", info.get("data", {}).get("images", "n/a")),
-             ("steps", info.get("steps", "n/a")), ("stopped by", info.get("stopped_by", "n/a")),
-             ("training time", f"{info['seconds']:.0f} s" if finite(info.get("seconds")) else "n/a"),
-             ("final loss", fmt(info.get("final_loss"), 4)), ("device", info.get("device", "n/a"))]
+def _run_facts(info: ModelRecord) -> list[tuple[str, Any]]:
+    return [("steps", na(info.steps)), ("stopped by", na(info.stopped_by)),
+            ("training time", f"{info.seconds:.0f} s" if finite(info.seconds) else "n/a"),
+            ("final loss", fmt(info.final_loss, 4)), ("device", na(info.device))]
+
+
+def scratch_details(run: RunFolder, info: ModelRecord) -> Section:
+    facts = [("family", info.family or "n/a"), ("preset", na(info.preset)), ("classes", ", ".join(info.classes)),
+             ("image size", na(info.image_size)),
+             ("parameters", "n/a" if info.parameters is None else f"{info.parameters:,}"),
+             ("training images", info.data.get("images", "n/a")), *_run_facts(info)]
     grids = sorted(run.path(MODEL, "samples").glob("step-*.png"))
     final = run.path(MODEL, "samples", "final.png")
     samples = []
@@ -51,9 +58,9 @@ def scratch_details(run: RunFolder, info: dict[str, Any]) -> Section:
                               "early training samples"))
     if final.is_file():
         samples.append(figure(figures.embed_png_file(final), f"Samples of the finished model "
-                              f"({info.get('steps', '?')} steps; one row per class, same seeds as above).",
+                              f"({info.steps or '?'} steps; one row per class, same seeds as above).",
                               "final training samples"))
-    autoencoder = info.get("autoencoder")
+    autoencoder = info.autoencoder
     if autoencoder:
         facts += _autoencoder_facts(autoencoder)
         grid = run.path(MODEL, autoencoder.get("reconstructions_grid", "autoencoder/reconstructions.png"))
@@ -76,20 +83,20 @@ def _autoencoder_facts(autoencoder: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> Section:
+def finetune_details(run: RunFolder, info: ModelRecord, columns: int = 8) -> Section:
     """Stable Diffusion fine-tuning: base model, method, prompts, prior-preservation images, validation images."""
-    config = info.get("config") or (_yaml(run.text("config.resolved.yaml")) or {}).get("finetune") or {}
-    method = config.get("method", info.get("method", "dreambooth"))
-    lora, booth, data = info.get("lora"), info.get("dreambooth") or {}, info.get("data", {})
+    config = info.config or (_yaml(run.text("config.resolved.yaml")) or {}).get("finetune") or {}
+    method = config.get("method", info.method or "dreambooth")
+    lora, booth, data = info.lora, info.dreambooth or {}, info.data
     weights = "full UNet" + (" and text encoder" if config.get("train_text_encoder") else "")
     if lora:
         rank = lora.get("rank", "?")
         weights = f"LoRA adapter (rank {rank}, alpha {lora.get('alpha') or rank})"
     facts = [("method", METHODS.get(method, method)),
-             ("base model", f"{info.get('base', config.get('base', 'n/a'))} ({info.get('base_kind', 'n/a')})"),
+             ("base model", f"{info.base or config.get('base', 'n/a')} ({na(info.base_kind)})"),
              ("trained weights", weights),
-             ("trained parameters", f"{info['trained_parameters']:,}" if "trained_parameters" in info else "n/a"),
-             ("resolution", f"{config.get('resolution', info.get('image_size', 'n/a'))} px"),
+             ("trained parameters", "n/a" if info.trained_parameters is None else f"{info.trained_parameters:,}"),
+             ("resolution", f"{config.get('resolution', na(info.image_size))} px"),
              ("training images", data.get("images", "n/a"))]
     if booth:
         prior = (f"yes: {booth.get('class_images', 0)} class images ({booth.get('generated_class_images', 0)} made "
@@ -98,12 +105,9 @@ def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> 
     facts += [("learning rate", _finetune_lr(info, config)),
               ("batch × accumulation", f"{config.get('train_batch_size', '?')} × "
                                        f"{config.get('gradient_accumulation_steps', '?')}"),
-              ("precision", info.get("precision", config.get("precision", config.get("mixed_precision", "n/a")))),
-              ("EMA", "yes" if info.get("ema") else "no"),
-              ("steps", info.get("steps", "n/a")), ("stopped by", info.get("stopped_by", "n/a")),
-              ("training time", f"{info['seconds']:.0f} s" if finite(info.get("seconds")) else "n/a"),
-              ("final loss", fmt(info.get("final_loss"), 4)), ("device", info.get("device", "n/a"))]
-    prompts = [(label, prompt) for label, prompt in (info.get("prompts") or {}).items()]
+              ("precision", info.precision or config.get("precision", config.get("mixed_precision", "n/a"))),
+              ("EMA", "yes" if info.ema else "no"), *_run_facts(info)]
+    prompts = [(label, prompt) for label, prompt in (info.prompts or {}).items()]
     if booth:
         prompts = [("instance prompt", booth.get("instance_prompt", ""))] + (
             [("class prompt", booth["class_prompt"])] if booth.get("class_prompt") else []) + [
@@ -116,9 +120,9 @@ def finetune_details(run: RunFolder, info: dict[str, Any], columns: int = 8) -> 
                     "same seeds at every step, so differences between rows come from training alone."}
 
 
-def _finetune_lr(info: dict[str, Any], config: dict[str, Any]) -> str:
+def _finetune_lr(info: ModelRecord, config: dict[str, Any]) -> str:
     """The peak learning rate used, as the model recorded it (models from before it was recorded: the config's)."""
-    value = info.get("learning_rate", config.get("learning_rate"))
+    value = info.learning_rate if info.learning_rate is not None else config.get("learning_rate")
     return f"{value:g}" if isinstance(value, int | float) else "n/a (method default)"
 
 
