@@ -148,8 +148,14 @@ def _leave_group() -> None:
     finished rank ("terminate called without an active exception") and fail the whole launch."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if _GROUP is not None:
+        # Leave together: a rank that tears its connections down while another still holds them can abort the
+        # other's gloo thread in the same way.
+        with contextlib.suppress(RuntimeError):
+            dist.barrier(group=_GROUP)
+    dist.destroy_process_group()
 
 
 def _refuse_mpi_without_world_size() -> None:

@@ -96,6 +96,20 @@ class TrainingHarness(abc.ABC):
     @abc.abstractmethod
     def apply_state(self, saved: Any) -> None: ...
 
+    # ----- the loop's own part of a checkpoint: optimiser, schedule, data-order RNG and torch's RNG
+
+    def loop_state(self) -> dict[str, Any]:
+        """What every trainer's checkpoint holds besides its weights; ``restore_loop_state`` puts it back, so a
+        resumed run continues exactly (``self.optimizer``, ``self.lr_scheduler`` and ``self.generator``)."""
+        return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def restore_loop_state(self, training: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
+        self.generator.set_state(training["generator"].cpu())
+        torch.set_rng_state(training["torch_rng"].cpu())
+
     def on_step(self, seconds: float) -> None:  # noqa: B027 (an optional hook: doing nothing is the default)
         """Called after every step with the training time so far (grids, validation images)."""
 

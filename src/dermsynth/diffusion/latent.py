@@ -190,8 +190,7 @@ class AutoencoderTrainer(TrainingHarness):
 
     def write_state(self, folder: Path) -> dict[str, Any]:
         _save_weights(self.vae, folder / "vae.safetensors")
-        state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        state = self.loop_state()
         if self.critic is not None:
             _save_weights(self.critic, folder / "discriminator.safetensors")
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
@@ -216,10 +215,7 @@ class AutoencoderTrainer(TrainingHarness):
         if self.critic is not None:
             self.critic.load_state_dict(saved["critic"])
             self.critic_optimizer.load_state_dict(training["critic_optimizer"])
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
-        self.generator.set_state(training["generator"].cpu())
-        torch.set_rng_state(training["torch_rng"].cpu())
+        self.restore_loop_state(training)
 
 
 def _save_weights(module: torch.nn.Module, path: Path) -> None:

@@ -337,13 +337,7 @@ class ScratchTrainer(TrainingHarness):
         save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, folder / "unet.safetensors")
         save_file({n: p.contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
                   folder / "ema.safetensors")
-        torch.save({
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "order": self.order.cpu(),
-        }, folder / "training_state.pt")
+        torch.save(self.loop_state() | {"order": self.order.cpu()}, folder / "training_state.pt")
         return {"cursor": self.cursor, "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}}
 
     def read_state(self, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -360,10 +354,7 @@ class ScratchTrainer(TrainingHarness):
         training, counters = saved["training"], saved["counters"]
         self.unet.load_state_dict(saved["unet"])
         self.ema.load_state_dict({**counters["ema"], "shadow_params": saved["shadow"]})
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
-        self.generator.set_state(training["generator"].cpu())
-        torch.set_rng_state(training["torch_rng"].cpu())
+        self.restore_loop_state(training)
         self.order = training["order"].to(self.device)
         self.cursor = counters["cursor"]
 

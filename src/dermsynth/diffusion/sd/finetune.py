@@ -533,9 +533,7 @@ class FinetuneTrainer(TrainingHarness):
         if self.ema is not None:
             shadow = {f"{i}": p.contiguous() for i, p in enumerate(self.ema.shadow_params)}
             save_file(shadow, str(folder / "ema.safetensors"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()},
-                   folder / "training_state.pt")
+        torch.save(self.loop_state(), folder / "training_state.pt")
         return {"ema": ({k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
                         if self.ema is not None else None)}
 
@@ -561,10 +559,7 @@ class FinetuneTrainer(TrainingHarness):
         training = saved["training"]
         for module, own in saved["weights"]:
             self.accelerator.unwrap_model(module).load_state_dict(own, strict=False)
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
-        self.generator.set_state(training["generator"].cpu())
-        torch.set_rng_state(training["torch_rng"].cpu())
+        self.restore_loop_state(training)
         if self.ema is not None:
             self.ema.load_state_dict({**saved["ema"], "shadow_params": saved["shadow"]})
 
