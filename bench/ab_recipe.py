@@ -40,8 +40,8 @@ from dermsynth.data.dataset import load_prepared
 from dermsynth.data.prepare import prepare
 from dermsynth.diffusion.generate import generate
 from dermsynth.diffusion.qc import QCLimits
-from dermsynth.diffusion.scratch import resolve_train_config
-from dermsynth.diffusion.train_scratch import ScratchTrainer, load_training_data, train
+from dermsynth.diffusion.scratch.config import resolve_train_config
+from dermsynth.diffusion.scratch.train import ScratchTrainer, load_training_data, train
 
 
 def measure_rate(overrides: dict[str, Any], prepared: Path, threads: int, steps: int = 6) -> float:

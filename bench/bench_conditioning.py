@@ -32,8 +32,8 @@ from transformers import ResNetConfig, ResNetForImageClassification
 from dermsynth.data.dataset import load_prepared
 from dermsynth.diffusion.families import load_generator, read_model_info
 from dermsynth.diffusion.grid import image_grid
-from dermsynth.diffusion.objectives import augment
-from dermsynth.diffusion.train_scratch import load_training_data
+from dermsynth.diffusion.scratch.objectives import augment
+from dermsynth.diffusion.scratch.train import load_training_data
 
 
 def split_tensors(prep, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from dermsynth.diffusion.sampling import PixelDiffusionPipeline, to_uint8
-from dermsynth.diffusion.scratch import build_unet, resolve_train_config
-from dermsynth.diffusion.train_scratch import ScratchTrainer, TrainingData
+from dermsynth.diffusion.grid import to_uint8
+from dermsynth.diffusion.scratch.config import build_unet, resolve_train_config
+from dermsynth.diffusion.scratch.sampling import PixelDiffusionPipeline
+from dermsynth.diffusion.scratch.train import ScratchTrainer, TrainingData
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:

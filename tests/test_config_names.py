@@ -8,7 +8,7 @@ import pytest
 
 from dermsynth.classify.config import ClassifierTrainConfig as ClassifierConfig
 from dermsynth.config import validate_config
-from dermsynth.diffusion.scratch import RESUMABLE_FIELDS, resolve_train_config
+from dermsynth.diffusion.scratch.config import RESUMABLE_FIELDS, resolve_train_config
 from dermsynth.diffusion.sd.config import FinetuneConfig
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.config import ValidateConfig

@@ -16,8 +16,8 @@ from dermsynth.cli import main
 from dermsynth.data.schema import CANONICAL_COLUMNS
 from dermsynth.diffusion.checkpoints import latest_checkpoint_step, list_checkpoints
 from dermsynth.diffusion.families import load_generator, read_model_info
-from dermsynth.diffusion.scratch import PRESETS, resolve_train_config
-from dermsynth.diffusion.train_scratch import train
+from dermsynth.diffusion.scratch.config import PRESETS, resolve_train_config
+from dermsynth.diffusion.scratch.train import train
 from dermsynth.errors import DermsynthError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_preset_yaml_files_match_the_presets(preset):
 
 
 def test_gpu_preset_builds_and_runs_a_step():
-    from dermsynth.diffusion.scratch import build_unet
+    from dermsynth.diffusion.scratch.config import build_unet
 
     cfg = resolve_train_config("gpu")
     unet = build_unet(cfg.model, num_classes=2)
@@ -193,7 +193,7 @@ def test_resume_extends_a_finished_run_and_refuses_changed_settings(prepared, tm
 
 def test_real_per_class_trains_on_the_sample_validate_uses(prepared, tmp_path):
     from dermsynth.data.dataset import load_prepared, subsample_per_class
-    from dermsynth.diffusion.train_scratch import load_training_data
+    from dermsynth.diffusion.scratch.train import load_training_data
     from dermsynth.evaluate.datasets import real_frame
 
     dataset = load_prepared(prepared)
@@ -266,7 +266,7 @@ def test_edm_settings_that_do_not_apply_are_refused_up_front(override, message):
 
 def test_class_balanced_batches_draw_every_class_equally(prepared):
     from dermsynth.data.dataset import load_prepared
-    from dermsynth.diffusion.train_scratch import ScratchTrainer, load_training_data
+    from dermsynth.diffusion.scratch.train import ScratchTrainer, load_training_data
 
     data = load_training_data(load_prepared(prepared), 16, progress=False)  # 10 benign, 6 malignant
     trainer = ScratchTrainer(resolve_train_config("cpu-fast", TINY | {"class_balanced": True}), data,
@@ -311,7 +311,7 @@ def test_package_import_stays_light_and_exports_the_api():
     import sys
 
     code = ("import sys, dermsynth; assert 'torch' not in sys.modules; "
-            "assert dermsynth.train.__module__ == 'dermsynth.diffusion.train_scratch'; "
+            "assert dermsynth.train.__module__ == 'dermsynth.diffusion.scratch.train'; "
             "assert dermsynth.generate.__module__ == 'dermsynth.diffusion.generate'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
@@ -344,7 +344,7 @@ def test_cosine_schedule_anneals_over_whichever_budget_ends_first(prepared):
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     from dermsynth.data.dataset import load_prepared
-    from dermsynth.diffusion.train_scratch import ScratchTrainer, load_training_data
+    from dermsynth.diffusion.scratch.train import ScratchTrainer, load_training_data
 
     data = load_training_data(load_prepared(prepared), 16, progress=False)
     cfg = resolve_train_config("cpu-fast", TINY | {"lr_schedule": "cosine", "max_steps": 100, "warmup_steps": 10})

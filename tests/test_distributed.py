@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from dermsynth.diffusion.train_scratch import train
+from dermsynth.diffusion.scratch.train import train
 from dermsynth.distributed import JobShard, ProcessShare, current_share, parse_shard
 from dermsynth.errors import DermsynthError
 from dermsynth.evaluate.validate import validate

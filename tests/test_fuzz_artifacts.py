@@ -14,7 +14,7 @@ from PIL import Image
 
 from dermsynth.diffusion.checkpoints import list_checkpoints
 from dermsynth.diffusion.generate import generate
-from dermsynth.diffusion.train_scratch import train
+from dermsynth.diffusion.scratch.train import train
 from tests.test_diffusion_scratch import TINY, assert_one_line_error, one_thread, run_cli
 from tests.test_generate import model, prepared
 

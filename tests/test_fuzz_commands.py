@@ -17,7 +17,7 @@ import pytest
 from dermsynth.data.config import PrepareConfig
 from dermsynth.data.prepare import prepare
 from dermsynth.diffusion.generate import generate
-from dermsynth.diffusion.train_scratch import train
+from dermsynth.diffusion.scratch.train import train
 from tests.test_diffusion_scratch import TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -13,8 +13,8 @@ from PIL import Image
 import dermsynth.diffusion.generate as generate_module
 from dermsynth.diffusion.generate import MANIFEST_COLUMNS, SEED_STRIDE, generate, make_plan
 from dermsynth.diffusion.qc import qc_reason
-from dermsynth.diffusion.sampling import ScratchGenerator
-from dermsynth.diffusion.train_scratch import train
+from dermsynth.diffusion.scratch.sampling import ScratchGenerator
+from dermsynth.diffusion.scratch.train import train
 from dermsynth.errors import DermsynthError
 from tests.test_diffusion_scratch import TINY, assert_one_line_error, make_prepared, one_thread, run_cli
 

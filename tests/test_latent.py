@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dermsynth.diffusion import latent as latent_module
 from dermsynth.diffusion.checkpoints import list_checkpoints
 from dermsynth.diffusion.generate import generate
-from dermsynth.diffusion.scratch import PRESETS, resolve_train_config
-from dermsynth.diffusion.train_scratch import train
+from dermsynth.diffusion.scratch import autoencoder as latent_module
+from dermsynth.diffusion.scratch.config import PRESETS, resolve_train_config
+from dermsynth.diffusion.scratch.train import train
 from dermsynth.errors import DermsynthError
 from tests.test_diffusion_scratch import TINY, make_prepared
 
@@ -70,7 +70,7 @@ def test_train_save_load_with_plain_diffusers_and_generate(prepared, tmp_path):
 
 def _train_images(prepared) -> torch.Tensor:
     from dermsynth.data.dataset import load_prepared
-    from dermsynth.diffusion.train_scratch import load_training_data
+    from dermsynth.diffusion.scratch.train import load_training_data
 
     return load_training_data(load_prepared(prepared), 32, progress=False).images
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from dermsynth.data.images import load_image
 from dermsynth.data.synthetic_folders import comparable_folder, made_by_dermsynth
-from dermsynth.diffusion.reconstruct import reconstruct
-from dermsynth.diffusion.train_scratch import train
+from dermsynth.diffusion.scratch.reconstruct import reconstruct
+from dermsynth.diffusion.scratch.train import train
 from dermsynth.errors import DermsynthError
 from tests.test_diffusion_scratch import make_prepared, run_cli
 from tests.test_latent import TINY_LATENT

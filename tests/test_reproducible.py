@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dermsynth.diffusion.scratch import PRESETS, resolve_train_config
+from dermsynth.diffusion.scratch.config import PRESETS, resolve_train_config
 from tests.test_diffusion_scratch import TINY, make_prepared
 from tests.test_latent import TINY_LATENT, UNET_WEIGHTS, VAE_WEIGHTS
 from tests.test_resume_exact import assert_same_weights
@@ -119,7 +119,7 @@ def test_train_killed_at_random_moments_and_resumed_with_default_settings_is_bit
 
 
 def test_adaptive_threads_and_a_minute_budget_are_recorded_as_not_reproducible(tmp_path):
-    from dermsynth.diffusion.train_scratch import train
+    from dermsynth.diffusion.scratch.train import train
 
     prepared = make_prepared(tmp_path / "prep")
     result = train(prepared, tmp_path / "m", config=DEFAULT_THREADS | {"threads": "adaptive", "max_minutes": 5.0},

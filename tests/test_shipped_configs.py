@@ -169,8 +169,8 @@ def test_shipped_config_runs_to_the_end(path, standins, tmp_path):
             assert {r["regime"] for r in summary["regimes"]} == {
                 _canonical(r) for r in config.validate_.regimes}
     elif kind == "train":
-        from dermsynth.diffusion.scratch import preset_and_settings
-        from dermsynth.diffusion.train_scratch import train
+        from dermsynth.diffusion.scratch.config import preset_and_settings
+        from dermsynth.diffusion.scratch.train import train
 
         preset, settings = preset_and_settings(None, path)
         result = train(standins["prep-ham"], tmp_path / "model", config=tiny_train_settings(settings, preset) |

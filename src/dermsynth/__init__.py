@@ -21,10 +21,10 @@ __all__ = ["DermsynthError", "PrepareConfig", "PrepareResult", "PreparedDataset"
 
 # Lazily imported (they import torch, which `import dermsynth` and `dermsynth --help` must not).
 _LAZY = {
-    "train": "dermsynth.diffusion.train_scratch",
+    "train": "dermsynth.diffusion.scratch.train",
     "generate": "dermsynth.diffusion.generate",
-    "reconstruct": "dermsynth.diffusion.reconstruct",
-    "TrainConfig": "dermsynth.diffusion.scratch",
+    "reconstruct": "dermsynth.diffusion.scratch.reconstruct",
+    "TrainConfig": "dermsynth.diffusion.scratch.config",
 }
 
 

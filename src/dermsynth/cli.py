@@ -168,7 +168,7 @@ def _schedulers_help() -> str:
 
 
 def _presets_help() -> str:
-    from dermsynth.diffusion.scratch import PRESETS
+    from dermsynth.diffusion.scratch.config import PRESETS
 
     def describe(name: str, preset: dict[str, Any]) -> str:
         ae = preset.get("autoencoder")
@@ -201,7 +201,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train a small class-conditional diffusion model from scratch (EMA weights, samples, checkpoints)."""
-    from dermsynth.diffusion.train_scratch import train as run_train
+    from dermsynth.diffusion.scratch.train import train as run_train
 
     result = run_train(data, out, preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
                        device=device, real_per_class=real_per_class, resume=resume, progress=not quiet)
@@ -362,7 +362,7 @@ def reconstruct(
     A latent model's samples can be no closer to real images than its autoencoder's reconstructions, so
     `dermsynth audit --synthetic OUT` on them splits a fidelity gap into the decoder's share and stage 2's.
     The images are derived from real patients' images: not synthetic, not for sharing or training."""
-    from dermsynth.diffusion.reconstruct import reconstruct as run_reconstruct
+    from dermsynth.diffusion.scratch.reconstruct import reconstruct as run_reconstruct
 
     record = run_reconstruct(data, out, model=model, bicubic=bicubic, split=split, max_images=max_images,
                              device=device, progress=not quiet, model_sample=model_sample)

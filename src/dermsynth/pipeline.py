@@ -24,7 +24,7 @@ from dermsynth.audit.config import AuditConfig
 from dermsynth.config import StrictModel, current_names, read_yaml, validate_config
 from dermsynth.data.config import PrepareConfig
 from dermsynth.diffusion.generate_config import GenerateConfig
-from dermsynth.diffusion.scratch import PresetName
+from dermsynth.diffusion.scratch.config import PresetName
 from dermsynth.diffusion.sd.config import FinetuneConfig
 from dermsynth.distributed import ProcessShare, current_share, usable_cores
 from dermsynth.errors import DermsynthError
@@ -58,13 +58,13 @@ class TrainStage(StrictModel):
     @classmethod
     def _current_names(cls, value: Any) -> Any:
         """Old names read once, here: the stage's hash and the training run see only the current ones."""
-        from dermsynth.diffusion.scratch import TrainConfig
+        from dermsynth.diffusion.scratch.config import TrainConfig
 
         return current_names(TrainConfig, value)
 
     @model_validator(mode="after")
     def _settings_are_valid(self) -> TrainStage:
-        from dermsynth.diffusion.scratch import resolve_train_config
+        from dermsynth.diffusion.scratch.config import resolve_train_config
 
         try:
             resolve_train_config(self.preset, dict(self.settings))
@@ -290,7 +290,7 @@ def _reader_study(config: RunConfig, prepared: Path, synthetic: Path, folder: Pa
 
 
 def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
-    from dermsynth.diffusion.train_scratch import train
+    from dermsynth.diffusion.scratch.train import train
 
     # None is train's own default: a fixed count (all cores of this process), so float sums repeat run to run.
     settings = {"device": config.device, "threads": config.threads, **config.train.settings}
@@ -343,7 +343,7 @@ def _validate(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) 
 def _own_reconstructions(prepared: Path, model: Path, out: Path, device: str) -> Path:
     """The run's own model's reconstructions of its training sample, for the reconstruct controls: made once,
     made again when the model's autoencoder has changed (the folder is written whole or not at all)."""
-    from dermsynth.diffusion.reconstruct import reconstruct
+    from dermsynth.diffusion.scratch.reconstruct import reconstruct
     from dermsynth.utils import sha256_file
 
     weights = model / "vae" / "diffusion_pytorch_model.safetensors"

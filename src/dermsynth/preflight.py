@@ -109,7 +109,7 @@ def _dataset(config: RunConfig, plan: StudyPlan) -> None:
 
 
 def _train(config: RunConfig, plan: StudyPlan) -> None:
-    from dermsynth.diffusion.scratch import resolve_train_config
+    from dermsynth.diffusion.scratch.config import resolve_train_config
 
     stage = config.train
     cfg = resolve_train_config(stage.preset, dict(stage.settings))

@@ -139,8 +139,8 @@ def get_family(name: str) -> Family:
     return FAMILIES.get(name)
 
 
-register_family("scratch", "dermsynth.diffusion.sampling:ScratchGenerator")
-register_family("latent", "dermsynth.diffusion.sampling:LatentGenerator")
+register_family("scratch", "dermsynth.diffusion.scratch.sampling:ScratchGenerator")
+register_family("latent", "dermsynth.diffusion.scratch.sampling:LatentGenerator")
 register_family("stable-diffusion", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
 register_family("stable-diffusion-lora", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
 

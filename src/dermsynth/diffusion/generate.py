@@ -35,8 +35,8 @@ from dermsynth.data.dataset import load_prepared
 from dermsynth.data.images import save_image
 from dermsynth.diffusion.families import ImageGenerator, load_generator, read_model_info
 from dermsynth.diffusion.generate_config import FALLBACK_SAMPLING, GenerateConfig
+from dermsynth.diffusion.grid import to_uint8
 from dermsynth.diffusion.qc import QCLimits, qc_reason
-from dermsynth.diffusion.sampling import to_uint8
 from dermsynth.diffusion.schedulers import check_scheduler_name
 from dermsynth.distributed import ProcessShare, current_share
 from dermsynth.errors import DermsynthError

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dermsynth.diffusion.sampling import to_uint8
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (NaN as 0) to 8-bit pixels, rounded."""
+    return (np.clip(np.nan_to_num(images), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def image_grid(images: np.ndarray, rows: list[str], scale: int | None = None, gap: int = 2) -> Image.Image:

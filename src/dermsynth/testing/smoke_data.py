@@ -69,7 +69,7 @@ def sample_prepared(out: Path, size: int = 32) -> Path:
 
 def tiny_scratch_model(prepared: Path, out: Path, steps: int = 4) -> Path:
     """A from-scratch model trained for a few steps at the prepared size (its samples are noise)."""
-    from dermsynth.diffusion.train_scratch import train
+    from dermsynth.diffusion.scratch.train import train
 
     size = int(np.asarray(Image.open(next((prepared / "images").rglob("*.png")))).shape[0])
     train(prepared, out, config={"model": {"image_size": size, "block_out_channels": [16, 32],

@@ -38,7 +38,7 @@ from dermsynth.diffusion.checkpoints import (
 )
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.harness import LoopSettings, StepCallback, TrainingHarness
-from dermsynth.diffusion.objectives import min_snr_weight
+from dermsynth.diffusion.losses import min_snr_weight
 from dermsynth.diffusion.sd.config import FinetuneConfig
 from dermsynth.diffusion.sd.data import (
     BatchOrder,

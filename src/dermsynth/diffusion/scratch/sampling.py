@@ -137,8 +137,6 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return resolve_precision(precision, str(device)) == "bf16"
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    return (np.clip(np.nan_to_num(images), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 class ScratchGenerator(GeneratorBase):

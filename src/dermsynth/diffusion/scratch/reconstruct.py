@@ -184,7 +184,7 @@ class _AutoencoderCodec:
     def __init__(self, model: Path, device: str):
         from diffusers import AutoencoderKL
 
-        from dermsynth.diffusion.sampling import VAE_FOLDER, use_bf16
+        from dermsynth.diffusion.scratch.sampling import VAE_FOLDER, use_bf16
 
         folder = model / VAE_FOLDER
         if not (folder / "config.json").is_file():
@@ -205,7 +205,7 @@ class _AutoencoderCodec:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        from dermsynth.diffusion.latent import autoencode
+        from dermsynth.diffusion.scratch.autoencoder import autoencode
 
         return _to_uint8(autoencode(self.vae, _to_pixels(images, self.device), self.bf16))
 
@@ -227,7 +227,7 @@ class _BicubicCodec:
         self.description = f"bicubic down by {factor}x (antialiased) and back up"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        from dermsynth.diffusion.latent import bicubic_down_up
+        from dermsynth.diffusion.scratch.autoencoder import bicubic_down_up
 
         return _to_uint8(bicubic_down_up(_to_pixels(images, "cpu"), self.factor))
 

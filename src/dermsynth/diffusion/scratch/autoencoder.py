@@ -30,8 +30,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from dermsynth.diffusion.grid import image_grid
 from dermsynth.diffusion.harness import LoopSettings, TrainingHarness, changed_settings
-from dermsynth.diffusion.sampling import VAE_FOLDER
-from dermsynth.diffusion.scratch import AUTOENCODER_RESUMABLE, AutoencoderConfig, TrainConfig, build_autoencoder
+from dermsynth.diffusion.scratch.config import AUTOENCODER_RESUMABLE, AutoencoderConfig, TrainConfig, build_autoencoder
+from dermsynth.diffusion.scratch.sampling import VAE_FOLDER
 from dermsynth.diffusion.threads import thread_tuner
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.progress import track

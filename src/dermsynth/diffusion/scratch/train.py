@@ -6,7 +6,7 @@ Output (``out``), in diffusers conventions plus our own record::
     unet/                    EMA weights (UNet2DModel.save_pretrained)
     scheduler/               the training noise schedule (DDPMScheduler.save_pretrained)
     vae/                     latent family: the autoencoder (AutoencoderKL.save_pretrained, latent scaling set)
-    autoencoder/             latent family: stage 1's checkpoints, log, reconstructions and record (latent.py)
+    autoencoder/             latent family: stage 1's checkpoints, log, reconstructions and record (autoencoder.py)
     dermsynth_model.json     family, classes, image size, data summary, config, steps, seconds
     config.yaml              the resolved training config (reusable with --config)
     train_log.csv            step, loss, learning rate, seconds
@@ -38,23 +38,23 @@ from dermsynth.diffusion.checkpoints import (
 from dermsynth.diffusion.families import MODEL_JSON
 from dermsynth.diffusion.grid import image_grid
 from dermsynth.diffusion.harness import LoopSettings, StepCallback, TrainingHarness, changed_settings
-from dermsynth.diffusion.objectives import augment, diffusion_loss
-from dermsynth.diffusion.sampling import (
-    SCHEDULER_FOLDER,
-    UNET_FOLDER,
-    VAE_FOLDER,
-    LatentDiffusionPipeline,
-    PixelDiffusionPipeline,
-    use_bf16,
-)
 from dermsynth.diffusion.schedulers import check_scheduler_name
-from dermsynth.diffusion.scratch import (
+from dermsynth.diffusion.scratch.config import (
     RESUMABLE_FIELDS,
     TrainConfig,
     build_noise_scheduler,
     build_unet,
     preset_and_settings,
     resolve_train_config,
+)
+from dermsynth.diffusion.scratch.objectives import augment, diffusion_loss
+from dermsynth.diffusion.scratch.sampling import (
+    SCHEDULER_FOLDER,
+    UNET_FOLDER,
+    VAE_FOLDER,
+    LatentDiffusionPipeline,
+    PixelDiffusionPipeline,
+    use_bf16,
 )
 from dermsynth.diffusion.threads import thread_tuner
 from dermsynth.errors import DermsynthError
@@ -73,7 +73,7 @@ from dermsynth.utils import (
 )
 from dermsynth.version import versions
 
-AUTOENCODER_FOLDER = "autoencoder"  # latent.WORK_FOLDER, named here so that pixel runs need not import latent.py
+AUTOENCODER_FOLDER = "autoencoder"  # autoencoder.WORK_FOLDER, named here so that pixel runs need not import autoencoder.py
 FINISHED_REMEDY = "choose another --out, or delete that folder to train afresh"
 
 
@@ -154,7 +154,7 @@ def _latent_training_data(cfg: TrainConfig, dataset: PreparedDataset, data: Trai
                           progress: bool) -> tuple[TrainingData, Any]:
     """Stage 1 of the latent family (trained, resumed or found finished), then the training images as its scaled
     latents."""
-    from dermsynth.diffusion.latent import cached_latents, train_autoencoder
+    from dermsynth.diffusion.scratch.autoencoder import cached_latents, train_autoencoder
 
     device = torch.device(pick_device(cfg.device))
     bf16 = use_bf16(cfg.precision, device)

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 
-from dermsynth.diffusion.scratch import TrainConfig
+from dermsynth.diffusion.losses import min_snr_weight
+from dermsynth.diffusion.scratch.config import TrainConfig
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, transpose: bool) -> torch.Tensor:
@@ -79,15 +80,3 @@ def edm_loss(unet: UNet2DModel, clean: torch.Tensor, labels: torch.Tensor, gener
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, prediction: str):
-    """Min-SNR-gamma (Hang et al. 2023), expressed for the prediction target in use."""
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    if prediction == "epsilon":
-        return clipped / snr
-    if prediction == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped
