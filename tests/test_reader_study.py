@@ -103,11 +103,28 @@ def test_nothing_but_the_pixels_tells_real_from_synthetic(study):
     scores = cross_val_predict(LogisticRegression(), np.array(features, float), labels, cv=3,
                                method="predict_proba")[:, 1]
     assert roc_auc_score(labels, scores) <= 0.6
+    check = _record(study)["blinding"]  # the build's own check says the same
+    assert check["auroc"] <= 0.6 and check["distinct_file_sizes"] == 1
     # The page carries no truth for a scored image.
     page = (study / "reader" / "index.html").read_text()
     items = json.loads(re.search(r"const ITEMS = (\[.*?\]);\n", page, re.S).group(1))
     assert all(set(i) == {"image", "practice", "data"} for i in items if not i["practice"])
     assert "synthetic=true" not in page and ".png" not in page
+
+
+def test_blinding_check_catches_files_that_give_the_origin_away(study, tmp_path):
+    from dermsynth.reader.build import blinding_check, blinding_sentence
+
+    study = _copy(study, tmp_path)
+    key = _key(study)
+    images = study / "reader" / "images"
+    for row in key.itertuples():  # what an unpadded build would leave: synthetic files smaller than real ones
+        if row.truth == "synthetic":
+            path = images / row.image
+            path.write_bytes(path.read_bytes()[:-400])
+    check = blinding_check(images, key)
+    assert check["auroc"] > 0.9 and check["distinct_file_sizes"] > 1
+    assert "NOT BLIND" in blinding_sentence(check)
 
 
 def test_padding_keeps_the_pixels():
@@ -329,6 +346,7 @@ def test_report_section_on_a_scored_simulated_study(study, tmp_path):
     shutil.copytree(study, reader_study)
     html_path = build_report(run)[0]
     assert "Not scored yet" in html_path.read_text()
+    assert "Blinding check: a classifier on file bytes" in html_path.read_text()
     readers = [_answers(reader_study, name, k, tmp_path / f"{name}.json") for name, k in (("ana", 14), ("ben", 9))]
     score_study(reader_study, readers)
     html = build_report(run)[0].read_text()

@@ -472,13 +472,14 @@ def reader_build(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Draw, blind (one size and encoding, no metadata, equal file sizes, random names) and write the study."""
-    from dermsynth.reader.build import StudySettings, build_study
+    from dermsynth.reader.build import StudySettings, blinding_sentence, build_study
 
     record = build_study(real, synthetic, out, StudySettings(n=n, per_class=per_class, seed=seed, size=size,
                                                              synthetic_fraction=synthetic_fraction,
                                                              practice=practice), progress=not quiet)
     typer.echo(f"{out}: study {record['study_id']}, {record['images']} images ({record['practice']} practice) at "
                f"{record['image_size']} px; give readers {out / 'reader'} (open index.html), keep {out / 'key'}")
+    typer.echo(blinding_sentence(record["blinding"]))
 
 
 @reader_app.command("serve")

@@ -42,6 +42,8 @@ PAD_QUANTUM = 1024       # files are padded up to a multiple of this above the l
 KEY_FOLDER, READER_FOLDER = "key", "reader"
 KEY_FILE, RECORD_FILE = "answer_key.csv", "study.json"
 HELD_OUT = ("val", "test")
+TELL_NAMES = ("file bytes", "metadata fields", "metadata length", "JPEG quantisation")
+BLINDING_LIMIT = 0.6     # a file-only classifier's AUROC above this means the files give the origin away
 
 
 @dataclass(frozen=True)
@@ -242,9 +244,51 @@ def _write(items: list[dict[str, Any]], settings: StudySettings, classes: list[s
         "real": relative_path(real, out), "synthetic": relative_path(synthetic, out),
         "real_from": "held-out splits only (" + ", ".join(HELD_OUT) + ")",
         "image_sha256": hashes,
+        "blinding": blinding_check(images, key),
     }
     write_json_atomic(work / KEY_FOLDER / RECORD_FILE, record)
     return record
+
+
+def blinding_sentence(check: dict[str, Any]) -> str:
+    """The blinding check in one line, for the build's output and the report."""
+    if check.get("auroc") is None:
+        return "blinding check: too few images per origin to cross-validate"
+    verdict = "blind" if check["auroc"] <= check["limit"] else "NOT BLIND: the files give the origin away"
+    return (f"blinding check: a classifier on {', '.join(check['features'])} alone scores AUROC "
+            f"{check['auroc']:.2f} ({check['folds']}-fold; limit {check['limit']}): {verdict}")
+
+
+def file_tells(path: Path) -> list[float]:
+    """What a reader's computer shows of an image file besides its pixels: its byte size, its metadata (every
+    field but the zero-byte padding comment, counted and measured) and its JPEG quantisation tables."""
+    with Image.open(path) as image:
+        info = {k: v for k, v in image.info.items() if k != "comment"}
+        tables = getattr(image, "quantization", None) or {}
+        return [float(path.stat().st_size), float(len(info)), float(len(repr(sorted(info.items())))),
+                float(sum(sum(t) for t in tables.values()))]
+
+
+def blinding_check(images: Path, key: pd.DataFrame) -> dict[str, Any]:
+    """How well a classifier on :func:`file_tells` alone tells synthetic from real files: cross-validated
+    AUROC (0.5 = no tell). Above BLINDING_LIMIT the study is not blind and the build says so."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.array([file_tells(images / name) for name in key["image"]])
+    labels = (key["truth"] == "synthetic").to_numpy()
+    folds = int(min(5, labels.sum(), (~labels).sum()))
+    if folds < 2:
+        return {"auroc": None, "folds": folds, "features": list(TELL_NAMES), "limit": BLINDING_LIMIT}
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    scores = cross_val_predict(model, features, labels, method="predict_proba",
+                               cv=StratifiedKFold(folds, shuffle=True, random_state=0))[:, 1]
+    auroc = float(roc_auc_score(labels, scores)) if np.ptp(features, axis=0).any() else 0.5
+    return {"auroc": round(auroc, 4), "folds": folds, "features": list(TELL_NAMES), "limit": BLINDING_LIMIT,
+            "distinct_file_sizes": len(np.unique(features[:, 0]))}
 
 
 def key_digest(path: Path) -> str:

@@ -73,7 +73,8 @@ from dermsynth.utils import (
 )
 from dermsynth.version import versions
 
-AUTOENCODER_FOLDER = "autoencoder"  # autoencoder.WORK_FOLDER, named here so that pixel runs need not import autoencoder.py
+# autoencoder.WORK_FOLDER, named here so that pixel runs need not import autoencoder.py
+AUTOENCODER_FOLDER = "autoencoder"
 FINISHED_REMEDY = "choose another --out, or delete that folder to train afresh"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dermsynth.layout import RUN_FOLDERS
+from dermsynth.reader.build import blinding_sentence
 from dermsynth.report.format import table
 
 
@@ -14,6 +15,10 @@ def _pct(value: float | None) -> str:
 
 def _auroc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _row(name: str, s: dict[str, Any]) -> list[str]:
@@ -29,7 +34,8 @@ def reader_section(run) -> dict[str, Any] | None:
         return None
     score = run.json(folder, "score", "score.json")
     facts = {"study_id": record["study_id"], "images": record["images"], "practice": record["practice"],
-             "size": record["image_size"], "counts": record["counts"]}
+             "size": record["image_size"], "counts": record["counts"],
+             "blinding": _sentence(blinding_sentence(record["blinding"])) if record.get("blinding") else ""}
     if score is None:
         return {"facts": facts, "scored": False}
     header = ["reader", "answers", "accuracy [exact CI]", "p vs 50 %", "sensitivity (synthetic)", "specificity",
