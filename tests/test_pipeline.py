@@ -252,3 +252,18 @@ def test_run_level_real_per_class_reaches_train_and_validate():
     with pytest.raises(ValueError, match=r"validate\.real_per_class differs"):
         RunConfig.model_validate({"real_per_class": 50, "prepare": {}, "train": {}, "generate": {"per_class": 10},
                                   "validate": {"real_per_class": 40, "regimes": ["real"]}})
+
+
+# The stage markers `dermsynth demo` wrote with the previous release (read from its run folder's .stage.json files).
+PREVIOUS_RELEASE_DEMO_MARKERS = {"prepare": "4e367b13efa30940", "train": "6f766819a4c66a82",
+                                 "generate": "ace290095036aee0", "audit": "444830258a26146c",
+                                 "validate": "b26dfce9ab935021"}
+
+
+def test_a_demo_run_folder_of_the_previous_release_stays_up_to_date(tmp_path):
+    from dermsynth.pipeline import build_stages, demo_config, stage_digest
+
+    digests: dict[str, str] = {}
+    for stage in build_stages(demo_config(), tmp_path):
+        digests[stage.name] = stage_digest(stage, digests)
+    assert digests == PREVIOUS_RELEASE_DEMO_MARKERS

@@ -255,7 +255,7 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
     prepared, model, synthetic = (out / RUN_FOLDERS[name] for name in ("prepare", "train", "generate"))
 
     def stage(name: str, settings: Any, upstream: list[str], run: Callable[[Path], Any], **options: Any) -> Stage:
-        return Stage(name, RUN_FOLDERS[name], settings.model_dump(mode="json"), upstream, run, **options)
+        return Stage(name, RUN_FOLDERS[name], marker_settings(settings), upstream, run, **options)
 
     stages = [stage("prepare", config.prepare, [], lambda folder: prepare(config.prepare, folder, progress=True),
                     fresh_on_change=False)] if config.prepare is not None else []
@@ -357,6 +357,21 @@ def _own_reconstructions(prepared: Path, model: Path, out: Path, device: str) ->
     return out
 
 
+def marker_settings(settings: Any) -> dict[str, Any]:
+    """A stage's settings as its marker hashes them. A field added in a later release (``_added_later``) counts
+    only when it is set, so a run folder finished by an earlier release stays up to date."""
+    data = settings.model_dump(mode="json")
+    for name in getattr(settings, "_added_later", ()):
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
+def stage_digest(stage: Stage, hashes: dict[str, str]) -> str:
+    """What a stage's marker must hold for the stage to be up to date: its settings and its upstream digests."""
+    return stable_hash({"settings": stage.settings, "upstream": [hashes[u] for u in stage.upstream]})
+
+
 def _marker_hash(folder: Path, name: str = MARKER) -> str | None:
     return marker_hash(folder / name)  # damaged or missing: the stage runs again
 
@@ -383,7 +398,7 @@ def run_pipeline(config: RunConfig, out: str | Path) -> list[StageOutcome]:
     stages = build_stages(config, out)
     for index, stage in enumerate(stages, start=1):
         folder = out / stage.folder
-        digest = stable_hash({"settings": stage.settings, "upstream": [hashes[u] for u in stage.upstream]})
+        digest = stage_digest(stage, hashes)
         hashes[stage.name] = digest
         started = time.time()
         # The main process reads the marker (before it changes it) and tells the others.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -14,6 +14,9 @@ from dermsynth.config import StrictModel
 
 class ValidateConfig(StrictModel):
     """Downstream validation: train classifiers on real / mixed / synthetic images, test on real images."""
+
+    # Fields added after a release: unset, they leave `dermsynth run`'s stage marker as that release wrote it.
+    _added_later: ClassVar[frozenset[str]] = frozenset({"reconstruction"})
 
     real: Path = Field(description="Prepared dataset folder (written by 'dermsynth prepare').")
     synthetic: list[Path] = Field(
