@@ -253,9 +253,9 @@ def _write(items: list[dict[str, Any]], settings: StudySettings, classes: list[s
 def blinding_sentence(check: dict[str, Any]) -> str:
     """The blinding check in one line, for the build's output and the report."""
     if check.get("auroc") is None:
-        return "blinding check: too few images per origin to cross-validate"
+        return "Blinding check: too few images per origin to cross-validate"
     verdict = "blind" if check["auroc"] <= check["limit"] else "NOT BLIND: the files give the origin away"
-    return (f"blinding check: a classifier on {', '.join(check['features'])} alone scores AUROC "
+    return (f"Blinding check: a classifier on {', '.join(check['features'])} alone scores AUROC "
             f"{check['auroc']:.2f} ({check['folds']}-fold; limit {check['limit']}): {verdict}")
 
 
@@ -281,14 +281,16 @@ def blinding_check(images: Path, key: pd.DataFrame) -> dict[str, Any]:
     features = np.array([file_tells(images / name) for name in key["image"]])
     labels = (key["truth"] == "synthetic").to_numpy()
     folds = int(min(5, labels.sum(), (~labels).sum()))
+    check = {"folds": folds, "features": list(TELL_NAMES), "limit": BLINDING_LIMIT,
+             "distinct_file_sizes": len(np.unique(features[:, 0]))}
     if folds < 2:
-        return {"auroc": None, "folds": folds, "features": list(TELL_NAMES), "limit": BLINDING_LIMIT}
+        return check | {"auroc": None}
+    if not np.ptp(features, axis=0).any():  # every file alike in every tell: nothing to learn from
+        return check | {"auroc": 0.5}
     model = make_pipeline(StandardScaler(), LogisticRegression())
     scores = cross_val_predict(model, features, labels, method="predict_proba",
                                cv=StratifiedKFold(folds, shuffle=True, random_state=0))[:, 1]
-    auroc = float(roc_auc_score(labels, scores)) if np.ptp(features, axis=0).any() else 0.5
-    return {"auroc": round(auroc, 4), "folds": folds, "features": list(TELL_NAMES), "limit": BLINDING_LIMIT,
-            "distinct_file_sizes": len(np.unique(features[:, 0]))}
+    return check | {"auroc": round(float(roc_auc_score(labels, scores)), 4)}
 
 
 def key_digest(path: Path) -> str:

@@ -17,10 +17,6 @@ def _auroc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def _row(name: str, s: dict[str, Any]) -> list[str]:
     return [name, str(s["answers"]), f"{_pct(s['accuracy'])} [{_pct(s['ci_lo'])}, {_pct(s['ci_hi'])}]",
             f"{s['p_vs_chance']:.3g}", _pct(s["sensitivity"]), _pct(s["specificity"]), _auroc(s["auroc"])]
@@ -35,7 +31,7 @@ def reader_section(run) -> dict[str, Any] | None:
     score = run.json(folder, "score", "score.json")
     facts = {"study_id": record["study_id"], "images": record["images"], "practice": record["practice"],
              "size": record["image_size"], "counts": record["counts"],
-             "blinding": _sentence(blinding_sentence(record["blinding"])) if record.get("blinding") else ""}
+             "blinding": blinding_sentence(record["blinding"]) if record.get("blinding") else ""}
     if score is None:
         return {"facts": facts, "scored": False}
     header = ["reader", "answers", "accuracy [exact CI]", "p vs 50 %", "sensitivity (synthetic)", "specificity",
