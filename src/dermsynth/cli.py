@@ -156,8 +156,8 @@ def info(prep: Annotated[Path, typer.Argument(help="A prepared dataset folder.")
 # --------------------------------------------------------------------------- train / generate
 
 
-_STAGES_HELP = ("A two-stage preset (latent: autoencoder, then diffusion) splits the budget between its stages in the "
-                "ratio of their preset step budgets.")
+_STAGES_HELP = ("A multi-stage preset (latent: autoencoder, then diffusion; cascade: base, then super-resolution) "
+                "splits the budget between its stages in the ratio of their preset step budgets.")
 
 
 def _schedulers_help() -> str:
@@ -168,14 +168,9 @@ def _schedulers_help() -> str:
 
 
 def _presets_help() -> str:
-    from dermsynth.diffusion.scratch.config import PRESETS
+    from dermsynth.diffusion.training import presets_help
 
-    def describe(name: str, preset: dict[str, Any]) -> str:
-        ae = preset.get("autoencoder")
-        steps = f"latent, {ae['max_steps']} + {preset['max_steps']} steps" if ae else f"{preset['max_steps']} steps"
-        return f"{name} ({preset['model']['image_size']} px, {steps})"
-
-    return "One of: " + ", ".join(describe(name, p) for name, p in PRESETS.items()) + "."
+    return presets_help()
 
 
 @app.command()
@@ -200,8 +195,9 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Train a small class-conditional diffusion model from scratch (EMA weights, samples, checkpoints)."""
-    from dermsynth.diffusion.scratch.train import train as run_train
+    """Train a small class-conditional diffusion model from scratch (EMA weights, samples, checkpoints): pixel,
+    latent or cascade, by preset."""
+    from dermsynth.diffusion.training import train as run_train
 
     result = run_train(data, out, preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
                        device=device, real_per_class=real_per_class, resume=resume, progress=not quiet)

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dermsynth.audit.config import AuditConfig
 from dermsynth.config import StrictModel, current_names, read_yaml, validate_config
 from dermsynth.data.config import PrepareConfig
 from dermsynth.diffusion.generate_config import GenerateConfig
-from dermsynth.diffusion.scratch.config import PresetName
 from dermsynth.diffusion.sd.config import FinetuneConfig
 from dermsynth.distributed import ProcessShare, current_share, usable_cores
 from dermsynth.errors import DermsynthError
@@ -47,8 +46,9 @@ RUNNING = ".stage-running.json"
 
 
 class TrainStage(StrictModel):
-    preset: PresetName = Field("cpu-fast", description="Preset of the from-scratch diffusion model (pixel: cpu-fast, "
-                               "gpu; latent, 128/256 px: cpu-latent-128, gpu-latent-256).")
+    preset: str = Field("cpu-fast", description="Preset of the from-scratch diffusion model (pixel: cpu-fast, gpu; "
+                        "latent, 128/256 px: cpu-latent-128, gpu-latent-256; cascade: cpu-cascade-128, "
+                        "gpu-cascade-256).")
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Any field of the training config (see `dermsynth train --help` / configs/train-*.yaml) on top "
@@ -56,18 +56,19 @@ class TrainStage(StrictModel):
 
     @field_validator("settings", mode="before")
     @classmethod
-    def _current_names(cls, value: Any) -> Any:
+    def _current_names(cls, value: Any, info: ValidationInfo) -> Any:
         """Old names read once, here: the stage's hash and the training run see only the current ones."""
-        from dermsynth.diffusion.scratch.config import TrainConfig
+        from dermsynth.diffusion.training import config_model, presets
 
-        return current_names(TrainConfig, value)
+        preset = info.data.get("preset")
+        return current_names(config_model(preset), value) if preset in presets() else value
 
     @model_validator(mode="after")
     def _settings_are_valid(self) -> TrainStage:
-        from dermsynth.diffusion.scratch.config import resolve_train_config
+        from dermsynth.diffusion.training import resolve_config
 
         try:
-            resolve_train_config(self.preset, dict(self.settings))
+            resolve_config(self.preset, dict(self.settings))
         except DermsynthError as exc:
             raise ValueError(str(exc).replace("config: ", "settings.", 1)) from None
         return self
@@ -290,7 +291,7 @@ def _reader_study(config: RunConfig, prepared: Path, synthetic: Path, folder: Pa
 
 
 def _train(config: RunConfig, prepared: Path, folder: Path) -> None:
-    from dermsynth.diffusion.scratch.train import train
+    from dermsynth.diffusion.training import train
 
     # None is train's own default: a fixed count (all cores of this process), so float sums repeat run to run.
     settings = {"device": config.device, "threads": config.threads, **config.train.settings}

@@ -109,13 +109,11 @@ def _dataset(config: RunConfig, plan: StudyPlan) -> None:
 
 
 def _train(config: RunConfig, plan: StudyPlan) -> None:
-    from dermsynth.diffusion.scratch.config import resolve_train_config
+    from dermsynth.diffusion.training import size_and_budget
 
     stage = config.train
-    cfg = resolve_train_config(stage.preset, dict(stage.settings))
-    size = plan.generated_size = cfg.model.image_size
-    budget = (f"{cfg.autoencoder.max_steps} autoencoder + {cfg.max_steps} diffusion steps" if cfg.autoencoder
-              else f"{cfg.max_steps} steps")
+    size, budget = size_and_budget(stage.preset, dict(stage.settings))
+    plan.generated_size = size
     plan.say("train", f"preset {stage.preset}: {size} px, {budget}; makes every prepared class")
     if plan.image_size is not None and plan.image_size < size:
         plan.refuse("train", f"the model makes {size} px images but prepare makes {plan.image_size} px ones; set "

@@ -141,6 +141,7 @@ def get_family(name: str) -> Family:
 
 register_family("scratch", "dermsynth.diffusion.scratch.sampling:ScratchGenerator")
 register_family("latent", "dermsynth.diffusion.scratch.sampling:LatentGenerator")
+register_family("cascade", "dermsynth.diffusion.cascade.sampling:CascadeGenerator")
 register_family("stable-diffusion", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
 register_family("stable-diffusion-lora", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
 

@@ -299,13 +299,13 @@ def resolve_train_config(
     """Preset (``preset``, the file's ``preset:`` key, or cpu-fast), then a YAML file (or dict) on top, then non-None
     keyword overrides on top of that."""
     preset, extra = preset_and_settings(preset, config)
-    data = _deep_merge({}, PRESETS[preset])
+    data = deep_merge({}, PRESETS[preset])
     source = f"preset {preset}"
     if extra is not None:
-        data = _deep_merge(data, current_names(TrainConfig, extra))  # old names must not sit beside the preset's
+        data = deep_merge(data, current_names(TrainConfig, extra))  # old names must not sit beside the preset's
         source = str(config) if not isinstance(config, dict) else "config"
     budget = {key: overrides.pop(key, None) for key in ("max_steps", "max_minutes")}
-    data = _deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
+    data = deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
     data = whole_run_budget(data, **budget)
     return validate_config(TrainConfig, data, source=source)
 
@@ -332,11 +332,11 @@ def whole_run_budget(data: dict[str, Any], max_steps: int | None = None, max_min
     return data
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -394,3 +394,24 @@ def build_noise_scheduler(config: NoiseConfig) -> Any:
         prediction_type=config.prediction_type,
         clip_sample=False,
     )
+
+
+# --------------------------------------------------------------------------- the core's entry (diffusion.training)
+
+CONFIG_MODEL = TrainConfig
+
+
+def resolve(preset: str, settings: str | Path | dict[str, Any] | None) -> TrainConfig:
+    return resolve_train_config(preset, settings)
+
+
+def describe_preset(name: str, preset: dict[str, Any]) -> str:
+    ae = preset.get("autoencoder")
+    steps = f"latent, {ae['max_steps']} + {preset['max_steps']} steps" if ae else f"{preset['max_steps']} steps"
+    return f"{name} ({preset['model']['image_size']} px, {steps})"
+
+
+def size_and_budget(cfg: TrainConfig) -> tuple[int, str]:
+    budget = (f"{cfg.autoencoder.max_steps} autoencoder + {cfg.max_steps} diffusion steps" if cfg.autoencoder
+              else f"{cfg.max_steps} steps")
+    return cfg.model.image_size, budget

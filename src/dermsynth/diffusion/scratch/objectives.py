@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 
 from dermsynth.diffusion.losses import min_snr_weight
-from dermsynth.diffusion.scratch.config import TrainConfig
+from dermsynth.diffusion.scratch.config import NoiseConfig, TrainConfig
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, flips: bool, transpose: bool) -> torch.Tensor:
@@ -39,7 +39,7 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """Noise ``clean`` at random noise levels and regress the configured target (optionally Min-SNR weighted)."""
     if cfg.noise.parameterization == "edm":
-        return edm_loss(unet, clean, labels, generator, cfg, bf16)
+        return edm_loss(unet, clean, labels, generator, cfg.noise, bf16)
     batch = clean.shape[0]
     noise = torch.randn(clean.shape, generator=generator, device=clean.device)
     timesteps = torch.randint(0, cfg.noise.num_train_timesteps, (batch,), generator=generator, device=clean.device)
@@ -56,14 +56,15 @@ def diffusion_loss(
 
 
 def edm_loss(unet: UNet2DModel, clean: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-             cfg: TrainConfig, bf16: bool) -> torch.Tensor:
+             noise_cfg: NoiseConfig, bf16: bool, condition: torch.Tensor | None = None) -> torch.Tensor:
     """EDM (Karras et al. 2022): log-normal sigma, preconditioned network F, D = c_skip x + c_out F.
 
     The EDM loss weight lambda(sigma) = 1 / c_out^2 turns ||D - x||^2 into ||F - (x - c_skip x_noisy) / c_out||^2,
     a unit-weight regression whose target has unit variance at every noise level. The network sees
     c_in x_noisy and the timestep c_noise = log(sigma) / 4, as diffusers' EDM schedulers feed it when sampling.
+    ``condition`` (channels concatenated to the network's input, e.g. a super-resolution stage's low-resolution
+    image) is not noised.
     """
-    noise_cfg = cfg.noise
     shape = (clean.shape[0], 1, 1, 1)
     log_sigma = noise_cfg.p_mean + noise_cfg.p_std * torch.randn(shape, generator=generator, device=clean.device)
     sigma = log_sigma.exp()
@@ -73,8 +74,9 @@ def edm_loss(unet: UNet2DModel, clean: torch.Tensor, labels: torch.Tensor, gener
     c_out = sigma * noise_cfg.sigma_data / (sigma**2 + sd2).sqrt()
     c_in = 1 / (sigma**2 + sd2).sqrt()
     target = (clean - c_skip * noisy) / c_out
+    network_input = c_in * noisy if condition is None else torch.cat([c_in * noisy, condition], dim=1)
     with _autocast(clean.device, bf16):
-        prediction = unet(c_in * noisy, (log_sigma / 4).flatten(), class_labels=labels).sample
+        prediction = unet(network_input, (log_sigma / 4).flatten(), class_labels=labels).sample
     return F.mse_loss(prediction.float(), target)
 
 

@@ -54,6 +54,11 @@ class PixelDiffusionPipeline:
     def image_size(self) -> int:
         return int(self.unet.config.sample_size)
 
+    @property
+    def sample_shape(self) -> tuple[int, int]:
+        """Height and width of what the UNet denoises (a convolutional stage may run at another size)."""
+        return self.unet.config.sample_size, self.unet.config.sample_size
+
     def decode(self, sample: torch.Tensor) -> torch.Tensor:
         """The denoised sample as an image in [-1, 1] (pixels already are one)."""
         return sample
@@ -73,7 +78,7 @@ class PixelDiffusionPipeline:
         sampler = make_scheduler(scheduler, self.scheduler_config)
         sampler.set_timesteps(num_inference_steps, device=self.device)
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-        shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        shape = (self.unet.config.out_channels, *self.sample_shape)
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
         sample = noise.to(self.device) * sampler.init_noise_sigma
         labels = torch.tensor(class_labels, device=self.device, dtype=torch.long)

@@ -124,7 +124,7 @@ def train(
                                real_per_class=real_per_class)
     check_scheduler_name(cfg.sample_scheduler)
     dataset = load_prepared(data)
-    _check_prepared_size(dataset, cfg.model.image_size)
+    check_prepared_size(dataset, cfg.model.image_size)
     out = Path(out)
     existing = _existing_state(out, resume)
     ensure_writable_dir(out)
@@ -142,7 +142,7 @@ def train(
     return ScratchTrainer(cfg, training_data, out, preset, progress, callback, autoencoder).run(resume)
 
 
-def _check_prepared_size(dataset: PreparedDataset, size: int) -> None:
+def check_prepared_size(dataset: PreparedDataset, size: int) -> None:
     """Training on upsampled images would teach the model blur: refuse a model larger than the prepared images."""
     side = dataset.image_side()  # None: load_training_data names the empty split
     if side is not None and side < size:
