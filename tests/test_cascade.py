@@ -48,7 +48,7 @@ def test_every_stage_reads_back_with_plain_diffusers(cascade):
 
     info = json.loads((cascade / "dermsynth_model.json").read_text())
     assert info["family"] == "cascade" and info["image_size"] == 32 and info["preset"] == "cpu-cascade-128"
-    assert info["base"]["steps"] == 4 and info["super_resolution"]["steps"] == 6 and info["steps"] == 10
+    assert info["base_model"]["steps"] == 4 and info["super_resolution"]["steps"] == 6 and info["steps"] == 10
     base = UNet2DModel.from_pretrained(cascade / "base" / "unet")
     sr = UNet2DModel.from_pretrained(cascade, subfolder="super_resolution/unet")
     assert base.config.sample_size == 16 and base.config.in_channels == 3
@@ -106,7 +106,7 @@ def test_max_steps_bounds_the_whole_run_in_the_ratio_of_the_stages(prepared, tmp
                    callback=lambda step, loss: steps.append(step))
     info = result.info
     # 4 + 6 steps in the config: the base gets 2 of 5, the super-resolution stage 3.
-    assert (info["base"]["steps"], info["super_resolution"]["steps"]) == (2, 3) and steps == [1, 2, 1, 2, 3]
+    assert (info["base_model"]["steps"], info["super_resolution"]["steps"]) == (2, 3) and steps == [1, 2, 1, 2, 3]
     cfg = resolve_cascade_config("cpu-cascade-128", None, max_steps=1)
     assert cfg.base.max_steps == 1 and cfg.super_resolution.max_steps == 1
 
@@ -150,3 +150,58 @@ def test_one_line_errors(prepared, cascade, tmp_path):
     with pytest.raises(DermsynthError, match="cannot be read") as caught:
         generate(broken, tmp_path / "syn", per_class=1, progress=False)
     assert "\n" not in str(caught.value)
+
+
+def test_the_super_resolution_ceiling_is_audited_but_refused_by_validate(prepared, cascade, tmp_path, cli):
+    from dermsynth.diffusion.scratch.reconstruct import reconstruct
+
+    out = tmp_path / "ceiling"
+    record = reconstruct(prepared, out, model=cascade, split="test", progress=False)
+    assert record["through"].startswith("the super-resolution stage of a cascade (2x)")
+    assert record["factor"] == 2 and record["images"] == len(list((out / "images").rglob("*.png")))
+    first = {p.name: np.asarray(Image.open(p)) for p in (out / "images").rglob("*.png")}
+    assert all(image.shape == (32, 32, 3) for image in first.values())
+    again = tmp_path / "again"
+    reconstruct(prepared, again, model=cascade, split="test", progress=False, batch_size=1)
+    for path in (again / "images").rglob("*.png"):  # each image has its own seed: batches do not matter
+        assert np.array_equal(np.asarray(Image.open(path)), first[path.name])
+    code, _, err = cli("validate", "--real", prepared, "--synthetic", out, "--out", tmp_path / "val", "--model",
+                       "cnn", "--epochs", "1")
+    assert code == 2 and "reconstructions of real images" in err and "Traceback" not in err
+    # The reconstruct control of validate: the stage's upscaling of the run's own training sample only.
+    sample = reconstruct(prepared, tmp_path / "own", model=cascade, split="train", model_sample=True, progress=False)
+    assert sample["autoencoder_sample"]["images"] == sample["images"]
+
+
+def test_a_pixel_model_has_no_ceiling_to_measure(prepared, cascade, tmp_path, cli):
+    code, _, err = cli("reconstruct", "--data", prepared, "--out", tmp_path / "rec", "--model", cascade / "base")
+    assert code == 2 and "a scratch model has no reconstruction" in err and "cascade" in err
+    assert not (tmp_path / "rec").exists()
+
+
+def test_the_cli_trains_a_cascade_preset(prepared, tmp_path, cli):
+    import yaml
+
+    config = tmp_path / "cascade.yaml"
+    config.write_text(yaml.safe_dump(TINY_CASCADE))
+    code, out, err = cli("train", "--data", prepared, "--out", tmp_path / "m", "--config", config, "--max-steps",
+                         "3", "--quiet")
+    assert code == 0, err
+    info = json.loads((tmp_path / "m" / "dermsynth_model.json").read_text())
+    assert info["family"] == "cascade" and info["steps"] == 3
+    code, out, _ = cli("train", "--help")
+    assert "cpu-cascade-128 (128 px, cascade: 32 px base" in " ".join(out.split())
+
+
+def test_the_report_shows_both_stages(cascade, tmp_path):
+    import shutil
+
+    from dermsynth.report.folder import MODEL, RunFolder
+    from dermsynth.report.sections.training import training_section
+
+    shutil.copytree(cascade, tmp_path / "run" / MODEL)
+    section = training_section(RunFolder(tmp_path / "run"))
+    assert section["title"].startswith("Cascaded diffusion model")
+    facts = str(section["facts"])
+    assert "16 px pixel model, 4 steps" in facts and "2x, 6 steps" in facts
+    assert section["curve"] is not None and len(section["samples"]) >= 2

@@ -167,6 +167,12 @@ def _schedulers_help() -> str:
             "(default: the model's).")
 
 
+def _label_scheme_help() -> str:
+    from dermsynth.diffusion.scratch.config import LABEL_SCHEME_HELP
+
+    return LABEL_SCHEME_HELP + " (default: label)"
+
+
 def _presets_help() -> str:
     from dermsynth.diffusion.training import presets_help
 
@@ -192,6 +198,7 @@ def train(
     real_per_class: Annotated[int | None, typer.Option(
         help="Train on this many images per class: the sample `validate --real-per-class` uses (same seed 0), so "
              "generator and classifier see the same real images.")] = None,
+    label_scheme: Annotated[str | None, typer.Option(help=_label_scheme_help())] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -200,7 +207,8 @@ def train(
     from dermsynth.diffusion.training import train as run_train
 
     result = run_train(data, out, preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
-                       device=device, real_per_class=real_per_class, resume=resume, progress=not quiet)
+                       device=device, real_per_class=real_per_class, label_scheme=label_scheme, resume=resume,
+                       progress=not quiet)
     info = result.info
     if result.skipped:
         typer.echo(f"{out}: already trained with these settings ({info['steps']} steps); nothing to do")
@@ -341,8 +349,9 @@ def _class_prompts(pairs: list[str] | None) -> dict[str, str] | None:
 def reconstruct(
     data: Annotated[Path, typer.Option("--data", help="The prepared real dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the reconstructions (audit reads it).")],
-    model: Annotated[Path | None, typer.Option(help="A latent-family model folder: pass the images through its "
-                                                    "autoencoder.")] = None,
+    model: Annotated[Path | None, typer.Option(help="A latent model (through its autoencoder) or a cascade (down "
+                                                    "to its base's size, then up by its super-resolution stage).")
+                     ] = None,
     bicubic: Annotated[int | None, typer.Option(help="Instead, a bicubic down-and-up by this factor (the "
                                                      "reference a latent of that size must beat).")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
@@ -353,10 +362,11 @@ def reconstruct(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Real images through an autoencoder (or bicubic): audit the folder to measure the decoder's ceiling.
+    """Real images through a model's last stage (or bicubic): audit the folder to measure that stage's ceiling.
 
-    A latent model's samples can be no closer to real images than its autoencoder's reconstructions, so
-    `dermsynth audit --synthetic OUT` on them splits a fidelity gap into the decoder's share and stage 2's.
+    A latent model's samples can be no closer to real images than its autoencoder's reconstructions, and a
+    cascade's no closer than its super-resolution stage makes them from perfect low-resolution images, so
+    `dermsynth audit --synthetic OUT` on them splits a fidelity gap into that stage's share and the rest's.
     The images are derived from real patients' images: not synthetic, not for sharing or training."""
     from dermsynth.diffusion.scratch.reconstruct import reconstruct as run_reconstruct
 

@@ -43,6 +43,7 @@ class ImageGenerator(Protocol):
     negative_prompts: dict[str, str]  # per class
     item_prompts: dict[str, list[str]]  # per class, taken in turn by image index (e.g. from metadata)
     source: Any  # image-to-image / inpainting start images (sd.generate.ImageSource), or None
+    conditioning: Conditioning  # what the class embedding means: labels, or diagnoses drawn per label
 
     def prompt(self, label: str) -> str: ...
 
@@ -51,6 +52,10 @@ class ImageGenerator(Protocol):
         ...
 
     def negative_prompt(self, label: str) -> str: ...
+
+    def diagnosis_for(self, label: str, seed: int) -> str:
+        """The diagnosis image ``seed`` of ``label`` is conditioned on ("" unless the model conditions on them)."""
+        ...
 
     def use_prompts(self, prompts: dict[str, str]) -> None:
         """Per-class prompts in place of the model's own (for the classes given)."""
@@ -73,6 +78,43 @@ class ImageGenerator(Protocol):
         ...
 
 
+DIAGNOSIS_DRAW_SEED = 0xD1A6  # mixed into an image's seed for its diagnosis draw
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a model's class embedding means. "label": the classes themselves. "diagnosis": one embedding per
+    diagnosis (``classes``), each belonging to one label (``label_of``); an image of a label gets a diagnosis of that
+    label drawn by its seed in the real training proportions (``counts``), so HAM10000's "malignant" is melanoma,
+    basal cell carcinoma or actinic keratosis, each drawn as often as the training sample holds it."""
+
+    scheme: str = "label"
+    classes: tuple[str, ...] = ()
+    label_of: dict[str, str] | None = None
+    counts: dict[str, int] | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> Conditioning:
+        if not record or record.get("scheme", "label") == "label":
+            return cls()
+        return cls("diagnosis", tuple(record["classes"]), dict(record["label_of"]), dict(record["counts"]))
+
+    def diagnosis(self, label: str, seed: int) -> str:
+        """The diagnosis of image ``seed`` of class ``label`` ("" under the label scheme)."""
+        if self.scheme == "label":
+            return ""
+        choices = [d for d in self.classes if self.label_of[d] == label]
+        weights = np.array([self.counts[d] for d in choices], dtype=np.float64)
+        rng = np.random.default_rng([int(seed), DIAGNOSIS_DRAW_SEED])
+        return str(rng.choice(choices, p=weights / weights.sum()))
+
+    def targets(self, labels: list[str], seeds: list[int], classes: list[str]) -> list[int]:
+        """The class embeddings to sample ``labels`` with: the label's index, or its drawn diagnosis's."""
+        if self.scheme == "label":
+            return [classes.index(label) for label in labels]
+        return [self.classes.index(self.diagnosis(label, seed)) for label, seed in zip(labels, seeds, strict=True)]
+
+
 class GeneratorBase:
     """The text-to-image members of :class:`ImageGenerator` with their defaults: no prompts of its own, no start
     images. A class-conditional family sets ``family`` and overrides ``prompt``; a text-to-image one sets
@@ -80,6 +122,7 @@ class GeneratorBase:
 
     takes_prompts = False
     batch_size = 64  # small pixel models: large batches keep a CPU's matrix units busy
+    conditioning = Conditioning()
 
     def __init__(self) -> None:
         self.prompts: dict[str, str] = {}
@@ -96,6 +139,10 @@ class GeneratorBase:
 
     def negative_prompt(self, label: str) -> str:
         return self.negative_prompts.get(label, "")
+
+    def diagnosis_for(self, label: str, seed: int) -> str:
+        """The diagnosis an image was conditioned on, for the manifest ("" when the model conditions on labels)."""
+        return self.conditioning.diagnosis(label, seed)
 
     def use_prompts(self, prompts: dict[str, str]) -> None:
         self.prompts.update(prompts)
@@ -114,24 +161,35 @@ class GeneratorBase:
 
 @dataclass(frozen=True)
 class Family:
-    """A registered model family: the adapter class, or "module:Class" to import it only when used."""
+    """A registered model family: the adapter class, or "module:Class" to import it only when used; and, for a
+    family whose model can pass real images through one of its stages (`dermsynth reconstruct`), that codec."""
 
     name: str
     loader: str | type
+    codec: str | type | None = None
 
     def adapter(self) -> Any:
-        if not isinstance(self.loader, str):
-            return self.loader
-        module_name, class_name = self.loader.split(":")
-        return getattr(importlib.import_module(module_name), class_name)
+        return _load(self.loader)
+
+    def codec_class(self) -> Any:
+        return _load(self.codec) if self.codec is not None else None
+
+
+def _load(target: str | type) -> Any:
+    if not isinstance(target, str):
+        return target
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 FAMILIES: Registry[Family] = Registry("model family")
 
 
-def register_family(name: str, loader: str | type) -> None:
-    """Models whose ``dermsynth_model.json`` says ``"family": name`` load with ``loader.from_folder``."""
-    FAMILIES.add(name, Family(name, loader))
+def register_family(name: str, loader: str | type, codec: str | type | None = None) -> None:
+    """Models whose ``dermsynth_model.json`` says ``"family": name`` load with ``loader.from_folder``; ``codec``
+    (``codec(model_folder, device)``, called with uint8 images, their class indices and seeds) is what
+    `dermsynth reconstruct --model` passes real images through."""
+    FAMILIES.add(name, Family(name, loader, codec))
 
 
 def get_family(name: str) -> Family:
@@ -140,8 +198,10 @@ def get_family(name: str) -> Family:
 
 
 register_family("scratch", "dermsynth.diffusion.scratch.sampling:ScratchGenerator")
-register_family("latent", "dermsynth.diffusion.scratch.sampling:LatentGenerator")
-register_family("cascade", "dermsynth.diffusion.cascade.sampling:CascadeGenerator")
+register_family("latent", "dermsynth.diffusion.scratch.sampling:LatentGenerator",
+                "dermsynth.diffusion.scratch.reconstruct:AutoencoderCodec")
+register_family("cascade", "dermsynth.diffusion.cascade.sampling:CascadeGenerator",
+                "dermsynth.diffusion.cascade.reconstruct:SuperResolutionCodec")
 register_family("stable-diffusion", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
 register_family("stable-diffusion-lora", "dermsynth.diffusion.sd.generate:StableDiffusionGenerator")
 

@@ -58,6 +58,8 @@ MANIFEST_COLUMNS = [
     "image_id", "path", "label", "prompt", "negative_prompt", "seed", "scheduler", "steps", "guidance_scale",
     "model", "model_sha256", "created_utc", "qc", "synthetic",
 ]
+# Written only by a model conditioned on diagnoses (``Conditioning``): the diagnosis each image was drawn as.
+OPTIONAL_COLUMNS = ["diagnosis"]
 REJECTED_COLUMNS = ["image_id", "label", "seed", "reason", "created_utc"]
 
 
@@ -327,6 +329,8 @@ def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str,
             "guidance_scale": settings["guidance_scale"], "model": settings["model"],
             "model_sha256": settings["model_sha256"], "created_utc": now, "qc": "pass", "synthetic": True,
         }
+        if generator.conditioning.scheme == "diagnosis":
+            row["diagnosis"] = generator.diagnosis_for(item.label, item.seed)
         write_png(to_uint8(image), state.root / row["path"], row)
         state.accept(row)
         accepted.append(row)
@@ -400,7 +404,9 @@ class _FolderState:
         self.rejected.append(row)
 
     def manifest(self) -> pd.DataFrame:
-        frame = pd.DataFrame(list(self.rows.values()), columns=MANIFEST_COLUMNS)
+        rows = list(self.rows.values())
+        extra = [column for column in OPTIONAL_COLUMNS if any(column in row for row in rows)]
+        frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + extra)
         return frame.sort_values(["label", "image_id"]).reset_index(drop=True)
 
     def flush(self) -> None:
@@ -433,7 +439,7 @@ def _row_from_png(path: Path) -> dict[str, Any] | str | None:
         return "damaged"
     if not all(column in text for column in MANIFEST_COLUMNS):
         return None
-    row: dict[str, Any] = {column: text[column] for column in MANIFEST_COLUMNS}
+    row: dict[str, Any] = {column: text[column] for column in MANIFEST_COLUMNS + OPTIONAL_COLUMNS if column in text}
     row.update(seed=int(row["seed"]), steps=int(row["steps"]), guidance_scale=float(row["guidance_scale"]),
                synthetic=row["synthetic"] == "True")
     return row

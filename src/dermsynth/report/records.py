@@ -12,7 +12,7 @@ from dermsynth.errors import DermsynthError
 
 
 class ModelRecord(BaseModel):
-    """``dermsynth_model.json``: a model trained from scratch (pixel or latent family) or a Stable Diffusion
+    """``dermsynth_model.json``: a model trained from scratch (pixel, latent or cascade family) or a Stable Diffusion
     fine-tune. Keys a newer writer adds are kept (``extra``), so an older report reads a newer model."""
 
     model_config = ConfigDict(extra="allow")
@@ -30,6 +30,8 @@ class ModelRecord(BaseModel):
     final_loss: float | None = None
     device: str | None = None
     autoencoder: dict[str, Any] | None = None
+    base_model: dict[str, Any] | None = None  # cascade: the base pixel model's record
+    super_resolution: dict[str, Any] | None = None  # cascade: the super-resolution stage's record
     config: dict[str, Any] | None = None
     method: str | None = None
     lora: dict[str, Any] | None = None

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from dermsynth.diffusion.families import GeneratorBase
+from dermsynth.diffusion.families import Conditioning, GeneratorBase
 from dermsynth.diffusion.scratch.sampling import (
     SCHEDULER_FOLDER,
     UNET_FOLDER,
@@ -141,6 +141,7 @@ class CascadeGenerator(GeneratorBase):
         super().__init__()
         self.pipeline = pipeline
         self.classes: list[str] = list(info["classes"])
+        self.conditioning = Conditioning.from_record(info.get("conditioning"))
         self.sha256 = sha256
         self.defaults: dict[str, Any] = dict(info["sampling"])
         self.precision = "bf16" if pipeline.bf16 else "fp32"
@@ -160,6 +161,6 @@ class CascadeGenerator(GeneratorBase):
 
     def __call__(self, labels: list[str], seeds: list[int], *, steps: int, scheduler: str,
                  guidance_scale: float, indices: list[int] | None = None) -> np.ndarray:
-        targets = [self.classes.index(label) for label in labels]
+        targets = self.conditioning.targets(labels, seeds, self.classes)
         return self.pipeline(targets, seeds, num_inference_steps=steps, guidance_scale=guidance_scale,
                              scheduler=scheduler)

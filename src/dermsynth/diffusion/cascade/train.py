@@ -91,6 +91,7 @@ def train(
     seed: int | None = None,
     device: str | None = None,
     real_per_class: int | None = None,
+    label_scheme: str | None = None,
     resume: bool = False,
     progress: bool = True,
     callback: StepCallback | None = None,
@@ -101,7 +102,7 @@ def train(
     if isinstance(config, CascadeConfig):
         config = config.model_dump(mode="json")
     cfg = resolve_cascade_config(preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
-                                 device=device, real_per_class=real_per_class)
+                                 device=device, real_per_class=real_per_class, label_scheme=label_scheme)
     preset = resolve_preset_name(preset, config)
     for scheduler in (cfg.base.sample_scheduler, cfg.super_resolution.sample_scheduler):
         check_scheduler_name(scheduler)
@@ -109,7 +110,7 @@ def train(
     check_prepared_size(dataset, cfg.image_size)
     out = Path(out)
     high = load_training_data(dataset, cfg.image_size, progress, per_class=cfg.real_per_class,
-                              subsample_seed=cfg.subsample_seed)
+                              subsample_seed=cfg.subsample_seed, label_scheme=cfg.label_scheme)
     if _existing_state(out, resume) == "finished":
         info = read_json(out / MODEL_JSON, FINISHED_REMEDY)
         if not _finished_matches(info, cfg, high.summary):
@@ -342,11 +343,13 @@ class SuperResolutionTrainer(TrainingHarness):
         save_sample_grid(cascade, self.data.classes, grid, base_cfg.samples_per_class, self.cfg.seed,
                          sampling["steps"], sampling["scheduler"], sampling["guidance_scale"])
         write_text_atomic(top / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        conditioning = self.data.summary.get("conditioning")
         reasons = ([f"base: {r}" for r in base_info["reproducible"]["reasons"]]
                    + [f"super-resolution: {r}" for r in stage["reproducible"]["reasons"]])
         info = {
             "family": "cascade",
-            "classes": self.data.classes,
+            "classes": conditioning["labels"] if conditioning else self.data.classes,
+            "conditioning": conditioning or {"scheme": "label"},
             "null_class": len(self.data.classes),
             "image_size": self.cfg.image_size,
             "weights": "ema",
@@ -361,7 +364,7 @@ class SuperResolutionTrainer(TrainingHarness):
             "final_loss": self.smoothed_loss,
             "device": str(self.device),
             "reproducible": {"bitwise": not reasons, "reasons": reasons, "threads": self.threads.max_threads},
-            "base": {key: base_info.get(key) for key in ("image_size", "steps", "seconds", "stopped_by",
+            "base_model": {key: base_info.get(key) for key in ("image_size", "steps", "seconds", "stopped_by",
                                                            "weights_sha256", "parameters", "sample_grid")},
             "super_resolution": stage,
             "sampling": sampling,

@@ -20,6 +20,13 @@ from dermsynth.errors import DermsynthError
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DModel
 
+LabelScheme = Literal["label", "diagnosis"]
+LABEL_SCHEME_HELP = (
+    "What the class embedding stands for: label (the prepared classes) or diagnosis (one embedding per diagnosis "
+    "of the metadata, e.g. HAM10000's malignant = melanoma, basal cell carcinoma, actinic keratosis, which look "
+    "nothing alike). Images are still made per class: each draws a diagnosis of its class, in the training "
+    "sample's proportions, and the manifest records it.")
+
 PresetName = Literal["cpu-fast", "gpu", "cpu-latent-128", "gpu-latent-256"]
 
 
@@ -185,6 +192,7 @@ class TrainConfig(StrictModel):
         "`validate` takes with the same real_per_class and subsample_seed, so that generator and classifier see "
         "the same real images (null = the whole train split).")
     subsample_seed: int = Field(0, description="Seed of the real_per_class sample (as validate's subsample_seed).")
+    label_scheme: LabelScheme = Field("label", description=LABEL_SCHEME_HELP)
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), or a torch device name.")
     threads: ThreadSetting = Field(None, description=THREADS_HELP)
 

@@ -31,7 +31,7 @@ import torch
 from dermsynth.data.dataset import load_prepared, sample_fingerprint, subsample_per_class
 from dermsynth.data.images import ImageReadError, load_image, save_image
 from dermsynth.data.synthetic_folders import RECONSTRUCTION_RECORD
-from dermsynth.diffusion.families import MODEL_JSON
+from dermsynth.diffusion.families import FAMILIES, MODEL_JSON
 from dermsynth.errors import UNREADABLE_ARTIFACT_ERRORS, DermsynthError
 from dermsynth.progress import track
 from dermsynth.utils import (
@@ -73,8 +73,7 @@ def reconstruct(data: str | Path, out: str | Path, model: str | Path | None = No
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DermsynthError(f"{out}: exists and is not an empty folder; choose a new --out")
     device = pick_device(device)
-    codec = _AutoencoderCodec(Path(model), device) if model is not None else _BicubicCodec(bicubic,
-                                                                                           prepared.image_size)
+    codec = _model_codec(Path(model), device) if model is not None else _BicubicCodec(bicubic, prepared.image_size)
     frame = trained_on if model_sample and trained_on is not None else prepared.split(split)
     if frame.empty:
         raise DermsynthError(f"{data}: the {split} split is empty")
@@ -143,7 +142,7 @@ def _write_images(prepared, frame: pd.DataFrame, codec, work: Path, batch_size: 
         if not images:
             continue
         real = np.stack(images)
-        made = codec(real)
+        made = codec(real, [int(row["target"]) for row in chunk], [image_seed(row["image_id"]) for row in chunk])
         psnr, ssim = _scores(real, made)
         for row, image, p, s in zip(chunk, made, psnr, ssim, strict=True):
             label = classes[int(row["target"])]
@@ -154,6 +153,11 @@ def _write_images(prepared, frame: pd.DataFrame, codec, work: Path, batch_size: 
                          "source_image_id": row["image_id"], "through": codec.name, "psnr": round(p, 3),
                          "ssim": round(s, 4), "synthetic": False})
     return rows, skipped
+
+
+def image_seed(image_id: str) -> int:
+    """A seed of its own for each image (a generating codec's noise), the same in every run and batch."""
+    return int(stable_hash(["reconstruct", str(image_id)])[:8], 16)
 
 
 def _scores(real: np.ndarray, made: np.ndarray) -> tuple[list[float], list[float]]:
@@ -176,7 +180,21 @@ def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return ((pixels.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-class _AutoencoderCodec:
+def _model_codec(model: Path, device: str) -> Any:
+    """What a model folder's family passes real images through (its registered reconstruction codec)."""
+    from dermsynth.diffusion.families import get_family, read_model_info
+
+    if not (model / MODEL_JSON).is_file():  # a bare folder: an autoencoder's, or the error that says what is missing
+        return AutoencoderCodec(model, device)
+    family = get_family(read_model_info(model)["family"])
+    if family.codec is None:
+        with_codec = ", ".join(name for name, entry in FAMILIES.items() if entry.codec is not None)
+        raise DermsynthError(f"{model}: a {family.name} model has no reconstruction (models of these families "
+                             f"do: {with_codec}; --bicubic FACTOR needs none)")
+    return family.codec_class()(model, device)
+
+
+class AutoencoderCodec:
     """A latent model's autoencoder: encoder mean, then decoder, as its samples are decoded."""
 
     name = "autoencoder"
@@ -204,7 +222,7 @@ class _AutoencoderCodec:
                             f"{self.vae.config.latent_channels} latent channels), encoder mean then decoder")
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, labels: list[int], seeds: list[int]) -> np.ndarray:
         from dermsynth.diffusion.scratch.autoencoder import autoencode
 
         return _to_uint8(autoencode(self.vae, _to_pixels(images, self.device), self.bf16))
@@ -226,7 +244,7 @@ class _BicubicCodec:
         self.factor, self.size = factor, size
         self.description = f"bicubic down by {factor}x (antialiased) and back up"
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, labels: list[int], seeds: list[int]) -> np.ndarray:
         from dermsynth.diffusion.scratch.autoencoder import bicubic_down_up
 
         return _to_uint8(bicubic_down_up(_to_pixels(images, "cpu"), self.factor))

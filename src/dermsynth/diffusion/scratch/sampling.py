@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DModel
 
-from dermsynth.diffusion.families import GeneratorBase
+from dermsynth.diffusion.families import Conditioning, GeneratorBase
 from dermsynth.diffusion.schedulers import make_scheduler
 
 UNET_FOLDER = "unet"
@@ -153,6 +153,7 @@ class ScratchGenerator(GeneratorBase):
         super().__init__()
         self.pipeline = pipeline
         self.classes: list[str] = list(info["classes"])
+        self.conditioning = Conditioning.from_record(info.get("conditioning"))
         self.sha256 = sha256
         self.defaults: dict[str, Any] = dict(info["sampling"])
         self.precision = "bf16" if pipeline.bf16 else "fp32"
@@ -177,7 +178,7 @@ class ScratchGenerator(GeneratorBase):
     def __call__(self, labels: list[str], seeds: list[int], *, steps: int, scheduler: str,
                  guidance_scale: float, indices: list[int] | None = None) -> np.ndarray:
         # An image depends on its seed and class only: ``indices`` (for image-to-image families) are unused.
-        targets = [self.classes.index(label) for label in labels]
+        targets = self.conditioning.targets(labels, seeds, self.classes)
         return self.pipeline(targets, seeds, num_inference_steps=steps, guidance_scale=guidance_scale,
                              scheduler=scheduler)
 

@@ -107,6 +107,7 @@ def train(
     seed: int | None = None,
     device: str | None = None,
     real_per_class: int | None = None,
+    label_scheme: str | None = None,
     resume: bool = False,
     progress: bool = True,
     callback: StepCallback | None = None,
@@ -121,7 +122,7 @@ def train(
         config = config.model_dump(mode="json")
     preset = preset_and_settings(preset, config)[0]
     cfg = resolve_train_config(preset, config, max_minutes=max_minutes, max_steps=max_steps, seed=seed, device=device,
-                               real_per_class=real_per_class)
+                               real_per_class=real_per_class, label_scheme=label_scheme)
     check_scheduler_name(cfg.sample_scheduler)
     dataset = load_prepared(data)
     check_prepared_size(dataset, cfg.model.image_size)
@@ -129,7 +130,7 @@ def train(
     existing = _existing_state(out, resume)
     ensure_writable_dir(out)
     training_data = load_training_data(dataset, cfg.model.image_size, progress, per_class=cfg.real_per_class,
-                                       subsample_seed=cfg.subsample_seed)
+                                       subsample_seed=cfg.subsample_seed, label_scheme=cfg.label_scheme)
     if existing == "finished" and _finished_matches(out, cfg, training_data.summary):
         info = read_json(out / MODEL_JSON, FINISHED_REMEDY)
         return TrainResult(out=out, steps=info["steps"], seconds=info["seconds"], skipped=True, info=info)
@@ -206,14 +207,20 @@ def _finished_matches(out: Path, cfg: TrainConfig, data_summary: dict[str, Any])
 
 
 def load_training_data(dataset: PreparedDataset, size: int, progress: bool = True, split: str = "train",
-                       per_class: int | None = None, subsample_seed: int = 0) -> TrainingData:
+                       per_class: int | None = None, subsample_seed: int = 0,
+                       label_scheme: str = "label") -> TrainingData:
     """A split (the train split, for training), decoded once and kept in memory as uint8 at ``size``; with
-    ``per_class``, the same per-class sample that `validate` draws with that real_per_class and subsample_seed."""
+    ``per_class``, the same per-class sample that `validate` draws with that real_per_class and subsample_seed.
+    ``label_scheme`` "diagnosis": the targets are the images' diagnoses (``classes`` then lists them), and the
+    summary's ``conditioning`` says which label each belongs to and how many images each has."""
     frame = dataset.split(split)
     if frame.empty:
         raise DermsynthError(f"{dataset.root}: the {split} split is empty")
     if per_class is not None:
         frame = subsample_per_class(frame, per_class, subsample_seed, dataset.classes)
+    if label_scheme == "diagnosis":
+        return _by_diagnosis(load_training_data(dataset, size, progress, split, per_class, subsample_seed), frame,
+                             dataset)
     paths = dataset.paths(frame)
     arrays = [load_training_square(path, size) for path in track(paths, len(paths), "load images", enabled=progress)]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -233,6 +240,27 @@ def load_training_data(dataset: PreparedDataset, size: int, progress: bool = Tru
     }
     return TrainingData(images=images, targets=targets, classes=classes, summary=summary,
                         image_ids=frame["image_id"].astype(str).tolist())
+
+
+def _by_diagnosis(data: TrainingData, frame: Any, dataset: PreparedDataset) -> TrainingData:
+    """``data`` with one class per diagnosis, ordered by label, then by name."""
+    diagnoses = frame.get("diagnosis")
+    if diagnoses is None or diagnoses.isna().any() or (diagnoses.astype(str).str.strip() == "").any():
+        raise DermsynthError(f"{dataset.root}: --label-scheme diagnosis needs a diagnosis for every training image "
+                             "(prepare a dataset whose metadata names them, e.g. HAM10000 or ISIC), or use label")
+    pairs = frame[["label", "diagnosis"]].astype(str).drop_duplicates()
+    shared = pairs["diagnosis"][pairs["diagnosis"].duplicated()].tolist()
+    if shared:
+        raise DermsynthError(f"{dataset.root}: diagnosis {shared[0]!r} occurs under more than one label; it cannot "
+                             "stand for one class (use --label-scheme label)")
+    label_of = dict(zip(pairs["diagnosis"], pairs["label"], strict=True))
+    classes = sorted(label_of, key=lambda d: (dataset.classes.index(label_of[d]), d))
+    targets = torch.tensor([classes.index(d) for d in frame["diagnosis"].astype(str)], dtype=torch.int64)
+    counts = frame["diagnosis"].astype(str).value_counts()
+    conditioning = {"scheme": "diagnosis", "classes": classes, "label_of": label_of,
+                    "counts": {d: int(counts[d]) for d in classes}, "labels": dataset.classes}
+    return dataclasses.replace(data, targets=targets, classes=classes,
+                               summary={**data.summary, "conditioning": conditioning})
 
 
 # --------------------------------------------------------------------------- the loop
@@ -367,9 +395,12 @@ class ScratchTrainer(TrainingHarness):
             save_pretrained_atomic(component, self.out / folder)
         grid = self._save_grid("final.png")
         write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        conditioning = self.data.summary.get("conditioning")
         info = {
             "family": "latent" if self.autoencoder else "scratch",
-            "classes": self.data.classes,
+            # The classes images are made for; a model conditioned on diagnoses embeds those instead (conditioning).
+            "classes": conditioning["labels"] if conditioning else self.data.classes,
+            "conditioning": conditioning or {"scheme": "label"},
             "null_class": len(self.data.classes),
             "image_size": self.cfg.model.image_size,
             "weights": "ema",

@@ -17,7 +17,10 @@ METHODS = {"dreambooth": "DreamBooth", "lora": "DreamBooth with LoRA", "captions
 
 def training_section(run: RunFolder) -> Section | None:
     info = ModelRecord.read(run.json(MODEL, MODEL_JSON), run.path(MODEL, MODEL_JSON))
+    # A cascade logs per stage: its super-resolution stage is the one trained longest.
     log = run.csv(MODEL, "train_log.csv")
+    if log is None:
+        log = run.csv(MODEL, "super_resolution", "train_log.csv")
     if info is None and log is None:
         return None
     section = {"unfinished": info is None,
@@ -68,7 +71,28 @@ def scratch_details(run: RunFolder, info: ModelRecord) -> Section:
                                  "Stage 1: real val images (top) and the autoencoder's reconstructions (bottom).",
                                  "autoencoder reconstructions"))
     title = "Latent diffusion model trained from scratch" if autoencoder else "Diffusion model trained from scratch"
+    if info.super_resolution:
+        facts += _cascade_facts(info)
+        stage_grid = run.path(MODEL, "super_resolution", "samples", "final.png")
+        samples.insert(0, figure(figures.embed_png_file(stage_grid) if stage_grid.is_file() else None,
+                                 "Stage 2 on real val images: each downsampled to the base's size and upscaled by "
+                                 "bicubic interpolation and by the super-resolution stage, beside the original.",
+                                 "super-resolution stage on real images"))
+        title = "Cascaded diffusion model trained from scratch (base, then super-resolution)"
     return {"title": title, "facts": table(["", ""], facts), "samples": [s for s in samples if s]}
+
+
+def _cascade_facts(info: ModelRecord) -> list[tuple[str, Any]]:
+    base, stage = info.base_model or {}, info.super_resolution or {}
+    sampling = stage.get("sampling") or {}
+    return [
+        ("base", f"{na(base.get('image_size'))} px pixel model, {na(base.get('steps'))} steps, "
+                 f"{fmt(base.get('seconds'), 0)} s"),
+        ("super-resolution", f"{na(stage.get('factor'))}x, {na(stage.get('steps'))} steps, "
+                             f"{fmt(stage.get('seconds'), 0)} s; sampled with noise level "
+                             f"{na(sampling.get('augmentation'))} on the base's images, {na(sampling.get('steps'))} "
+                             "steps"),
+    ]
 
 
 def _autoencoder_facts(autoencoder: dict[str, Any]) -> list[tuple[str, Any]]:
