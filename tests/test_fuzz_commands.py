@@ -476,6 +476,35 @@ def reader_study_score_a_tampered_key(ws, tmp) -> Case:
     return ["reader-study", "score", tmp / "s", tmp / "a.json"], 2, "key", [tmp / "s" / "score"]
 
 
+def _tune(ws, out: Path) -> list[object]:
+    return ["tune-guidance", "--model", ws.model, "--data", ws.prep, "--out", out, "--per-class", "6", "--quiet"]
+
+
+def tune_guidance_values_not_numbers(ws, tmp) -> Case:
+    return [*_tune(ws, tmp / "t"), "--values", "1,high"], 2, "--values", [tmp / "t" / "tune.json"]
+
+
+def tune_guidance_too_few_images(ws, tmp) -> Case:
+    return [*_tune(ws, tmp / "t"), "--per-class", "2"], 2, "--per-class", [tmp / "t" / "tune.json"]
+
+
+def tune_guidance_no_saved_features(ws, tmp) -> Case:
+    args = [*_tune(ws, tmp / "t"), "--features", f"classifier:{tmp / 'none'}"]
+    return args, 2, "no saved classifier", [tmp / "t" / "tune.json"]
+
+
+def generate_guidance_for_a_class_the_model_lacks(ws, tmp) -> Case:
+    args = ["generate", "--model", ws.model, "--out", tmp / "g", "--per-class", "1", "--guidance", "melanoma=2",
+            "--quiet"]
+    return args, 2, "melanoma", [tmp / "g" / "manifest.csv"]
+
+
+def generate_guidance_not_a_number(ws, tmp) -> Case:
+    args = ["generate", "--model", ws.model, "--out", tmp / "g", "--per-class", "1", "--guidance", "strong",
+            "--quiet"]
+    return args, 2, "--guidance", [tmp / "g" / "manifest.csv"]
+
+
 def command_of(case_name: str) -> str | None:
     """The command a case exercises: the longest command whose name (with _ for -) starts the case's name."""
     from tests.test_pipeline import COMMANDS

@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dermsynth"
 LAYERS = {"errors": 0, "utils": 0, "version": 0, "layout": 0, "progress": 0, "config": 0, "registry": 0,
           "distributed": 0, "precision": 0, "data": 1, "classify": 2, "diffusion": 3, "audit": 3, "evaluate": 3,
-          "reader": 3.5, "report": 4, "pipeline": 5, "preflight": 5, "cli": 6, "__main__": 7, "__init__": 7,
+          "reader": 3.5, "report": 4, "pipeline": 5, "preflight": 5, "tune": 5, "cli": 6, "__main__": 7, "__init__": 7,
           "testing": 7}
 STAGE = 3
 

@@ -101,7 +101,7 @@ def test_usage_errors_exit_2_without_traceback(cli, args):
 
 
 COMMANDS = ["prepare", "info", "train", "generate", "finetune", "audit", "validate", "run", "demo", "report",
-            "reconstruct", "domain-shift", "reader-study"]
+            "reconstruct", "domain-shift", "reader-study", "tune-guidance"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -228,7 +228,9 @@ def generate(
     seed: Annotated[int, typer.Option(help="Base seed; image i of class c gets seed + 1000000 * c + i.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Sampling steps (default: the model's).")] = None,
     scheduler: Annotated[str | None, typer.Option(help=_schedulers_help())] = None,
-    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance (default: the model's).")] = None,
+    guidance: Annotated[str | None, typer.Option(
+        help="Classifier-free guidance: one value, or one per class as CLASS=VALUE,... (e.g. benign=2,malignant=1.5, "
+             "as `dermsynth tune-guidance` picks them) (default: the model's).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Images per sampling batch; memory only, the images do not change (default: the model family's: 64 "
              "pixel, 16 latent, 8 Stable Diffusion).")] = None,
@@ -257,7 +259,8 @@ def generate(
 
     chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     result = run_generate(model, out, per_class=per_class, balance=balance, classes=chosen, seed=seed, steps=steps,
-                          scheduler=scheduler, guidance=guidance, batch_size=batch_size, device=device,
+                          scheduler=scheduler, guidance=_guidance_option(guidance), batch_size=batch_size,
+                          device=device,
                           threads=threads, progress=not quiet, prompts=_class_prompts(prompt),
                           negative_prompt=negative_prompt, init_images=init_images, strength=strength,
                           mask_from=mask_from, prompts_from=prompts_from)
@@ -328,6 +331,15 @@ def finetune(
     info = result.info
     typer.echo(f"{out}: {info['method']} ({info['family']}) {info['steps']} steps in {info['seconds']:.0f} s, "
                f"final loss {info['final_loss']:.4f}; classes: {', '.join(info['classes'])}")
+
+
+def _guidance_option(text: str | None) -> float | dict[str, float] | None:
+    from dermsynth.diffusion.generate_config import parse_guidance
+
+    try:
+        return parse_guidance(text)
+    except ValueError:
+        raise DermsynthError(f"--guidance takes a number or CLASS=NUMBER,... (got {text!r})") from None
 
 
 def _class_prompts(pairs: list[str] | None) -> dict[str, str] | None:
@@ -416,6 +428,37 @@ def audit(
                f"(held-out real: {memo['held_out_real_flagged_rate']:.1%}; positive controls: "
                f"{memo['positive_controls'].get('overall', float('nan')):.0%})"
                + (" [partial: see notes in audit.json]" if report["partial"] else ""))
+
+
+@app.command("tune-guidance")
+def tune_guidance(
+    model: Annotated[Path, typer.Option("--model", help="A model folder made by train (any from-scratch family).")],
+    data: Annotated[Path, typer.Option("--data", help="The prepared dataset it was trained on (its val split is "
+                                                      "used).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the generated sets, tune.csv and tune.json.")],
+    values: Annotated[str, typer.Option(help="Comma-separated guidance values to try.")] = "1,1.5,2,3",
+    per_class: Annotated[int, typer.Option(help="Images per class and value (the same seeds for every value).")
+                         ] = 100,
+    features: Annotated[str, typer.Option(
+        help="classifier (the audit's feature CNN, trained on the train split and kept in --out) or "
+             "classifier:PATH (a saved one, e.g. an audit folder's feature-classifier-half).")] = "classifier",
+    seed: Annotated[int, typer.Option(help="Base seed of the generated images.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Pick classifier-free guidance per class on the val split (lowest Fréchet distance to the class's real val
+    images), so that the test split, which the audit reads, never informs the choice; prints the generate option."""
+    from dermsynth.tune import tune_guidance as run_tune
+
+    try:
+        chosen_values = tuple(float(v) for v in values.split(",") if v.strip())
+    except ValueError:
+        raise DermsynthError(f"--values takes comma-separated numbers (got {values!r})") from None
+    record = run_tune(model, data, out, chosen_values, per_class, features, seed, device, progress=not quiet)
+    for label in record["chosen"]:
+        scores = ", ".join(f"{r['guidance']:g}: FD {r['fd']:.2f}" for r in record["scores"] if r["class"] == label)
+        typer.echo(f"{label}: {scores}")
+    typer.echo(f"{out}: chosen on the val split; generate with {record['generate_option']}")
 
 
 @app.command("domain-shift")

@@ -106,7 +106,7 @@ def generate(
     settings = {
         "scheduler": check_scheduler_name(cfg.scheduler if cfg.scheduler is not None else sampling["scheduler"]),
         "steps": cfg.steps if cfg.steps is not None else sampling["steps"],
-        "guidance_scale": float(cfg.guidance if cfg.guidance is not None else sampling["guidance_scale"]),
+        "guidance_scale": _guidance(cfg.guidance, sampling["guidance_scale"], info["classes"]),
         "seed": cfg.seed,
     }
     share = current_share()
@@ -271,6 +271,23 @@ def make_plan(
     return plan
 
 
+def _guidance(chosen: float | dict[str, float] | None, model_default: float, classes: list[str]
+              ) -> float | dict[str, float]:
+    """One guidance for every class, or one per class (classes not named take the model's default)."""
+    if not isinstance(chosen, dict):
+        return float(chosen if chosen is not None else model_default)
+    unknown = sorted(set(chosen) - set(classes))
+    if unknown:
+        raise DermsynthError(f"guidance names class(es) {', '.join(unknown)} that the model does not make "
+                             f"({', '.join(classes)})")
+    return {label: float(chosen.get(label, model_default)) for label in classes}
+
+
+def guidance_for(settings: dict[str, Any], label: str) -> float:
+    scale = settings["guidance_scale"]
+    return float(scale[label]) if isinstance(scale, dict) else float(scale)
+
+
 def item_for(label: str, target: int, index: int, seed: int) -> Item:
     return Item(label, index, seed + SEED_STRIDE * target + index, f"syn-{label}-s{seed}-{index:05d}")
 
@@ -291,8 +308,11 @@ def _pending(state: _FolderState, plan: dict[str, int], model_classes: list[str]
 
 
 def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+    """Batches of one class each (a class may have its own guidance); an image does not depend on its batch."""
+    for label in dict.fromkeys(item.label for item in items):
+        of_class = [item for item in items if item.label == label]
+        for start in range(0, len(of_class), size):
+            yield of_class[start:start + size]
 
 
 def _check_rejections(state: _FolderState, plan: dict[str, int]) -> None:
@@ -310,8 +330,9 @@ def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str,
                limits: QCLimits) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Sample one batch, write the PNGs that pass QC; the manifest rows and rejections it made."""
     accepted, rejected = [], []
+    guidance = guidance_for(settings, batch[0].label)
     images = generator([item.label for item in batch], [item.seed for item in batch], steps=settings["steps"],
-                       scheduler=settings["scheduler"], guidance_scale=settings["guidance_scale"],
+                       scheduler=settings["scheduler"], guidance_scale=guidance,
                        indices=[item.index for item in batch])
     now = datetime.now(UTC).isoformat(timespec="seconds")
     for item, image in zip(batch, images, strict=True):
@@ -326,7 +347,7 @@ def _run_batch(generator: ImageGenerator, batch: list[Item], settings: dict[str,
             "prompt": generator.prompt_for(item.label, item.index),
             "negative_prompt": generator.negative_prompt(item.label),
             "seed": item.seed, "scheduler": settings["scheduler"], "steps": settings["steps"],
-            "guidance_scale": settings["guidance_scale"], "model": settings["model"],
+            "guidance_scale": guidance, "model": settings["model"],
             "model_sha256": settings["model_sha256"], "created_utc": now, "qc": "pass", "synthetic": True,
         }
         if generator.conditioning.scheme == "diagnosis":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dermsynth.config import StrictModel
 
@@ -22,8 +22,9 @@ class GenerateConfig(StrictModel):
     steps: int | None = Field(None, ge=1, le=1000, description="Sampling steps (default: the model's).")
     scheduler: str | None = Field(
         None, description="ddim, ddpm, dpm++, dpm++-sde, unipc, euler, euler-a (default: the model's).")
-    guidance: float | None = Field(None, ge=0, allow_inf_nan=False,
-                                   description="Classifier-free guidance (default: the model's).")
+    guidance: float | dict[str, float] | None = Field(
+        None, description="Classifier-free guidance: one value, or one per class ({benign: 2, malignant: 1.5}, as "
+        "`dermsynth tune-guidance` picks them; classes left out take the model's) (default: the model's).")
     batch_size: int | None = Field(
         None, ge=1, description="Images per sampling batch (default: the model family's; see `ImageGenerator`).")
     device: str = Field("auto", description="auto, cpu, cuda, mps.")
@@ -41,3 +42,21 @@ class GenerateConfig(StrictModel):
     mask_from: str | None = Field(
         None, description="Inpainting with init_images: 'lesion' (segmented) or a folder of masks named like the "
                           "images.")
+
+    @field_validator("guidance")
+    @classmethod
+    def _finite_and_not_negative(cls, value: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        values = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(not 0 <= v < float("inf") for v in values):
+            raise ValueError("guidance must be a finite number of 0 or more")
+        return value
+
+
+def parse_guidance(text: str | None) -> float | dict[str, float] | None:
+    """``--guidance``: "2" or "benign=2,malignant=1.5"."""
+    if text is None:
+        return None
+    if "=" not in text:
+        return float(text)
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    return {label.strip(): float(value) for label, _, value in pairs}
