@@ -205,3 +205,17 @@ def test_the_report_shows_both_stages(cascade, tmp_path):
     facts = str(section["facts"])
     assert "16 px pixel model, 4 steps" in facts and "2x, 6 steps" in facts
     assert section["curve"] is not None and len(section["samples"]) >= 2
+
+
+def test_sampling_can_start_from_the_upsampled_base_image(cascade):
+    """start_sigma: the low frequencies come from the base image from the first step; at a tiny level the stage
+    barely changes the upsampled image, from pure noise it makes a new one."""
+    from dermsynth.diffusion.cascade.sampling import SuperResolutionPipeline, upsample
+
+    stage = SuperResolutionPipeline.from_pretrained(cascade / "super_resolution", factor=2)
+    low = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    target = ((upsample(low, 32) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    near = stage.upscale(low, [0, 1], [1, 2], augmentation=0.0, num_inference_steps=3, start_sigma=0.01)
+    far = stage.upscale(low, [0, 1], [1, 2], augmentation=0.0, num_inference_steps=3)
+    assert near.shape == far.shape == (2, 32, 32, 3)
+    assert np.abs(near - target).mean() < 0.02 < np.abs(far - target).mean()

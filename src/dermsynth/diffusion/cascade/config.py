@@ -59,6 +59,10 @@ class SuperResolutionConfig(StrictModel):
     sample_augmentation: float = Field(
         0.1, ge=0.0, le=2.0, description="The noise level added to the base's images when sampling (the stage is "
         "told it): higher hides more of the base's artefacts and invents more detail.")
+    sample_start_sigma: float | None = Field(
+        None, gt=0, description="Start sampling from the upsampled base image plus noise of this level instead of "
+        "from pure noise (SDEdit-style: the base then fixes the colours and shapes from the first step, the stage "
+        "adds what lies below this noise level); null = from pure noise.")
     label_dropout: float = Field(0.1, ge=0.0, le=1.0, description="Probability of the null class (trains CFG).")
     batch_size: int = Field(16, ge=1, description="Crops per optimisation step.")
     learning_rate: float = Field(1e-3, gt=0, description="AdamW peak learning rate.")
@@ -96,7 +100,7 @@ class SuperResolutionConfig(StrictModel):
 # Stage-2 fields that may change between a run and its resumption: budgets and reporting, not what is learned.
 SR_RESUMABLE = frozenset({"max_steps", "max_minutes", "checkpoint_every", "checkpoints_total_limit", "log_every",
                           "sample_every", "sample_scheduler", "sample_steps", "guidance_scale",
-                          "sample_augmentation"})
+                          "sample_augmentation", "sample_start_sigma"})
 
 
 class CascadeConfig(StrictModel):

@@ -52,7 +52,7 @@ class SuperResolutionCodec:
         s = self.sampling
         made = self.pipeline.upscale(low, labels, seeds, augmentation=s["augmentation"],
                                      num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
-                                     scheduler=s["scheduler"])
+                                     scheduler=s["scheduler"], start_sigma=s.get("start_sigma"))
         return (np.clip(made, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
     def record(self, base: Path) -> dict[str, Any]:

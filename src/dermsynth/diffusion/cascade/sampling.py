@@ -55,6 +55,7 @@ class SuperResolutionPipeline(PixelDiffusionPipeline):
         super().__init__(unet, scheduler_config, bf16)
         self.factor = factor
         self._condition: torch.Tensor | None = None
+        self._start: tuple[torch.Tensor, float] | None = None  # (upsampled image, sigma) to start from
         self._size = int(unet.config.sample_size)
 
     @classmethod
@@ -70,9 +71,12 @@ class SuperResolutionPipeline(PixelDiffusionPipeline):
 
     @torch.no_grad()
     def upscale(self, low: torch.Tensor, class_labels: list[int], seeds: list[int], *, augmentation: float,
-                num_inference_steps: int = 15, guidance_scale: float = 1.0, scheduler: str = "dpm++") -> np.ndarray:
+                num_inference_steps: int = 15, guidance_scale: float = 1.0, scheduler: str = "dpm++",
+                start_sigma: float | None = None) -> np.ndarray:
         """``low``: images in [-1, 1] (N, 3, h, w); returns float (N, h * factor, w * factor, 3) in [0, 1],
-        unclipped. ``augmentation`` is the noise level added to ``low`` (the stage is told it)."""
+        unclipped. ``augmentation`` is the noise level added to ``low`` (the stage is told it). ``start_sigma``:
+        start from the upsampled ``low`` plus noise of that level instead of pure noise (the low frequencies are
+        then the base's from the first step; None = from pure noise, as the stage was trained for)."""
         self._size = int(low.shape[-1]) * self.factor
         noise = torch.stack([
             torch.randn(low.shape[1:], generator=torch.Generator("cpu").manual_seed(int(seed) + AUGMENTATION_SEED))
@@ -80,11 +84,23 @@ class SuperResolutionPipeline(PixelDiffusionPipeline):
         level = torch.full((low.shape[0],), float(augmentation), device=self.device)
         low = low.to(self.device).float()
         self._condition = condition(low + augmentation * noise, level, self._size)
+        self._start = None if start_sigma is None else (upsample(low, self._size), float(start_sigma))
         try:
             return self(class_labels, seeds, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, scheduler=scheduler)
         finally:
-            self._condition = None
+            self._condition, self._start = None, None
+
+    def sampling_schedule(self) -> dict[str, Any]:
+        if self._start is None:
+            return self.scheduler_config
+        return {**self.scheduler_config, "sigma_max": self._start[1]}
+
+    def initial_sample(self, noise: torch.Tensor, sampler: Any) -> torch.Tensor:
+        if self._start is None:
+            return super().initial_sample(noise, sampler)
+        image, sigma = self._start
+        return image + sigma * noise
 
     def _unet(self, sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._condition is None:
@@ -127,7 +143,7 @@ class CascadePipeline:
         sampling = self.sr_sampling
         return self.sr.upscale(low, class_labels, seeds, augmentation=sampling["augmentation"],
                                num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance_scale"],
-                               scheduler=sampling["scheduler"])
+                               scheduler=sampling["scheduler"], start_sigma=sampling.get("start_sigma"))
 
 
 class CascadeGenerator(GeneratorBase):

@@ -278,7 +278,8 @@ class SuperResolutionTrainer(TrainingHarness):
         low = downsample(high, self.sr.factor)
         made = self.pipeline().upscale(low, labels, list(range(len(labels))), augmentation=self.sr.sample_augmentation,
                                        num_inference_steps=self.sr.sample_steps,
-                                       guidance_scale=self.sr.guidance_scale, scheduler=self.sr.sample_scheduler)
+                                       guidance_scale=self.sr.guidance_scale, scheduler=self.sr.sample_scheduler,
+                                       start_sigma=self.sr.sample_start_sigma)
         bicubic = ((upsample(low, high.shape[-1]) + 1) / 2).permute(0, 2, 3, 1).numpy()
         real = ((high + 1) / 2).permute(0, 2, 3, 1).numpy()
         rows, tiles = [], []
@@ -333,7 +334,8 @@ class SuperResolutionTrainer(TrainingHarness):
             **{key: value for key, value in self.run_record(seconds, stopped_by, self.device).items()
                if key not in ("config", "created_utc")},
             "sampling": {"augmentation": sr.sample_augmentation, "steps": sr.sample_steps,
-                         "scheduler": sr.sample_scheduler, "guidance_scale": sr.guidance_scale},
+                         "scheduler": sr.sample_scheduler, "guidance_scale": sr.guidance_scale,
+                         "start_sigma": sr.sample_start_sigma},
         }
         sampling = {"scheduler": base_cfg.sample_scheduler, "steps": base_cfg.sample_steps,
                     "guidance_scale": base_cfg.guidance_scale}

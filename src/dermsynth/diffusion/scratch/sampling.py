@@ -59,6 +59,14 @@ class PixelDiffusionPipeline:
         """Height and width of what the UNet denoises (a convolutional stage may run at another size)."""
         return self.unet.config.sample_size, self.unet.config.sample_size
 
+    def sampling_schedule(self) -> dict[str, Any]:
+        """The noise schedule's config for sampling (a stage that starts part-way overrides sigma_max)."""
+        return self.scheduler_config
+
+    def initial_sample(self, noise: torch.Tensor, sampler: Any) -> torch.Tensor:
+        """Where sampling starts: pure noise at the schedule's largest level."""
+        return noise * sampler.init_noise_sigma
+
     def decode(self, sample: torch.Tensor) -> torch.Tensor:
         """The denoised sample as an image in [-1, 1] (pixels already are one)."""
         return sample
@@ -75,12 +83,12 @@ class PixelDiffusionPipeline:
         """Images as float32 (N, H, W, 3), nominally in [0, 1] but not clipped, so that QC can see overflow."""
         if len(class_labels) != len(seeds):
             raise ValueError("one seed per class label")
-        sampler = make_scheduler(scheduler, self.scheduler_config)
+        sampler = make_scheduler(scheduler, self.sampling_schedule())
         sampler.set_timesteps(num_inference_steps, device=self.device)
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
         shape = (self.unet.config.out_channels, *self.sample_shape)
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
-        sample = noise.to(self.device) * sampler.init_noise_sigma
+        sample = self.initial_sample(noise.to(self.device), sampler)
         labels = torch.tensor(class_labels, device=self.device, dtype=torch.long)
         for t in sampler.timesteps:
             model_output = self._guided_output(sampler.scale_model_input(sample, t), t, labels, guidance_scale)
