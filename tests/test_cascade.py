@@ -33,7 +33,10 @@ SR_WEIGHTS = "super_resolution/unet/diffusion_pytorch_model.safetensors"
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    return make_prepared(tmp_path_factory.mktemp("cascade") / "prep", size=32)
+    root = make_prepared(tmp_path_factory.mktemp("cascade") / "prep", size=32)
+    summary = json.loads((root / "prepare.json").read_text())
+    (root / "prepare.json").write_text(json.dumps(summary | {"settings": {"preprocess": {"image_size": 32}}}))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +182,10 @@ def test_a_pixel_model_has_no_ceiling_to_measure(prepared, cascade, tmp_path, cl
     assert not (tmp_path / "rec").exists()
 
 
-def test_the_cli_trains_a_cascade_preset(prepared, tmp_path, cli):
+def test_the_cli_trains_a_cascade_preset(prepared, tmp_path, cli, monkeypatch):
     import yaml
 
+    monkeypatch.setenv("COLUMNS", "240")
     config = tmp_path / "cascade.yaml"
     config.write_text(yaml.safe_dump(TINY_CASCADE))
     code, out, err = cli("train", "--data", prepared, "--out", tmp_path / "m", "--config", config, "--max-steps",
@@ -190,7 +194,7 @@ def test_the_cli_trains_a_cascade_preset(prepared, tmp_path, cli):
     info = json.loads((tmp_path / "m" / "dermsynth_model.json").read_text())
     assert info["family"] == "cascade" and info["steps"] == 3
     code, out, _ = cli("train", "--help")
-    assert "cpu-cascade-128 (128 px, cascade: 32 px base" in " ".join(out.split())
+    assert "cpu-cascade-128 (128 px, cascade: 32 px base" in " ".join(out.replace("│", " ").split())
 
 
 def test_the_report_shows_both_stages(cascade, tmp_path):

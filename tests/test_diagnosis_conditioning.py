@@ -25,6 +25,7 @@ DIAGNOSES = {"benign": ["nevus"] * 7 + ["keratosis"] * 5, "malignant": ["melanom
 
 def with_diagnoses(root):
     metadata = pd.read_csv(root / "metadata.csv")
+    metadata["diagnosis"] = metadata["diagnosis"].astype(object)
     for label, names in DIAGNOSES.items():
         rows = metadata.index[metadata["label"] == label]
         metadata.loc[rows, "diagnosis"] = names[:len(rows)]

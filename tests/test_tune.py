@@ -18,7 +18,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    prepared = make_prepared(root / "prep", per_class={"benign": 16, "malignant": 16}, size=16)
+    prepared = make_prepared(root / "prep", per_class={"benign": 18, "malignant": 18}, size=16)
+    metadata = pd.read_csv(prepared / "metadata.csv")
+    numbers = metadata["image_id"].str[-3:].astype(int)
+    metadata.loc[(numbers >= 2) & (numbers < 10), "split"] = "val"  # 9 val images per class, 8 train
+    metadata.to_csv(prepared / "metadata.csv", index=False)
     train(prepared, root / "model", config=TINY, progress=False)
     return prepared, root / "model"
 
@@ -41,6 +45,7 @@ def test_guidance_is_chosen_per_class_by_the_lowest_distance_on_val(model, tmp_p
     # A rerun reuses the generated sets and the feature network, and chooses the same.
     again = tune_guidance(folder, prepared, tmp_path / "t", (0, 3), per_class=6, progress=False)
     assert again["chosen"] == record["chosen"] and again["scores"] == record["scores"]
+    assert table["fd"].notna().all() and table["real_images"].eq(9).all()
 
 
 def test_generate_applies_one_guidance_per_class(model, tmp_path):

@@ -56,6 +56,11 @@ def tune_guidance(model: str | Path, data: str | Path, out: str | Path, values: 
     val = _real_split(prepared, "val", size, progress)
     if val.empty:
         raise DermsynthError(f"{data}: the val split is empty; guidance is tuned on it, not on the test split")
+    counts = val["label"].value_counts()
+    short = [label for label in info["classes"] if counts.get(label, 0) < 6]
+    if short:
+        raise DermsynthError(f"{data}: the val split holds {counts.get(short[0], 0)} images of {short[0]}; tuning "
+                             "needs at least 6 per class (the distances use 5 nearest neighbours)")
     ensure_writable_dir(out)
     space = _feature_space(features, prepared, size, out, seed, device, progress)
     real_features = space(np.stack(val["image"].to_list()))

@@ -79,3 +79,18 @@ def tiny_scratch_model(prepared: Path, out: Path, steps: int = 4) -> Path:
                                  "sample_steps": 2, "threads": 1},
           progress=False)
     return out
+
+
+def tiny_cascade_model(prepared: Path, out: Path, steps: int = 3) -> Path:
+    """A cascade (a 2x super-resolution stage over a half-size base) trained for a few steps per stage."""
+    from dermsynth.diffusion.cascade.train import train
+
+    size = int(np.asarray(Image.open(next((prepared / "images").rglob("*.png")))).shape[0])
+    base = {"model": {"image_size": size // 2, "block_out_channels": [16, 32], "layers_per_block": 1,
+                      "attention_levels": [1], "attention_head_dim": 8, "norm_num_groups": 8},
+            "batch_size": 4, "max_steps": steps, "samples_per_class": 1, "sample_steps": 2}
+    stage = {"factor": 2, "block_out_channels": [16, 32], "norm_num_groups": 8, "crop_size": size // 2,
+             "batch_size": 4, "max_steps": steps, "sample_every": 1000, "sample_steps": 2}
+    train(prepared, out, "cpu-cascade-128", {"image_size": size, "base": base, "super_resolution": stage,
+                                             "threads": 1}, progress=False)
+    return out
