@@ -223,3 +223,13 @@ def test_sampling_can_start_from_the_upsampled_base_image(cascade):
     far = stage.upscale(low, [0, 1], [1, 2], augmentation=0.0, num_inference_steps=3)
     assert near.shape == far.shape == (2, 32, 32, 3)
     assert np.abs(near - target).mean() < 0.02 < np.abs(far - target).mean()
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_preset_yaml_files_match_the_presets(preset):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"train-{preset}.yaml"
+    assert resolve_cascade_config(None, path) == resolve_cascade_config(preset)
+    with pytest.raises(DermsynthError, match="written for preset"):
+        resolve_cascade_config("gpu-cascade-256" if preset != "gpu-cascade-256" else "cpu-cascade-128", path)

@@ -94,7 +94,16 @@ def kind_of(data: dict[str, Any], path: Path) -> str:
     raise AssertionError(f"{path.name}: a config of no known kind; teach this test how to run it")
 
 
+TINY_SUPER_RESOLUTION = {"factor": 2, "block_out_channels": [16, 32], "norm_num_groups": 8, "crop_size": 16,
+                         "batch_size": 4, "max_steps": 4, "sample_every": 1000, "sample_steps": 2, "warmup_steps": 1}
+
+
 def tiny_train_settings(settings: dict[str, Any], preset: str) -> dict[str, Any]:
+    if preset.endswith(("cascade-128", "cascade-256")):  # a base at half the size, then a 2x stage
+        base = settings.get("base") or {}
+        return {**settings, "image_size": IMAGE_SIZE,
+                "base": {**base, **TINY_STEPS, "model": {**base.get("model", {}), **TINY_UNET, "image_size": 16}},
+                "super_resolution": {**(settings.get("super_resolution") or {}), **TINY_SUPER_RESOLUTION}}
     latent = preset.startswith(("cpu-latent", "gpu-latent")) or "autoencoder" in settings
     tiny = {**settings, **TINY_STEPS,
             "model": {**settings.get("model", {}), **TINY_UNET, "image_size": IMAGE_SIZE if latent else 16}}
@@ -169,13 +178,14 @@ def test_shipped_config_runs_to_the_end(path, standins, tmp_path):
             assert {r["regime"] for r in summary["regimes"]} == {
                 _canonical(r) for r in config.validate_.regimes}
     elif kind == "train":
-        from dermsynth.diffusion.scratch.config import preset_and_settings
-        from dermsynth.diffusion.scratch.train import train
+        from dermsynth.diffusion.training import family_of, train
 
-        preset, settings = preset_and_settings(None, path)
+        preset = family_of(None, path)[1]
+        settings = {k: v for k, v in data.items() if k != "preset"}
         result = train(standins["prep-ham"], tmp_path / "model", config=tiny_train_settings(settings, preset) |
                        {"preset": preset}, progress=False)
-        assert result.info["preset"] == preset and result.steps == TINY_STEPS["max_steps"]
+        stages = 2 if "cascade" in preset else 1
+        assert result.info["preset"] == preset and result.steps == TINY_STEPS["max_steps"] * stages
     elif kind == "finetune":
         from dermsynth.diffusion.sd.config import FinetuneConfig
         from dermsynth.diffusion.sd.finetune import finetune
