@@ -203,6 +203,6 @@ def test_an_unknown_family_is_one_line_listing_the_registered_ones(tmp_path):
     with pytest.raises(DermsynthError) as exc:
         read_model_info(model)
     assert _one_line(exc) == (f"{model / 'dermsynth_model.json'}: unknown model family 'gan'; known: scratch, latent, "
-                              "stable-diffusion, stable-diffusion-lora")
+                              "cascade, stable-diffusion, stable-diffusion-lora")
     with pytest.raises(DermsynthError, match=r"^unknown model family 'gan'; known: scratch"):
         get_family("gan")
