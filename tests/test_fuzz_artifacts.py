@@ -30,9 +30,9 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 @pytest.mark.parametrize(("extra", "fragment"), [
     (["--steps", "0"], "--steps: Input should be greater than or equal to 1"),
     (["--steps", "-3"], "--steps: Input should be greater than or equal to 1"),
-    (["--guidance", "nan"], "--guidance: Input should be a finite number"),
-    (["--guidance", "inf"], "--guidance: Input should be a finite number"),
-    (["--guidance", "-1"], "--guidance: Input should be greater than or equal to 0"),
+    (["--guidance", "nan"], "--guidance: takes finite numbers of 0 or more"),
+    (["--guidance", "inf"], "--guidance: takes finite numbers of 0 or more"),
+    (["--guidance", "-1"], "--guidance: takes finite numbers of 0 or more"),
     (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1"),
 ])
 def test_generate_validates_explicit_values(model, tmp_path, capsys, extra, fragment):

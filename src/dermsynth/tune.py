@@ -45,6 +45,7 @@ def tune_guidance(model: str | Path, data: str | Path, out: str | Path, values: 
     if per_class < 6:
         raise DermsynthError(f"tune-guidance: --per-class must be 6 or more (got {per_class}): precision and "
                              "coverage use 5 nearest neighbours")
+    _check_features(features)
     model, out = Path(model), Path(out)
     info = read_model_info(model)
     prepared = load_prepared(data)
@@ -91,6 +92,16 @@ def tune_guidance(model: str | Path, data: str | Path, out: str | Path, values: 
     return record
 
 
+def _check_features(features: str) -> None:
+    """Refuse a bad --features before any image is loaded."""
+    if features.startswith("classifier:"):
+        path = Path(features.split(":", 1)[1])
+        if not (path / "config.json").is_file():
+            raise DermsynthError(f"--features: no saved classifier in {path} (an audit folder's feature-classifier*)")
+    elif features != "classifier":
+        raise DermsynthError(f"--features takes classifier or classifier:PATH (got {features!r})")
+
+
 def _real_split(prepared: Any, split: str, size: int, progress: bool) -> pd.DataFrame:
     frame = prepared.split(split)
     paths = prepared.paths(frame)
@@ -103,11 +114,7 @@ def _feature_space(features: str, prepared: Any, size: int, out: Path, seed: int
     """The audit's feature CNN trained on the train split (cached in ``out``), or a saved one (classifier:PATH)."""
     if features.startswith("classifier:"):
         path = Path(features.split(":", 1)[1])
-        if not (path / "config.json").is_file():
-            raise DermsynthError(f"--features: no saved classifier in {path} (an audit folder's feature-classifier*)")
         return classifier_space(path, f"penultimate features of the classifier in {path}", device)
-    if features != "classifier":
-        raise DermsynthError(f"--features takes classifier or classifier:PATH (got {features!r})")
     from dermsynth.utils import pick_device
 
     train = prepared.split("train")

@@ -48,7 +48,7 @@ class GenerateConfig(StrictModel):
     def _finite_and_not_negative(cls, value: float | dict[str, float] | None) -> float | dict[str, float] | None:
         values = value.values() if isinstance(value, dict) else [] if value is None else [value]
         if any(not 0 <= v < float("inf") for v in values):
-            raise ValueError("guidance must be a finite number of 0 or more")
+            raise ValueError("takes finite numbers of 0 or more (2, or benign=2,malignant=1.5)")
         return value
 
 
