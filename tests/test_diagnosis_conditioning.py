@@ -75,6 +75,25 @@ def test_diagnoses_are_drawn_by_seed_in_the_training_proportions():
     assert Conditioning().targets(["malignant"], [0], ["benign", "malignant"]) == [1]
 
 
+def test_batches_balance_labels_and_keep_the_diagnosis_mix_within_each():
+    from dermsynth.diffusion.scratch.train import TrainingData, label_balance_weights
+
+    # 2 keratoses, 6 nevi (benign), 2 melanomas (malignant): one class per diagnosis.
+    targets = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 2, 2])
+    conditioning = {"scheme": "diagnosis", "classes": ["keratosis", "nevus", "melanoma"],
+                    "label_of": {"keratosis": "benign", "nevus": "benign", "melanoma": "malignant"},
+                    "labels": ["benign", "malignant"]}
+    data = TrainingData(images=torch.zeros(10, 3, 4, 4), targets=targets, classes=conditioning["classes"],
+                        summary={"conditioning": conditioning}, image_ids=[str(i) for i in range(10)])
+    weights = label_balance_weights(targets, data)
+    share = torch.bincount(targets, weights=weights) / weights.sum()
+    assert torch.allclose(share, torch.tensor([0.125, 0.375, 0.5]))  # benign 1/2 split 2:6, malignant 1/2
+    binary = TrainingData(images=data.images, targets=torch.tensor([0] * 8 + [1] * 2), classes=["b", "m"],
+                          summary={}, image_ids=data.image_ids)
+    weights = label_balance_weights(binary.targets, binary)
+    assert torch.allclose(torch.bincount(binary.targets, weights=weights) / weights.sum(), torch.tensor([0.5, 0.5]))
+
+
 def test_a_cascade_conditions_both_stages_on_diagnoses(prepared, tmp_path):
     from diffusers import UNet2DModel
 

@@ -56,6 +56,7 @@ from dermsynth.diffusion.scratch.train import (
     TrainingData,
     TrainResult,
     check_prepared_size,
+    label_balance_weights,
     load_training_data,
     save_sample_grid,
 )
@@ -218,8 +219,7 @@ class SuperResolutionTrainer(TrainingHarness):
         self.generator = torch.Generator(device).manual_seed(cfg.seed)
         self.images = data.images.to(device)
         self.targets = data.targets.to(device)
-        counts = torch.bincount(self.targets, minlength=len(data.classes)).float()
-        self.balance_weights = (1.0 / counts.clamp(min=1))[self.targets]  # every class upscaled equally often
+        self.balance_weights = label_balance_weights(self.targets, data)  # every label upscaled equally often
         self._grid_images: tuple[torch.Tensor, list[int]] | None = None
 
     def run(self, resume: bool, base_info: dict[str, Any], preset: str) -> TrainResult:

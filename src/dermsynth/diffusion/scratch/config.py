@@ -165,8 +165,9 @@ class TrainConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="Highest EMA decay, reached after the warmup.")
     ema_power: float = Field(0.75, gt=0, description="EMA warmup power: decay = 1 - (1 + step) ** -power.")
     class_balanced: bool = Field(
-        False, description="Draw every class equally often in each batch (with replacement), so a minority class "
-        "is trained as much as the majority; off = plain shuffled epochs.")
+        False, description="Draw every label equally often in each batch (with replacement), so a minority class "
+        "is trained as much as the majority; diagnoses keep their mix within their label; off = plain shuffled "
+        "epochs.")
     flips: bool = Field(True, description="Random horizontal/vertical flips (dermoscopy has no canonical orientation).")
     transpose: bool = Field(True, description="Random transposition; with flips this covers all 8 square symmetries.")
     precision: Literal["auto", "no", "bf16"] = Field(

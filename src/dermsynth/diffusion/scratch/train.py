@@ -263,6 +263,20 @@ def _by_diagnosis(data: TrainingData, frame: Any, dataset: PreparedDataset) -> T
                                summary={**data.summary, "conditioning": conditioning})
 
 
+def label_balance_weights(targets: torch.Tensor, data: TrainingData) -> torch.Tensor:
+    """Draw weights per image that give every label an equal share of the batches. Under diagnosis conditioning
+    the diagnoses of one label keep their training proportions within its share, the proportions generate draws
+    them in: balancing the diagnoses themselves would draw 7 dermatofibromas as often as 421 nevi."""
+    conditioning = data.summary.get("conditioning")
+    if conditioning is None:
+        groups = targets
+    else:
+        label_index = [conditioning["labels"].index(conditioning["label_of"][c]) for c in data.classes]
+        groups = torch.tensor(label_index, device=targets.device)[targets]
+    counts = torch.bincount(groups).float()
+    return (1.0 / counts.clamp(min=1))[groups]
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -300,8 +314,7 @@ class ScratchTrainer(TrainingHarness):
         self.images = data.images.to(self.device)
         self.targets = data.targets.to(self.device)
         self.order = torch.randperm(len(self.images), generator=self.generator, device=self.device)
-        counts = torch.bincount(self.targets, minlength=len(data.classes)).float()
-        self.balance_weights = (1.0 / counts.clamp(min=1))[self.targets]  # every class drawn equally often
+        self.balance_weights = label_balance_weights(self.targets, data)
         self.cursor = 0
 
     def run(self, resume: bool) -> TrainResult:
