@@ -86,3 +86,50 @@ def test_domain_shift_from_folders_finds_the_blurrier_site(tmp_path, capsys):
     code, _, err = run_cli(["domain-shift", "--real", str(prepared), "--synthetic", str(soft), "--external",
                             str(site), "--out", str(tmp_path / "out3"), "--fraction", "0"], capsys)
     assert code == 2 and "--fraction must be in (0, 1]" in err and "Traceback" not in err
+
+
+def _features(rng: np.random.Generator, n: int, centre: float, dims: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    return rng.normal(centre, 1.0, (n, dims)), np.arange(n) % 2
+
+
+def test_feature_margin_reads_the_direction_and_the_mixture_is_exact():
+    from dermsynth.audit.domain_shift import feature_shift, gaussian, mixture
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, (3000, 3)), rng.normal(2, 0.5, (3000, 3))
+    mean, cov = mixture(gaussian(a), gaussian(b), 0.5)
+    pooled_mean, pooled_cov = gaussian(np.concatenate([a, b]))
+    assert np.allclose(mean, pooled_mean) and np.allclose(cov, pooled_cov, atol=2e-3)
+
+    train, site = _features(rng, 400, 0.0), _features(rng, 400, 1.5)
+    towards = feature_shift(train, _features(rng, 400, 1.5), {"site": site}, CLASSES)["site"]["summary"]
+    away = feature_shift(train, _features(rng, 400, -1.5), {"site": site}, CLASSES)["site"]["summary"]
+    assert towards["margin"] > 0 and 0 < towards["relative_margin"] < 1 and "gain" in towards["prediction"]
+    assert away["margin"] < 0 and "loss" in away["prediction"]
+    assert towards["distance_synthetic"] < towards["distance_mix"] < towards["distance_train"]
+
+
+def test_domain_shift_in_a_classifier_s_feature_space(tmp_path, capsys):
+    from dermsynth.classify.classifiers import build_classifier, save_classifier
+
+    prepared = _prepared(tmp_path / "prep", {"benign": 12, "malignant": 12})
+    site = _blurred_copy(prepared, tmp_path / "site", 1.2)
+    soft = _blurred_copy(prepared, tmp_path / "soft", 1.2, flat=True)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tiny = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
+    save_classifier(build_classifier("cnn", CLASSES, 32, tiny), tmp_path / "clf")
+    code, out, err = run_cli(["domain-shift", "--real", str(prepared), "--synthetic", str(soft), "--external",
+                              str(site), "--out", str(tmp_path / "out"), "--features", f"classifier:{tmp_path / 'clf'}",
+                              "--device", "cpu", "--quiet"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "out" / "domain_shift.json").read_text())
+    summary = result["feature_shift"]["site"]["summary"]
+    # The synthetic images are the site's images (blurred alike): the mix is nearer the site than training is.
+    assert summary["distance_synthetic"] < summary["distance_mix"] < summary["distance_train"]
+    assert summary["margin"] > 0 and "gain" in summary["prediction"]
+    assert "in feature space" in out and "penultimate features" in result["feature_space"]
+    assert "The same in a feature space" in (tmp_path / "out" / "domain_shift.md").read_text()
+    code, _, err = run_cli(["domain-shift", "--real", str(prepared), "--synthetic", str(soft), "--external",
+                            str(site), "--out", str(tmp_path / "out2"), "--features", "classifier:nowhere"], capsys)
+    assert code == 2 and "classifier folder not found" in err and not (tmp_path / "out2").exists()

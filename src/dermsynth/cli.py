@@ -477,6 +477,10 @@ def domain_shift(
     subsample_seed: Annotated[int, typer.Option(help="Seed of the --real-per-class sample.")] = 0,
     fraction: Annotated[float, typer.Option(help="Synthetic share of the training mix (hybrid:<fraction>).")] = 0.5,
     max_per_class: Annotated[int, typer.Option(help="At most this many images per set and class (seeded).")] = 1000,
+    features: Annotated[str | None, typer.Option(
+        help="Also compare in a feature space: classifier:PATH (a saved classifier, e.g. validate's real-only one "
+             "with --save-checkpoint) or hf:ID_OR_PATH (a vision backbone).")] = None,
+    device: Annotated[str, typer.Option(help="Device for --features: auto, cpu, cuda, mps.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Does the synthetic set move the training distribution towards each external site, or away from it?
@@ -488,11 +492,15 @@ def domain_shift(
 
     result = run_domain_shift(real, synthetic, external, out, size=image_size, real_per_class=real_per_class,
                               subsample_seed=subsample_seed, fraction=fraction, max_per_class=max_per_class,
-                              progress=not quiet)
+                              features=features, device=device, progress=not quiet)
     for site, info in result["sites"].items():
         s = info["summary"]
         typer.echo(f"{site}: distance from training {s['distance_train']:.2f}, from the mix {s['distance_mix']:.2f}"
                    f" (margin {s['margin']:+.2f}): the mix moves {s['prediction']}")
+        if "feature_shift" in result:
+            f = result["feature_shift"][site]["summary"]
+            typer.echo(f"  in feature space: Fréchet distance from training {f['distance_train']:.3g}, from the mix "
+                       f"{f['distance_mix']:.3g} (relative margin {f['relative_margin']:+.1%}): {f['prediction']}")
     typer.echo(f"{out / 'domain_shift.md'}")
 
 

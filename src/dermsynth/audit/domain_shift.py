@@ -22,6 +22,12 @@ site: **the mix moves towards the site when distance(site, mix) < distance(site,
 by how much. Whether that predicts the sign of the classifier's gain is an empirical question, answered per
 site in docs/validation.md; a statistic list cannot see every cause (new lesion content, label noise), and
 distances over hand-picked statistics weight them by choice.
+
+The same question in a learned feature space (``features``: a saved classifier, for instance validate's real-only
+classifier, or a pretrained backbone): per class, the Fréchet distance of the site's features from the training
+images' Gaussian and from the mixture's (whose mean and covariance follow from the two sets' exactly, as above),
+and the margin FD(site, training) - FD(site, mix), also relative to FD(site, training). The features see what
+the statistics do not (texture, structures a classifier uses), at the price of a scale that belongs to the space.
 """
 
 from __future__ import annotations
@@ -151,6 +157,59 @@ def domain_shift(train: pd.DataFrame, synthetic: pd.DataFrame, sites: Mapping[st
     return result
 
 
+def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (N - 1) of (N, D) features."""
+    features = features.astype(np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], features.shape[1])
+
+
+def mixture(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], fraction: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The exact mean and covariance of the mixture with ``fraction`` of ``b`` (Moments.mixed, in D dimensions)."""
+    (mean_a, cov_a), (mean_b, cov_b), f = a, b, fraction
+    gap = (mean_a - mean_b)[:, None]
+    return (1 - f) * mean_a + f * mean_b, (1 - f) * cov_a + f * cov_b + f * (1 - f) * (gap @ gap.T)
+
+
+def frechet(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    from dermsynth.audit.fidelity import trace_sqrt_product
+
+    (mean_a, cov_a), (mean_b, cov_b) = a, b
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b)
+                 - 2 * trace_sqrt_product(cov_a, cov_b))
+
+
+FeatureSet = tuple[np.ndarray, np.ndarray]  # (N, D) features, (N,) class indices
+
+
+def feature_shift(train: FeatureSet, synthetic: FeatureSet, sites: Mapping[str, FeatureSet], classes: list[str],
+                  fraction: float = 0.5) -> dict[str, Any]:
+    """Per site: Fréchet distances from training, the hybrid mix and the synthetic set, per class and their mean,
+    with the margin rule's guess in this feature space (JSON-ready)."""
+    result: dict[str, Any] = {}
+    for site, (site_features, site_targets) in sites.items():
+        per_class = {}
+        for target, class_name in enumerate(classes):
+            parts = [features[targets == target] for features, targets in (train, synthetic,
+                                                                            (site_features, site_targets))]
+            if min(len(p) for p in parts) < 2:
+                per_class[class_name] = {"images": [len(p) for p in parts], "skipped": "fewer than 2 images"}
+                continue
+            t, syn, e = (gaussian(p) for p in parts)
+            per_class[class_name] = {"distance_train": frechet(e, t), "distance_synthetic": frechet(e, syn),
+                                     "distance_mix": frechet(e, mixture(t, syn, fraction))}
+        measured = [c for c in per_class.values() if "distance_train" in c]
+        summary = {key: float(np.mean([c[key] for c in measured])) if measured else math.nan
+                   for key in ("distance_train", "distance_mix", "distance_synthetic")}
+        margin = summary["distance_train"] - summary["distance_mix"]
+        summary |= {"margin": margin, "relative_margin": margin / summary["distance_train"]
+                    if summary["distance_train"] > 0 else math.nan,
+                    "prediction": "" if not math.isfinite(margin) else
+                    "towards the site (a gain)" if margin > 0 else "away from the site (a loss)"}
+        result[site] = {"summary": summary, "per_class": per_class}
+    return result
+
+
 def _sentence(site: str, summary: dict[str, Any], per_class: dict[str, Any], rows: list[ShiftRow]) -> str:
     if not rows:
         return f"{site}: too few images per class to compare."
@@ -185,6 +244,16 @@ def shift_markdown(result: dict[str, Any]) -> str:
         s = info["summary"]
         lines.append(f"| {site} | {s['distance_train']:.2f} | {s['distance_mix']:.2f} | "
                      f"{s['distance_synthetic']:.2f} | {s['margin']:+.2f} | {s['prediction']} |")
+    if "feature_space" in result:
+        lines += ["", f"The same in a feature space ({result['feature_space']}): Fréchet distances, mean over classes; "
+                  "relative margin = margin / distance from training.", "",
+                  "| site | from training | from the mix | from synthetic | margin | relative | the mix moves |",
+                  "|---|---|---|---|---|---|---|"]
+        for site, info in result["feature_shift"].items():
+            s = info["summary"]
+            lines.append(f"| {site} | {s['distance_train']:.3g} | {s['distance_mix']:.3g} | "
+                         f"{s['distance_synthetic']:.3g} | {s['margin']:+.3g} | {s['relative_margin']:+.1%} | "
+                         f"{s['prediction']} |")
     for info in result["sites"].values():
         lines += ["", info["sentence"], "", "| class | statistic | training | synthetic | site | d site | "
                   "d synthetic | d site vs mix | moves |", "|---|---|---|---|---|---|---|---|---|"]
@@ -215,6 +284,21 @@ def _statistics(paths: list[str], targets: np.ndarray, size: int, what: str, pro
     return frame.assign(target=kept)
 
 
+def _features(paths: list[str], targets: np.ndarray, size: int, space: Any, what: str, progress: bool
+              ) -> FeatureSet:
+    from dermsynth.data.images import ImageReadError, load_image
+    from dermsynth.progress import track
+
+    images, kept = [], []
+    for path, target in track(list(zip(paths, targets, strict=True)), len(paths), f"features: {what}", progress):
+        try:
+            images.append(load_image(path, size))
+            kept.append(int(target))
+        except ImageReadError:
+            continue
+    return space(np.stack(images)) if images else np.zeros((0, 0), np.float32), np.asarray(kept, dtype=np.int64)
+
+
 def _capped(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
     """At most ``cap`` images per class (a seeded sample), so that a large set costs what a small one does."""
     if cap is None:
@@ -227,10 +311,13 @@ def _capped(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
 def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str | Path], out: str | Path, *,
                      size: int | None = None, real_per_class: int | None = None, subsample_seed: int = 0,
                      fraction: float = 0.5, max_per_class: int | None = 1000, seed: int = 0,
-                     synthetic_preprocess: bool = True, progress: bool = True) -> dict[str, Any]:
+                     synthetic_preprocess: bool = True, features: str | None = None, device: str = "auto",
+                     progress: bool = True) -> dict[str, Any]:
     """Measure the three sets (the real train split, or the ``real_per_class`` sample validate draws; the
     synthetic folder, brought to the real preprocessing as validate does; every image of each external prepared
-    set) at ``size`` (default: the prepared size) and write ``OUT/domain_shift.json|csv|md``."""
+    set) at ``size`` (default: the prepared size) and write ``OUT/domain_shift.json|csv|md``.
+
+    ``features`` (``classifier:PATH`` or ``hf:ID_OR_PATH``) adds the Fréchet-distance margins in that space."""
     from dermsynth.data.dataset import load_prepared, subsample_per_class
     from dermsynth.data.synthetic_folders import comparable_folder, synthetic_frame
     from dermsynth.errors import DermsynthError
@@ -240,6 +327,12 @@ def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str
         raise DermsynthError("domain-shift: give at least one --external prepared set")
     if not 0 < fraction <= 1:
         raise DermsynthError(f"domain-shift: --fraction must be in (0, 1] (got {fraction})")
+    space = None
+    if features is not None:
+        from dermsynth.audit.features import named_space
+        from dermsynth.utils import pick_device
+
+        space = named_space(features, pick_device(device))  # before any measuring: a wrong path fails at once
     out = ensure_writable_dir(out)
     prepared = load_prepared(real)
     classes, size = prepared.classes, size or prepared.image_size
@@ -269,6 +362,13 @@ def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str
                "subsample_seed": subsample_seed if real_per_class is not None else None,
                "measured": {key: {classes[t]: int(n) for t, n in frame["target"].value_counts().sort_index().items()}
                             for key, frame in measured.items()}}
+    if space is not None:
+        embedded = {key: _features(frame["path"].tolist(), frame["target"].to_numpy(), size, space, key, progress)
+                    for key, frame in sets.items()}
+        result |= {"feature_space": space.description, "feature_shift": feature_shift(
+            embedded["train"], embedded["synthetic"], {key.removeprefix("site:"): value for key, value
+                                                       in embedded.items() if key.startswith("site:")},
+            classes, fraction)}
     rows = pd.DataFrame([row for site in result["sites"].values() for row in site["rows"]])
     write_csv_atomic(out / "domain_shift.csv", rows)
     write_text_atomic(out / "domain_shift.md", shift_markdown(result))

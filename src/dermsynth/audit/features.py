@@ -64,6 +64,18 @@ def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray
     return classifier_space(folder, description, device)
 
 
+def named_space(spec: str, device: str = "cpu") -> FeatureSpace:
+    """A feature space the user names: ``classifier:PATH`` (a saved classifier folder) or ``hf:ID_OR_PATH``."""
+    if spec.startswith("classifier:"):
+        path = Path(spec.split(":", 1)[1])
+        if not path.is_dir():
+            raise DermsynthError(f"features: classifier folder not found: {path}")
+        return classifier_space(path, f"penultimate features of the classifier in {path}", device)
+    if spec.startswith("hf:"):
+        return hf_space(spec.split(":", 1)[1], device)
+    raise DermsynthError(f"features: unknown feature space {spec!r} (classifier:PATH or hf:ID_OR_PATH)")
+
+
 def hf_space(source: str, device: str = "cpu") -> FeatureSpace:
     """Pooled output of a transformers vision model, with its own image processor."""
 

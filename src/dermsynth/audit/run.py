@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dermsynth.audit.config import FEATURE_SPACES, AuditConfig
-from dermsynth.audit.features import FeatureSpace, classifier_space, hf_space, trained_classifier_space
+from dermsynth.audit.features import FeatureSpace, named_space, trained_classifier_space
 from dermsynth.audit.fidelity import compare
 from dermsynth.audit.memorization import (
     MemorizationConfig,
@@ -106,13 +106,8 @@ def _feature_space(config: AuditConfig, real: dict[str, LoadedSet], classes: lis
             val.frame["target"].to_numpy(), classes, folder, config.classifier_epochs, config.seed, device,
             "" if teach.all() else f" (one patient-grouped half of the train split; FID, KID and precision/recall "
                                    f"compare against the other {int((~teach).sum())})")
-    if spec.startswith("classifier:"):
-        path = Path(spec.split(":", 1)[1])
-        if not path.is_dir():
-            raise DermsynthError(f"features: classifier folder not found: {path}")
-        return classifier_space(path, f"penultimate features of the classifier in {path}", device)
-    if spec.startswith("hf:"):
-        return hf_space(spec.split(":", 1)[1], device)
+    if spec.startswith(("classifier:", "hf:")):
+        return named_space(spec, device)
     raise DermsynthError(f"features: unknown feature space {spec!r} ({', '.join(FEATURE_SPACES)})")
 
 
