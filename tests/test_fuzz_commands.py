@@ -439,6 +439,11 @@ def domain_shift_fraction_out_of_range(ws, tmp) -> Case:
     return [*_domain_shift(ws, tmp / "d"), "--fraction", "1.5"], 2, "fraction", [tmp / "d" / "domain_shift.json"]
 
 
+def domain_shift_unknown_feature_space(ws, tmp) -> Case:
+    args = [*_domain_shift(ws, tmp / "d"), "--features", "inception"]
+    return args, 2, "unknown feature space", [tmp / "d" / "domain_shift.json"]
+
+
 def domain_shift_external_metadata_damaged(ws, tmp) -> Case:
     site = ws.copy("prep", tmp / "site")
     truncate(site / "metadata.csv", 0.0)
