@@ -33,8 +33,9 @@ the statistics do not (texture, structures a classifier uses), at the price of a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,47 @@ def _class_rows(site: str, class_name: str, train: pd.DataFrame, synthetic: pd.D
     return rows
 
 
+def _per_class(classes: list[str], parts: Callable[[int], list[Any]], measure: Callable[[str, list[Any]], dict]
+               ) -> dict[str, Any]:
+    """``measure(class_name, [train, synthetic, site])`` for each class that has 2+ images in every set."""
+    per_class: dict[str, Any] = {}
+    for target, class_name in enumerate(classes):
+        sets = parts(target)
+        if min(len(p) for p in sets) < 2:
+            per_class[class_name] = {"images": [len(p) for p in sets], "skipped": "fewer than 2 images"}
+        else:
+            per_class[class_name] = measure(class_name, sets)
+    return per_class
+
+
+def _summary(per_class: dict[str, Any]) -> dict[str, Any]:
+    """Mean distances over the measured classes, the margin (training - mix), its share of the distance from
+    training, and the margin rule's guess."""
+    measured = [c for c in per_class.values() if "distance_train" in c]
+    summary = {key: float(np.mean([c[key] for c in measured])) if measured else math.nan
+               for key in ("distance_train", "distance_mix", "distance_synthetic")}
+    margin = summary["distance_train"] - summary["distance_mix"]
+    return summary | {
+        "margin": margin,
+        "relative_margin": margin / summary["distance_train"] if summary["distance_train"] > 0 else math.nan,
+        # A guess, not a test: on three sites it has not predicted the sign (docs/validation.md).
+        "prediction": "" if not math.isfinite(margin) else
+        "towards the site (the margin rule's guess: a gain)" if margin > 0
+        else "away from the site (the margin rule's guess: a loss)"}
+
+
+def _statistics_distances(site: str, fraction: float, class_name: str, parts: list[pd.DataFrame]
+                          ) -> dict[str, Any]:
+    """One class's rows (under ``rows``, taken out by the caller) and its RMS distances."""
+    rows = _class_rows(site, class_name, *parts, fraction)
+    return {"images": {"train": len(parts[0]), "synthetic": len(parts[1]), "site": len(parts[2])},
+            "distance_train": _rms([r.d_site for r in rows]),
+            "distance_mix": _rms([r.d_site_vs_mix for r in rows]),
+            "distance_synthetic": _rms([r.d_site_vs_synthetic for r in rows]),
+            "towards": [r.statistic for r in rows if r.moves == "towards"],
+            "away": [r.statistic for r in rows if r.moves == "away"], "rows": rows}
+
+
 def domain_shift(train: pd.DataFrame, synthetic: pd.DataFrame, sites: Mapping[str, pd.DataFrame],
                  classes: list[str], fraction: float = 0.5) -> dict[str, Any]:
     """Per site: the rows of every class and statistic, the distances and the verdict of the rule (JSON-ready).
@@ -129,32 +171,17 @@ def domain_shift(train: pd.DataFrame, synthetic: pd.DataFrame, sites: Mapping[st
     """
     result: dict[str, Any] = {"fraction": fraction, "statistics": list(SHIFT_STATISTICS), "sites": {}}
     for site, external in sites.items():
-        rows, per_class = [], {}
-        for target, class_name in enumerate(classes):
-            parts = [frame[frame["target"] == target] for frame in (train, synthetic, external)]
-            if min(len(p) for p in parts) < 2:
-                per_class[class_name] = {"images": [len(p) for p in parts], "skipped": "fewer than 2 images"}
-                continue
-            class_rows = _class_rows(site, class_name, *parts, fraction)
-            rows += class_rows
-            per_class[class_name] = {
-                "images": {"train": len(parts[0]), "synthetic": len(parts[1]), "site": len(parts[2])},
-                "distance_train": _rms([r.d_site for r in class_rows]),
-                "distance_mix": _rms([r.d_site_vs_mix for r in class_rows]),
-                "distance_synthetic": _rms([r.d_site_vs_synthetic for r in class_rows]),
-                "towards": [r.statistic for r in class_rows if r.moves == "towards"],
-                "away": [r.statistic for r in class_rows if r.moves == "away"]}
-        measured = [c for c in per_class.values() if "distance_train" in c]
-        summary = {key: float(np.mean([c[key] for c in measured])) if measured else math.nan
-                   for key in ("distance_train", "distance_mix", "distance_synthetic")}
-        margin = summary["distance_train"] - summary["distance_mix"]
-        summary |= {"margin": margin, "prediction": "" if not math.isfinite(margin) else
-                    # A guess, not a test: on three sites it has not predicted the sign (docs/validation.md).
-                    "towards the site (the margin rule's guess: a gain)" if margin > 0
-                    else "away from the site (the margin rule's guess: a loss)"}
+        per_class = _per_class(classes, partial(_class_frames, (train, synthetic, external)),
+                               partial(_statistics_distances, site, fraction))
+        rows = [row for info in per_class.values() for row in info.pop("rows", [])]
+        summary = _summary(per_class)
         result["sites"][site] = {"summary": summary, "per_class": per_class, "rows": [r.to_dict() for r in rows],
                                  "sentence": _sentence(site, summary, per_class, rows)}
     return result
+
+
+def _class_frames(frames: tuple[pd.DataFrame, ...], target: int) -> list[pd.DataFrame]:
+    return [frame[frame["target"] == target] for frame in frames]
 
 
 def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,27 +214,21 @@ def feature_shift(train: FeatureSet, synthetic: FeatureSet, sites: Mapping[str, 
     """Per site: Fréchet distances from training, the hybrid mix and the synthetic set, per class and their mean,
     with the margin rule's guess in this feature space (JSON-ready)."""
     result: dict[str, Any] = {}
-    for site, (site_features, site_targets) in sites.items():
-        per_class = {}
-        for target, class_name in enumerate(classes):
-            parts = [features[targets == target] for features, targets in (train, synthetic,
-                                                                            (site_features, site_targets))]
-            if min(len(p) for p in parts) < 2:
-                per_class[class_name] = {"images": [len(p) for p in parts], "skipped": "fewer than 2 images"}
-                continue
-            t, syn, e = (gaussian(p) for p in parts)
-            per_class[class_name] = {"distance_train": frechet(e, t), "distance_synthetic": frechet(e, syn),
-                                     "distance_mix": frechet(e, mixture(t, syn, fraction))}
-        measured = [c for c in per_class.values() if "distance_train" in c]
-        summary = {key: float(np.mean([c[key] for c in measured])) if measured else math.nan
-                   for key in ("distance_train", "distance_mix", "distance_synthetic")}
-        margin = summary["distance_train"] - summary["distance_mix"]
-        summary |= {"margin": margin, "relative_margin": margin / summary["distance_train"]
-                    if summary["distance_train"] > 0 else math.nan,
-                    "prediction": "" if not math.isfinite(margin) else
-                    "towards the site (a gain)" if margin > 0 else "away from the site (a loss)"}
-        result[site] = {"summary": summary, "per_class": per_class}
+    for site, site_set in sites.items():
+        per_class = _per_class(classes, partial(_class_features, (train, synthetic, site_set)),
+                               partial(_frechet_distances, fraction))
+        result[site] = {"summary": _summary(per_class), "per_class": per_class}
     return result
+
+
+def _class_features(sets: tuple[FeatureSet, ...], target: int) -> list[np.ndarray]:
+    return [features[targets == target] for features, targets in sets]
+
+
+def _frechet_distances(fraction: float, class_name: str, parts: list[np.ndarray]) -> dict[str, float]:
+    t, syn, e = (gaussian(p) for p in parts)
+    return {"distance_train": frechet(e, t), "distance_synthetic": frechet(e, syn),
+            "distance_mix": frechet(e, mixture(t, syn, fraction))}
 
 
 def _sentence(site: str, summary: dict[str, Any], per_class: dict[str, Any], rows: list[ShiftRow]) -> str:
