@@ -133,3 +133,47 @@ def test_domain_shift_in_a_classifier_s_feature_space(tmp_path, capsys):
     code, _, err = run_cli(["domain-shift", "--real", str(prepared), "--synthetic", str(soft), "--external",
                             str(site), "--out", str(tmp_path / "out2"), "--features", "classifier:nowhere"], capsys)
     assert code == 2 and "classifier folder not found" in err and not (tmp_path / "out2").exists()
+
+
+def _site(margin: float, feature_margin: float) -> tuple[dict, dict]:
+    summary = {"distance_train": 0.5, "distance_mix": 0.5 - margin, "distance_synthetic": 0.9, "margin": margin}
+    features = {"distance_train": 100.0, "distance_mix": 100.0 - feature_margin, "distance_synthetic": 150.0,
+                "margin": feature_margin, "relative_margin": feature_margin / 100}
+    return ({"summary": summary, "per_class": {}, "rows": [], "sentence": f"margin {margin:+.2f}"},
+            {"summary": features, "per_class": {}})
+
+
+def _comparison(diff: float, lo: float, hi: float) -> dict:
+    return {"regime": "hybrid:0.5", "source": "syn", "baseline": "real", "metric": "auroc", "diff": diff,
+            "ci_lo": lo, "ci_hi": hi, "seeds": 3, "seeds_better": 3 if diff > 0 else 0}
+
+
+def test_report_sets_each_margin_beside_the_change_validate_measured(tmp_path):
+    from dermsynth.report.build import build_report
+    from dermsynth.report.folder import RunFolder
+    from dermsynth.report.sections.domain_shift import domain_shift_section
+
+    run = tmp_path / "run"
+    (run / "domain_shift").mkdir(parents=True)
+    (run / "validation").mkdir()
+    sites = {"up": _site(+0.1, +20), "down": _site(+0.1, -30), "flat": _site(-0.1, -5), "unseen": _site(-0.2, 4)}
+    record = {"fraction": 0.5, "synthetic": "syn", "statistics": list(SHIFT_STATISTICS),
+              "sites": {name: value[0] for name, value in sites.items()}, "feature_space": "tiny CNN",
+              "feature_shift": {name: value[1] for name, value in sites.items()}}
+    (run / "domain_shift" / "domain_shift.json").write_text(json.dumps(record))
+    summary = {"regimes": [], "comparisons": [], "external": {
+        "up": {"comparisons": [_comparison(0.08, 0.02, 0.14)]},
+        "down": {"comparisons": [_comparison(-0.07, -0.12, -0.01)]},
+        "flat": {"comparisons": [_comparison(0.01, -0.04, 0.05)]}}}
+    (run / "validation" / "summary.json").write_text(json.dumps(summary))
+
+    section = domain_shift_section(RunFolder(run))
+    rows = {row[0]: row for row in section["table"]["rows"]}
+    assert rows["up"][-1] == "gain" and rows["up"][-3] == "gain / gain" and rows["up"][-2].startswith("+8.0 [+2.0")
+    assert rows["down"][-1] == "loss" and rows["down"][-3] == "gain / loss"
+    assert rows["flat"][-1] == "no clear change" and rows["unseen"][-2:] == ["not run", "not measured"]
+    assert rows["down"][4] == "-30 %"
+    # Two clear changes, two margins each: right on "up" twice and on "down" once.
+    assert "guessed the sign 3 of 4 times" in section["verdict"]
+    html, md = build_report(run)
+    assert "Where the shift goes" in html.read_text() and "guessed the sign 3 of 4" in md.read_text()

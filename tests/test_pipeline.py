@@ -4,6 +4,7 @@ import pytest
 
 from dermsynth.pipeline import RunConfig, run_pipeline
 from dermsynth.testing.studies import TINY_STUDY
+from tests.test_diffusion_scratch import make_prepared
 
 
 def test_run_skips_finished_stages_and_reruns_changed_ones(folder_dir, tmp_path, cli):
@@ -66,6 +67,8 @@ def test_bad_run_configs_name_the_key(cli, tmp_path, folder_dir):
     config.write_text("- just\n- a list\n")
     assert "expected a mapping" in _error(cli, "run", config)
     assert "config file not found" in _error(cli, "run", tmp_path / "nope.yaml")
+    config.write_text(TINY_STUDY + "domain_shift: {fraction: 0.5}\n")
+    assert "domain_shift needs external sites" in _error(cli, "run", config)
 
 
 def test_too_few_synthetic_images_for_a_regime_fail_before_training(tmp_path, cli):
@@ -119,11 +122,16 @@ def test_help_text_keeps_its_defaults(cli, command, monkeypatch):
 
 def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_STUDY + "reader_study: {n: 8, size: 32, practice: 2}\n")
+    site = make_prepared(tmp_path / "site", size=32)  # another "clinic": plain discs on light skin
+    config.write_text(TINY_STUDY + "reader_study: {n: 8, size: 32, practice: 2}\n"
+                      f"domain_shift: {{external: [{site}], max_per_class: 30}}\n")
     out = tmp_path / "run"
     code, stdout, stderr = cli("run", config, "--out", out)
     assert code == 0, stderr
-    assert "ran prepare, train, generate, audit, validate, reader_study" in stdout
+    assert "ran prepare, train, generate, audit, validate, domain_shift, reader_study" in stdout
+    shift = json.loads((out / "domain_shift" / "domain_shift.json").read_text())
+    assert list(shift["sites"]) == ["site"] and shift["synthetic"] == "synthetic"
+    assert "Where the shift goes" in (out / "report.html").read_text()
     study = json.loads((out / "reader_study" / "key" / "study.json").read_text())
     assert study["images"] == 8 and (out / "reader_study" / "reader" / "index.html").is_file()
     assert "Not scored yet" in (out / "report.html").read_text()
@@ -134,7 +142,7 @@ def test_whole_study_end_to_end_on_tiny_settings(tmp_path, cli):
     assert audit["counts"]["synthetic"] == 80
     summary = (out / "validation" / "summary.csv").read_text()
     assert summary.startswith("regime") and "hybrid:0.5" in summary
-    for stage in ("prepared", "model", "synthetic", "audit", "validation", "reader_study"):
+    for stage in ("prepared", "model", "synthetic", "audit", "validation", "domain_shift", "reader_study"):
         assert (out / stage / ".stage.json").is_file(), stage
     code, stdout, _ = cli("run", config, "--out", out)
     assert code == 0 and "ran nothing" in stdout

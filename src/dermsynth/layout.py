@@ -2,4 +2,5 @@
 report, which reads them)."""
 
 RUN_FOLDERS = {"prepare": "prepared", "train": "model", "finetune": "model", "generate": "synthetic",
-               "audit": "audit", "validate": "validation", "reader_study": "reader_study"}
+               "audit": "audit", "validate": "validation", "domain_shift": "domain_shift",
+               "reader_study": "reader_study"}

@@ -99,6 +99,19 @@ class ValidateStage(ValidateConfig):
         return value
 
 
+class DomainShiftStage(StrictModel):
+    """`domain-shift` settings; the real and synthetic folders are the run's own."""
+
+    external: list[Path] = Field(
+        default_factory=list, description="External sites' prepared datasets; empty = validate's test sets.")
+    fraction: float = Field(0.5, gt=0, le=1, description="Synthetic share of the training mix (hybrid:<fraction>).")
+    max_per_class: int | None = Field(1000, ge=2, description="At most this many images per set and class (seeded).")
+    image_size: int | None = Field(None, ge=16, le=1024, description="Measure at this size; null = the prepared size.")
+    features: str | None = Field(
+        None, description="Also compare in a feature space: classifier:PATH (a saved classifier) or hf:ID_OR_PATH.")
+    seed: int = Field(0, description="Seed of the per-class caps.")
+
+
 class ReaderStudyStage(StrictModel):
     """`reader-study build` settings; the real and synthetic folders are the run's own."""
 
@@ -135,6 +148,9 @@ class RunConfig(StrictModel):
     audit: AuditConfig | None = Field(None, description="Audit fidelity and memorization (needs generate).")
     validate_: ValidateStage | None = Field(
         None, alias="validate", description="Real vs hybrid vs synthetic classifiers (omit to skip).")
+    domain_shift: DomainShiftStage | None = Field(
+        None, description="Where the synthetic images move training relative to each external site, on the audit's "
+                          "image statistics (needs generate, and external sites here or in validate.test).")
     reader_study: ReaderStudyStage | None = Field(
         None, description="Build a blinded reader study from the run's images (needs generate; scoring comes "
                           "later, when readers have answered: dermsynth reader-study score).")
@@ -179,6 +195,10 @@ class RunConfig(StrictModel):
             raise ValueError("generate needs a train or finetune section (the model to sample from)")
         if self.audit and not self.generate:
             raise ValueError("audit needs a generate section (the synthetic images to audit)")
+        if self.domain_shift and not self.generate:
+            raise ValueError("domain_shift needs a generate section (the synthetic images whose shift it measures)")
+        if self.domain_shift and not (self.domain_shift.external or (self.validate_ and self.validate_.test)):
+            raise ValueError("domain_shift needs external sites: list them in domain_shift.external or validate.test")
         if self.reader_study and not self.generate:
             raise ValueError("reader_study needs a generate section (the synthetic images to show)")
         regimes = [parse_regime(r) for r in self.validate_.regimes] if self.validate_ else []
@@ -215,7 +235,8 @@ class StageOutcome:
     folder: Path
 
 
-STAGE_KEYS = ("prepare", "prepared", "train", "finetune", "generate", "audit", "validate", "reader_study")
+STAGE_KEYS = ("prepare", "prepared", "train", "finetune", "generate", "audit", "validate", "domain_shift",
+              "reader_study")
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -276,10 +297,25 @@ def build_stages(config: RunConfig, out: Path) -> list[Stage]:
         upstream = ["prepare", "generate"] if config.generate else ["prepare"]
         stages.append(stage("validate", config.validate_, upstream,
                             lambda folder: _validate(config, prepared, synthetic, folder), shares_work=True))
+    if config.domain_shift:
+        stages.append(stage("domain_shift", config.domain_shift, ["prepare", "generate"],
+                            lambda folder: _domain_shift(config, prepared, synthetic, folder)))
     if config.reader_study:
         stages.append(stage("reader_study", config.reader_study, ["prepare", "generate"],
                             lambda folder: _reader_study(config, prepared, synthetic, folder)))
     return stages
+
+
+def _domain_shift(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) -> None:
+    from dermsynth.audit.domain_shift import run_domain_shift
+
+    stage = config.domain_shift
+    external = stage.external or config.validate_.test
+    run_domain_shift(prepared, synthetic, list(external), folder, size=stage.image_size,
+                     real_per_class=config.real_per_class, subsample_seed=config.subsample_seed,
+                     fraction=stage.fraction, max_per_class=stage.max_per_class, seed=stage.seed,
+                     synthetic_preprocess=config.validate_.synthetic_preprocess if config.validate_ else True,
+                     features=stage.features, device=config.device, progress=True)
 
 
 def _reader_study(config: RunConfig, prepared: Path, synthetic: Path, folder: Path) -> None:

@@ -379,7 +379,7 @@ def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str
     result = domain_shift(measured["train"], measured["synthetic"],
                           {key.removeprefix("site:"): frame for key, frame in measured.items()
                            if key.startswith("site:")}, classes, fraction)
-    result |= {"image_size": size, "real_per_class": real_per_class,
+    result |= {"synthetic": Path(synthetic).name, "image_size": size, "real_per_class": real_per_class,
                "subsample_seed": subsample_seed if real_per_class is not None else None,
                "measured": {key: {classes[t]: int(n) for t, n in frame["target"].value_counts().sort_index().items()}
                             for key, frame in measured.items()}}

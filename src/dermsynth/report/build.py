@@ -17,6 +17,7 @@ from dermsynth.errors import DermsynthError
 from dermsynth.report.folder import STAGES, RunFolder, Section
 from dermsynth.report.sections.audit import audit_section
 from dermsynth.report.sections.dataset import dataset_section
+from dermsynth.report.sections.domain_shift import domain_shift_section
 from dermsynth.report.sections.overview import overview_section
 from dermsynth.report.sections.preprocessing import preprocessing_section
 from dermsynth.report.sections.provenance import provenance_section
@@ -46,6 +47,7 @@ def gather(run_dir: str | Path) -> dict[str, Any]:
         "generated": (generated_section, "generate"),
         "comparison": (comparison_section, "generate"),
         "validation": (validation_section, "validate"),
+        "domain_shift": (domain_shift_section, "domain_shift"),
         "audit": (audit_section, "audit"),
         "reader_study": (reader_section, "reader_study"),
         "provenance": (provenance_section, None),

@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {  # folder, and the files that
     "generate": (RUN_FOLDERS["generate"], ("manifest.csv", "generate.json")),
     "audit": (RUN_FOLDERS["audit"], ("audit.json",)),
     "validate": (RUN_FOLDERS["validate"], ("summary.json", "validate.json")),
+    "domain_shift": (RUN_FOLDERS["domain_shift"], ("domain_shift.json",)),
     "reader_study": (RUN_FOLDERS["reader_study"], ("key/study.json",)),
 }
 
@@ -37,6 +38,8 @@ NOT_RUN_HINT = {
     "generate": "dermsynth generate --model RUN/model --out RUN/synthetic --per-class N",
     "audit": "dermsynth audit --real RUN/prepared --synthetic RUN/synthetic --out RUN/audit",
     "validate": "dermsynth validate --real RUN/prepared --synthetic RUN/synthetic --out RUN",
+    "domain_shift": "dermsynth domain-shift --real RUN/prepared --synthetic RUN/synthetic --external PREP_SITE "
+                    "--out RUN/domain_shift",
     "reader_study": "dermsynth reader-study build --real RUN/prepared --synthetic RUN/synthetic --out "
                     "RUN/reader_study",
 }

@@ -22,7 +22,8 @@ def summary_markdown(context: dict[str, Any]) -> str:
              "Full report with figures: `report.html`.", ""]
     lines += ["## Stages", ""]
     lines += [f"- {s['name']}: " + ("done" if s["ran"] else f"not run (`{s['hint']}`)") for s in overview["stages"]]
-    lines += ["", *_dataset(context["dataset"]), *_validation(context["validation"]), *_audit(context["audit"]),
+    lines += ["", *_dataset(context["dataset"]), *_validation(context["validation"]),
+              *_domain_shift(context["domain_shift"]), *_audit(context["audit"]),
               *_reader_study(context["reader_study"]), *_provenance(context["provenance"])]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -58,6 +59,13 @@ def _validation(section: dict[str, Any] | None) -> list[str]:
         if section.get("too_small"):
             lines += [f"Too small to report: {section['too_small']}.", ""]
     return [*lines, "", section["reference"], ""]
+
+
+def _domain_shift(section: dict[str, Any] | None) -> list[str]:
+    if section is None:
+        return []
+    return ["## Where the shift goes (external sites)", "", *md_table(section["table"]),
+            f"**{section['verdict']}** {section['caveat']}", "", *(f"- {s}" for s in section["sentences"]), ""]
 
 
 def _audit(section: dict[str, Any] | None) -> list[str]:
