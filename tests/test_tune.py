@@ -67,3 +67,17 @@ def _pixels(path):
     from PIL import Image
 
     return Image.open(path).tobytes()
+
+
+def test_a_saved_feature_classifier_works_with_the_default_device(model, tmp_path, cli):
+    from dermsynth.classify.classifiers import build_classifier, save_classifier
+
+    prepared, folder = model
+    tiny = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
+    save_classifier(build_classifier("cnn", ["benign", "malignant"], 16, tiny), tmp_path / "clf")
+    code, out, err = cli("tune-guidance", "--model", folder, "--data", prepared, "--out", tmp_path / "t",
+                         "--values", "0,3", "--per-class", "6", "--features", f"classifier:{tmp_path / 'clf'}",
+                         "--quiet")  # --device left at auto
+    assert code == 0, err
+    record = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert set(record["chosen"]) == {"benign", "malignant"} and "--guidance" in out

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermsynth.audit.features import FeatureSpace, classifier_space, trained_classifier_space
+from dermsynth.audit.features import FeatureSpace, named_space, trained_classifier_space
 from dermsynth.audit.fidelity import fid, prdc
 from dermsynth.data.dataset import load_prepared
 from dermsynth.data.images import load_image
@@ -112,11 +112,10 @@ def _real_split(prepared: Any, split: str, size: int, progress: bool) -> pd.Data
 def _feature_space(features: str, prepared: Any, size: int, out: Path, seed: int, device: str,
                    progress: bool) -> FeatureSpace:
     """The audit's feature CNN trained on the train split (cached in ``out``), or a saved one (classifier:PATH)."""
-    if features.startswith("classifier:"):
-        path = Path(features.split(":", 1)[1])
-        return classifier_space(path, f"penultimate features of the classifier in {path}", device)
     from dermsynth.utils import pick_device
 
+    if features.startswith("classifier:"):
+        return named_space(features, device)
     train = prepared.split("train")
     val = prepared.split("val")
     if progress:

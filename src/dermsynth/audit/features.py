@@ -65,7 +65,11 @@ def trained_classifier_space(train_images: np.ndarray, train_targets: np.ndarray
 
 
 def named_space(spec: str, device: str = "cpu") -> FeatureSpace:
-    """A feature space the user names: ``classifier:PATH`` (a saved classifier folder) or ``hf:ID_OR_PATH``."""
+    """A feature space the user names: ``classifier:PATH`` (a saved classifier folder) or ``hf:ID_OR_PATH``;
+    ``device`` may be ``auto``."""
+    from dermsynth.utils import pick_device
+
+    device = pick_device(device)
     if spec.startswith("classifier:"):
         path = Path(spec.split(":", 1)[1])
         if not path.is_dir():
