@@ -351,9 +351,8 @@ def run_domain_shift(real: str | Path, synthetic: str | Path, external: list[str
     space = None
     if features is not None:
         from dermsynth.audit.features import named_space
-        from dermsynth.utils import pick_device
 
-        space = named_space(features, pick_device(device))  # before any measuring: a wrong path fails at once
+        space = named_space(features, device)  # before any measuring: a wrong path fails at once
     out = ensure_writable_dir(out)
     prepared = load_prepared(real)
     classes, size = prepared.classes, size or prepared.image_size
